@@ -1,0 +1,19 @@
+//! Shoal's I/O-free core.
+//!
+//! Everything here is pure data and logic: identifiers, manifests, byte ranges,
+//! chunking, the peer wire codec, tracker messages and the fetch scheduler. No
+//! networking, files, clocks or async runtimes: callers pass `now` in and perform the
+//! I/O that the state machines ask for. This keeps the protocol testable with simulated
+//! time and lets the agent, the tracker and the benches share one definition.
+
+pub mod chunker;
+pub mod id;
+pub mod key;
+pub mod manifest;
+pub mod range;
+
+pub use chunker::{Chunk, Chunker};
+pub use id::{ChunkId, ManifestId};
+pub use key::{ObjectKey, Validator};
+pub use manifest::{Layout, Manifest};
+pub use range::{ByteRange, RangeDecision};
