@@ -17,3 +17,6 @@ pub use id::{ChunkId, ManifestId};
 pub use key::{ObjectKey, Validator};
 pub use manifest::{Layout, Manifest};
 pub use range::{ByteRange, RangeDecision};
+pub mod sched;
+pub mod tracker;
+pub mod wire;
