@@ -10,12 +10,14 @@ pub mod chunker;
 pub mod id;
 pub mod key;
 pub mod manifest;
+pub mod peer;
 pub mod range;
 
 pub use chunker::{Chunk, Chunker};
 pub use id::{ChunkId, ManifestId};
 pub use key::{ObjectKey, Validator};
 pub use manifest::{Layout, Manifest};
+pub use peer::{PeerAddr, PeerId, Proximity, Topology};
 pub use range::{ByteRange, RangeDecision};
 pub mod sched;
 pub mod tracker;
