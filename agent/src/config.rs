@@ -1,0 +1,489 @@
+//! The agent's one typed configuration.
+//!
+//! Layers, lowest first: built-in defaults (the `Default` impls here) < `--config FILE`
+//! (TOML) < environment `SHOAL_AGENT__SECTION__KEY` (lists comma-separated) < command-line
+//! flags (applied by the binary through [`Config::load`]'s `overrides`). Unknown keys are
+//! errors that name the key. Nothing else in the agent reads files or the environment for
+//! settings. Durations are humantime (`30s`, `250ms`), sizes are byte sizes (`512MiB`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Why the configuration could not be loaded. Always the operator's to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// Everything the agent can be told.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub cache: CacheConfig,
+    pub egress: EgressConfig,
+    pub origin: OriginConfig,
+    /// URL rules, first match wins; a URL no rule matches uses the default (see [`Rule`]).
+    pub rules: Vec<Rule>,
+    /// Named upstreams served under `/m/NAME/…` (e.g. an HTTPS registry).
+    pub mirrors: Vec<Mirror>,
+    pub peer: PeerConfig,
+    pub tracker: TrackerConfig,
+    pub tls: TlsConfig,
+    pub topology: TopologyConfig,
+}
+
+/// The HTTP listener local clients use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Address for clients. Default `127.0.0.1:7480` (node-local). Use the node's
+    /// address or `0.0.0.0` only where the port is not reachable from outside the node.
+    pub listen: SocketAddr,
+    /// Concurrent client connections; more wait in the accept queue. Default 1024.
+    pub max_connections: usize,
+    /// Time a client has to send the complete request head. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Idle time after which a keep-alive connection is closed. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest request head (request line + headers). Default `64KiB`.
+    pub max_header_size: ByteSize,
+}
+
+/// The admin listener: `/metrics`, `/live`, `/ready`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Default `127.0.0.1:7481`.
+    pub listen: SocketAddr,
+}
+
+/// The chunk store and memory cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Directory for chunks and object metadata. Default `/var/cache/shoal`. If it
+    /// cannot be created or written, the agent still serves, passing requests through.
+    pub dir: PathBuf,
+    /// Disk quota for chunks. Default `10GiB`.
+    pub max_size: ByteSize,
+    /// Eviction starts when usage exceeds this share of `max_size`. Default 0.95.
+    pub high_watermark: f64,
+    /// Eviction stops when usage is below this share of `max_size`. Default 0.90.
+    pub low_watermark: f64,
+    /// In-memory budget for hot chunks and manifests (moka, weighted by bytes). Default `256MiB`.
+    pub memory_size: ByteSize,
+    /// Chunk size for new object versions. Default `1MiB` (see docs/benchmarks.md).
+    /// Bounds: 16KiB..=16MiB.
+    pub chunk_size: ByteSize,
+    /// How long a cached object is served without asking the origin again. Default `60s`.
+    /// Digest-named (immutable) URLs are never revalidated.
+    #[serde(with = "humantime_serde")]
+    pub freshness: Duration,
+}
+
+/// Which origins may be fetched from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EgressConfig {
+    /// Address ranges that are allowed although they are loopback, link-local,
+    /// private, CGNAT or otherwise internal. Default empty: all such are refused.
+    pub allow_cidrs: Vec<IpNet>,
+    /// Host names (exact, or `*.suffix`) that may be fetched; `*` allows any host.
+    /// Default `["*"]`.
+    pub allow_hosts: Vec<String>,
+}
+
+/// Connections to origins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OriginConfig {
+    /// TCP + TLS connect deadline. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time from sending a request to the response head. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Longest silence while reading a response body. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+}
+
+/// How a URL is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Chunked, cached and shared with peers through the tracker.
+    P2p,
+    /// Cached on this node only, revalidated with the origin.
+    Cache,
+    /// Proxied without caching.
+    Pass,
+}
+
+/// One URL rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Regular expression matched against the absolute URL (`http://host/path?query`).
+    pub pattern: String,
+    pub mode: Mode,
+    /// Responses smaller than this are passed through instead. Default 0.
+    #[serde(default)]
+    pub min_size: ByteSize,
+}
+
+/// A named upstream: `http://AGENT/m/NAME/rest` fetches `UPSTREAM/rest`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    /// `[A-Za-z0-9._-]+`.
+    pub name: String,
+    /// `http://` or `https://` base URL (TLS verified against the Web PKI roots).
+    pub upstream: String,
+}
+
+/// The QUIC peer endpoint (serves and fetches chunks).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerConfig {
+    /// UDP address. Default `0.0.0.0:7482`. Only used when `tracker.urls` is set.
+    pub listen: SocketAddr,
+    /// Chunk requests served at once, all peers together; more get `busy`. Default 64.
+    pub max_uploads: usize,
+    /// Chunk requests served at once to one peer. Default 8.
+    pub max_uploads_per_peer: usize,
+    /// Upload budget in bytes per second, all peers together; 0 = unlimited. Default 0.
+    pub upload_rate: ByteSize,
+    /// Deadline for one chunk request to a peer before it is given to another. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Idle QUIC connections are closed after this. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+/// The tracker client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackerConfig {
+    /// Tracker replicas (`https://host:port`). Empty (default) = no swarm: the agent is
+    /// a caching proxy only.
+    pub urls: Vec<String>,
+    /// How often held objects are re-announced. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub announce_interval: Duration,
+    /// How often an object being downloaded is synced with the tracker. Default `200ms`.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Deadline for one tracker request. Default `3s`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Pause before trying an unreachable tracker again. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+}
+
+/// Fleet PKI for mutual TLS with peers and the tracker (PEM files).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The fleet CA certificate.
+    pub ca: Option<PathBuf>,
+    /// This agent's certificate chain; its DNS name is the agent's peer id.
+    pub cert: Option<PathBuf>,
+    /// This agent's private key.
+    pub key: Option<PathBuf>,
+}
+
+/// Where this agent is; peers nearer by these labels are preferred.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopologyConfig {
+    /// Node name. Default: empty (the certificate's name is the peer id regardless).
+    pub node: String,
+    pub zone: String,
+    pub region: String,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7480)),
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_size: ByteSize::kib(64),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7481)),
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/cache/shoal"),
+            max_size: ByteSize::gib(10),
+            high_watermark: 0.95,
+            low_watermark: 0.90,
+            memory_size: ByteSize::mib(256),
+            chunk_size: ByteSize::mib(1),
+            freshness: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        Self {
+            allow_cidrs: Vec::new(),
+            allow_hosts: vec!["*".to_owned()],
+        }
+    }
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7482)),
+            max_uploads: 64,
+            max_uploads_per_peer: 8,
+            upload_rate: ByteSize::b(0),
+            request_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            announce_interval: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(200),
+            timeout: Duration::from_secs(3),
+            backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults < `file` < environment (`SHOAL_AGENT__…`) < `overrides`
+    /// (`("section.key", value)` pairs from command-line flags), then validates.
+    pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Self, ConfigError> {
+        Self::load_from_env(file, overrides, None)
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (tests).
+    pub fn load_from_env(
+        file: Option<&Path>,
+        overrides: &[(&str, String)],
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let mut b = config::Config::builder();
+        if let Some(f) = file {
+            b = b.add_source(
+                config::File::from(f)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let mut e = config::Environment::with_prefix("SHOAL_AGENT")
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("egress.allow_cidrs")
+            .with_list_parse_key("egress.allow_hosts")
+            .with_list_parse_key("tracker.urls")
+            .try_parsing(true);
+        if let Some(env) = env {
+            e = e.source(Some(env));
+        }
+        b = b.add_source(e);
+        for (k, v) in overrides {
+            b = b.set_override(*k, v.clone())?;
+        }
+        let cfg: Config = b.build()?.try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Cross-field checks that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let c = &self.cache;
+        if !(0.0 < c.low_watermark
+            && c.low_watermark <= c.high_watermark
+            && c.high_watermark <= 1.0)
+        {
+            return bad(format!(
+                "cache.low_watermark ({}) and cache.high_watermark ({}) must satisfy 0 < low <= high <= 1",
+                c.low_watermark, c.high_watermark
+            ));
+        }
+        let cs = c.chunk_size.as_u64();
+        let (lo, hi) = (
+            shoal_proto::manifest::MIN_CHUNK_SIZE,
+            shoal_proto::manifest::MAX_CHUNK_SIZE,
+        );
+        if cs < u64::from(lo) || cs > u64::from(hi) {
+            return bad(format!(
+                "cache.chunk_size ({cs} bytes) must be within {lo}..={hi}"
+            ));
+        }
+        if self.proxy.max_connections == 0 {
+            return bad("proxy.max_connections must be at least 1".into());
+        }
+        for r in &self.rules {
+            if let Err(e) = regex::Regex::new(&r.pattern) {
+                return bad(format!(
+                    "rules: pattern {:?} is not a valid regular expression: {e}",
+                    r.pattern
+                ));
+            }
+        }
+        for m in &self.mirrors {
+            let name_ok = !m.name.is_empty()
+                && m.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !name_ok {
+                return bad(format!(
+                    "mirrors: name {:?} must be [A-Za-z0-9._-]+",
+                    m.name
+                ));
+            }
+            match m.upstream.parse::<http::Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
+                }
+                _ => {
+                    return bad(format!(
+                        "mirrors.{}: upstream {:?} must be an http(s):// URL",
+                        m.name, m.upstream
+                    ));
+                }
+            }
+        }
+        for u in &self.tracker.urls {
+            match u.parse::<http::Uri>() {
+                Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => {}
+                _ => return bad(format!("tracker.urls: {u:?} must be an https:// URL")),
+            }
+        }
+        if !self.tracker.urls.is_empty()
+            && (self.tls.ca.is_none() || self.tls.cert.is_none() || self.tls.key.is_none())
+        {
+            return bad(
+                "tracker.urls is set, so tls.ca, tls.cert and tls.key are required (mutual TLS)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the agent joins a swarm (tracker configured).
+    pub fn swarm_enabled(&self) -> bool {
+        !self.tracker.urls.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load_from_env(None, &[], Some(HashMap::new())).unwrap();
+        assert_eq!(c.proxy.listen, "127.0.0.1:7480".parse().unwrap());
+        assert_eq!(c.admin.listen, "127.0.0.1:7481".parse().unwrap());
+        assert_eq!(c.cache.chunk_size, ByteSize::mib(1));
+        assert!(!c.swarm_enabled());
+    }
+
+    #[test]
+    fn shipped_config_parses() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/agent.toml");
+        let c = Config::load_from_env(Some(&p), &[], Some(HashMap::new())).unwrap();
+        assert_eq!(c.cache.max_size, ByteSize::gib(10));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, "[cache]\nmax_sise = \"1GiB\"\n").unwrap();
+        let e = Config::load_from_env(Some(&p), &[], Some(HashMap::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_sise"), "{e}");
+    }
+
+    #[test]
+    fn layering_env_over_file_flags_over_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, "[cache]\nmax_size = \"1GiB\"\nfreshness = \"5m\"\n").unwrap();
+        let env = HashMap::from([
+            ("SHOAL_AGENT__CACHE__MAX_SIZE".to_owned(), "2GiB".to_owned()),
+            (
+                "SHOAL_AGENT__EGRESS__ALLOW_CIDRS".to_owned(),
+                "127.0.0.0/8,10.0.0.0/8".to_owned(),
+            ),
+        ]);
+        let c = Config::load_from_env(
+            Some(&p),
+            &[("proxy.listen", "127.0.0.2:1".into())],
+            Some(env),
+        )
+        .unwrap();
+        assert_eq!(c.cache.max_size, ByteSize::gib(2));
+        assert_eq!(c.cache.freshness, Duration::from_secs(300));
+        assert_eq!(c.egress.allow_cidrs.len(), 2);
+        assert_eq!(c.proxy.listen, "127.0.0.2:1".parse().unwrap());
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, "[cache]\nlow_watermark = 0.99\nhigh_watermark = 0.5\n").unwrap();
+        let e = Config::load_from_env(Some(&p), &[], Some(HashMap::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("watermark"), "{e}");
+        std::fs::write(&p, "[tracker]\nurls = [\"https://t:1\"]\n").unwrap();
+        let e = Config::load_from_env(Some(&p), &[], Some(HashMap::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.ca"), "{e}");
+    }
+}

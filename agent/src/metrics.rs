@@ -1,0 +1,288 @@
+//! The agent's Prometheus metrics. Names are a contract (docs/metrics.md); every
+//! metric is registered in a [`Registry`] passed in, never a global one, so several
+//! agents can run in one process (tests, the demo).
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+
+/// Where bytes came from or went to, as the `source` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Cache,
+    Peer,
+    Origin,
+}
+
+impl Source {
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Peer => "peer",
+            Source::Origin => "origin",
+        }
+    }
+}
+
+/// Every metric the agent exports. Cheap to clone (handles are `Arc`s).
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `shoal_bytes_served_total{source}`: bytes sent to local clients.
+    pub bytes_served: IntCounterVec,
+    /// `shoal_bytes_fetched_total{source}`: bytes received from peers or origins.
+    pub bytes_fetched: IntCounterVec,
+    /// `shoal_bytes_uploaded_total`: bytes served to other agents.
+    pub bytes_uploaded: IntCounter,
+    /// `shoal_swarm_efficiency`: peer / (peer + origin) bytes fetched since start.
+    pub swarm_efficiency: Gauge,
+    /// `shoal_chunk_verify_failures_total{source}`: `disk`, `peer`, `origin`.
+    pub verify_failures: IntCounterVec,
+    /// `shoal_requests_total{mode,status}`.
+    pub requests: IntCounterVec,
+    /// `shoal_request_duration_seconds{mode}`: until the last byte was sent.
+    pub request_duration: HistogramVec,
+    /// `shoal_time_to_first_byte_seconds{mode}`: until the response head was ready.
+    pub ttfb: HistogramVec,
+    pub cache_bytes: IntGauge,
+    pub cache_chunks: IntGauge,
+    pub cache_evictions: IntCounter,
+    /// `shoal_cache_write_errors_total`: chunk writes that failed (disk full, unwritable).
+    pub cache_write_errors: IntCounter,
+    pub peers_connected: IntGauge,
+    /// `shoal_peer_requests_total{result}`: chunk requests we made to peers.
+    pub peer_requests: IntCounterVec,
+    /// `shoal_uploads_refused_total`: requests answered `busy`.
+    pub uploads_refused: IntCounter,
+    pub tracker_errors: IntCounter,
+    pub tracker_announce_duration: Histogram,
+    pub ssrf_blocked: IntCounter,
+    /// `shoal_origin_requests_total{kind}`: `get`, `range`, `head`, `revalidate`, `pass`.
+    pub origin_requests: IntCounterVec,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+    // Names are unique by construction (one Metrics per Registry); a clash is a bug
+    // caught by the unit test below.
+    if let Err(e) = r.register(Box::new(m.clone())) {
+        tracing::error!(error = %e, "metric registration failed");
+    }
+    m
+}
+
+impl Metrics {
+    /// Creates and registers every metric in `registry`.
+    pub fn new(registry: Registry) -> Self {
+        let r = &registry;
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            // Opts are static and valid; an error here is a programming bug.
+            reg(
+                r,
+                IntCounterVec::new(Opts::new(name, help), labels)
+                    .unwrap_or_else(|e| panic!("{name}: {e}")),
+            )
+        };
+        let counter = |name: &str, help: &str| {
+            reg(
+                r,
+                IntCounter::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}")),
+            )
+        };
+        let gauge = |name: &str, help: &str| {
+            reg(
+                r,
+                IntGauge::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}")),
+            )
+        };
+        let latency = [
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            60.0, 300.0,
+        ];
+        let hist_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(latency.to_vec()),
+                    labels,
+                )
+                .unwrap_or_else(|e| panic!("{name}: {e}")),
+            )
+        };
+        let m = Self {
+            bytes_served: counter_vec(
+                "shoal_bytes_served_total",
+                "Bytes sent to local clients, by source.",
+                &["source"],
+            ),
+            bytes_fetched: counter_vec(
+                "shoal_bytes_fetched_total",
+                "Bytes received from peers or origins.",
+                &["source"],
+            ),
+            bytes_uploaded: counter(
+                "shoal_bytes_uploaded_total",
+                "Bytes served to other agents.",
+            ),
+            swarm_efficiency: reg(
+                r,
+                Gauge::new(
+                    "shoal_swarm_efficiency",
+                    "Peer bytes / (peer + origin bytes) fetched since start.",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            verify_failures: counter_vec(
+                "shoal_chunk_verify_failures_total",
+                "Chunks that failed BLAKE3 verification, by source.",
+                &["source"],
+            ),
+            requests: counter_vec(
+                "shoal_requests_total",
+                "Client requests by rule mode and status.",
+                &["mode", "status"],
+            ),
+            request_duration: hist_vec(
+                "shoal_request_duration_seconds",
+                "Client request duration.",
+                &["mode"],
+            ),
+            ttfb: hist_vec(
+                "shoal_time_to_first_byte_seconds",
+                "Time until the response head was ready.",
+                &["mode"],
+            ),
+            cache_bytes: gauge("shoal_cache_bytes", "Bytes of chunks on disk."),
+            cache_chunks: gauge("shoal_cache_chunks", "Chunks on disk."),
+            cache_evictions: counter(
+                "shoal_cache_evictions_total",
+                "Chunks evicted to stay under quota.",
+            ),
+            cache_write_errors: counter(
+                "shoal_cache_write_errors_total",
+                "Chunk writes that failed.",
+            ),
+            peers_connected: gauge("shoal_peers_connected", "Live QUIC connections."),
+            peer_requests: counter_vec(
+                "shoal_peer_requests_total",
+                "Chunk requests made to peers, by result.",
+                &["result"],
+            ),
+            uploads_refused: counter(
+                "shoal_uploads_refused_total",
+                "Peer chunk requests answered busy.",
+            ),
+            tracker_errors: counter("shoal_tracker_errors_total", "Failed tracker requests."),
+            tracker_announce_duration: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "shoal_tracker_announce_duration_seconds",
+                        "Tracker request duration.",
+                    )
+                    .buckets(latency.to_vec()),
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            ssrf_blocked: counter(
+                "shoal_ssrf_blocked_total",
+                "Egress refused by address policy.",
+            ),
+            origin_requests: counter_vec(
+                "shoal_origin_requests_total",
+                "Requests sent to origins, by kind.",
+                &["kind"],
+            ),
+            registry,
+        };
+        for s in ["cache", "peer", "origin"] {
+            m.bytes_served.with_label_values(&[s]);
+        }
+        for s in ["peer", "origin"] {
+            m.bytes_fetched.with_label_values(&[s]);
+        }
+        for s in ["disk", "peer", "origin"] {
+            m.verify_failures.with_label_values(&[s]);
+        }
+        m
+    }
+
+    /// Counts `n` bytes fetched from `source` and updates the efficiency gauge.
+    pub fn fetched(&self, source: Source, n: u64) {
+        self.bytes_fetched
+            .with_label_values(&[source.label()])
+            .inc_by(n);
+        let peer = self.bytes_fetched.with_label_values(&["peer"]).get() as f64;
+        let origin = self.bytes_fetched.with_label_values(&["origin"]).get() as f64;
+        if peer + origin > 0.0 {
+            self.swarm_efficiency.set(peer / (peer + origin));
+        }
+    }
+
+    /// Counts `n` bytes sent to a client from `source`.
+    pub fn served(&self, source: Source, n: u64) {
+        self.bytes_served
+            .with_label_values(&[source.label()])
+            .inc_by(n);
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(Registry::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_names_exported() {
+        let m = Metrics::default();
+        m.fetched(Source::Peer, 30);
+        m.fetched(Source::Origin, 10);
+        m.served(Source::Cache, 5);
+        m.requests.with_label_values(&["cache", "200"]).inc();
+        m.request_duration
+            .with_label_values(&["cache"])
+            .observe(0.1);
+        m.ttfb.with_label_values(&["cache"]).observe(0.01);
+        m.tracker_announce_duration.observe(0.01);
+        let text = m.render();
+        for name in [
+            "shoal_bytes_served_total{source=\"cache\"} 5",
+            "shoal_bytes_fetched_total{source=\"peer\"} 30",
+            "shoal_bytes_uploaded_total",
+            "shoal_swarm_efficiency 0.75",
+            "shoal_chunk_verify_failures_total",
+            "shoal_requests_total",
+            "shoal_request_duration_seconds",
+            "shoal_time_to_first_byte_seconds",
+            "shoal_cache_bytes",
+            "shoal_cache_chunks",
+            "shoal_cache_evictions_total",
+            "shoal_peers_connected",
+            "shoal_tracker_errors_total",
+            "shoal_tracker_announce_duration_seconds",
+            "shoal_ssrf_blocked_total",
+        ] {
+            assert!(text.contains(name), "missing {name}\n{text}");
+        }
+        // Two agents in one process must not clash.
+        let _other = Metrics::default();
+    }
+}
