@@ -1,1 +1,234 @@
-//! (being written)
+//! Requests to origins: one pooled hyper client with the egress policy in its DNS
+//! resolver, rustls for HTTPS upstreams, and a deadline on every step.
+//!
+//! The client never follows redirects (the proxy hands them to its client, which
+//! comes back through the policy) and never sends hop-by-hop headers.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::OriginConfig;
+use crate::egress::{EgressDenied, EgressPolicy, PolicyResolver, find_denied};
+use crate::metrics::Metrics;
+
+type Connector = HttpsConnector<HttpConnector<PolicyResolver>>;
+
+/// What went wrong talking to an origin, and whose fault it is.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    /// The client asked for a refused destination.
+    #[error(transparent)]
+    Denied(#[from] EgressDenied),
+    /// The client's URL cannot be fetched (no host, unsupported scheme).
+    #[error("bad origin URL {0:?}: {1}")]
+    BadUrl(String, &'static str),
+    /// The origin could not be reached or broke the connection.
+    #[error("origin {host} failed: {detail}")]
+    Upstream { host: String, detail: String },
+    /// The origin was too slow.
+    #[error("origin {host} did not answer within {after:?}")]
+    Timeout { host: String, after: Duration },
+}
+
+impl OriginError {
+    /// The status to answer the client with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            OriginError::Denied(_) => StatusCode::FORBIDDEN,
+            OriginError::BadUrl(..) => StatusCode::BAD_REQUEST,
+            OriginError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            OriginError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+}
+
+/// A pooled client for origins. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct OriginClient {
+    client: Client<Connector, Empty<Bytes>>,
+    policy: EgressPolicy,
+    cfg: OriginConfig,
+    metrics: Metrics,
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those named by `Connection`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        h.remove(n);
+    }
+    h.remove(header::TRANSFER_ENCODING);
+}
+
+impl OriginClient {
+    pub fn new(cfg: &OriginConfig, policy: EgressPolicy, metrics: Metrics) -> Self {
+        let mut http = HttpConnector::new_with_resolver(PolicyResolver::new(policy.clone()));
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_nodelay(true);
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+            b.with_root_certificates(roots).with_no_client_auth()
+        });
+        let tls = match tls {
+            Ok(t) => t,
+            // The ring provider supports the default versions; this cannot fail.
+            Err(e) => unreachable!("rustls ring provider rejected default versions: {e}"),
+        };
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build(https);
+        Self { client, policy, cfg: cfg.clone(), metrics }
+    }
+
+    /// Deadline for the silence between two body frames.
+    pub fn read_timeout(&self) -> Duration {
+        self.cfg.read_timeout
+    }
+
+    /// Sends `method uri` with `headers` (hop-by-hop ones are removed) and waits for
+    /// the response head. `kind` labels `shoal_origin_requests_total`.
+    pub async fn send(
+        &self,
+        method: Method,
+        uri: &Uri,
+        mut headers: HeaderMap,
+        kind: &'static str,
+    ) -> Result<Response<Incoming>, OriginError> {
+        let host = uri.host().ok_or_else(|| OriginError::BadUrl(uri.to_string(), "no host"))?.to_owned();
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            _ => return Err(OriginError::BadUrl(uri.to_string(), "only http:// and https:// are proxied")),
+        }
+        if let Err(e) = self.policy.check_host(&host) {
+            self.metrics.ssrf_blocked.inc();
+            return Err(e.into());
+        }
+        strip_hop_by_hop(&mut headers);
+        headers.remove(header::HOST);
+        let mut req = Request::builder().method(method).uri(uri.clone());
+        if let Some(h) = req.headers_mut() {
+            *h = headers;
+        }
+        let req = req.body(Empty::new()).map_err(|_| OriginError::BadUrl(uri.to_string(), "not a valid request URI"))?;
+        self.metrics.origin_requests.with_label_values(&[kind]).inc();
+        let after = self.cfg.connect_timeout + self.cfg.header_timeout;
+        match tokio::time::timeout(after, self.client.request(req)).await {
+            Err(_) => Err(OriginError::Timeout { host, after }),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => {
+                if let Some(d) = find_denied(&e) {
+                    self.metrics.ssrf_blocked.inc();
+                    return Err(OriginError::Denied(d));
+                }
+                let detail = error_chain(&e);
+                Err(OriginError::Upstream { host, detail })
+            }
+        }
+    }
+}
+
+/// Reads the next data frame of an origin body (trailers skipped); `None` at the end.
+pub async fn next_data(body: &mut Incoming, timeout: Duration, host: &str) -> Result<Option<Bytes>, OriginError> {
+    loop {
+        match tokio::time::timeout(timeout, body.frame()).await {
+            Err(_) => return Err(OriginError::Timeout { host: host.to_owned(), after: timeout }),
+            Ok(None) => return Ok(None),
+            Ok(Some(Err(e))) => return Err(OriginError::Upstream { host: host.to_owned(), detail: error_chain(&e) }),
+            Ok(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data() {
+                    if !d.is_empty() {
+                        return Ok(Some(d));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `error: cause: cause` on one line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EgressConfig;
+
+    #[test]
+    fn hop_by_hop_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "close, x-foo".parse().unwrap());
+        h.insert("x-foo", "1".parse().unwrap());
+        h.insert("keep-alive", "1".parse().unwrap());
+        h.insert(header::ACCEPT, "*/*".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::ACCEPT));
+    }
+
+    #[tokio::test]
+    async fn refuses_metadata_address_before_connecting() {
+        let m = Metrics::default();
+        let c = OriginClient::new(&OriginConfig::default(), EgressPolicy::new(&EgressConfig::default()), m.clone());
+        let uri: Uri = "http://169.254.169.254/latest/meta-data/".parse().unwrap();
+        let e = c.send(Method::GET, &uri, HeaderMap::new(), "get").await.unwrap_err();
+        assert_eq!(e.status(), StatusCode::FORBIDDEN);
+        assert!(e.to_string().contains("link-local"), "{e}");
+        assert_eq!(m.ssrf_blocked.get(), 1);
+        let uri: Uri = "http://localhost:1/".parse().unwrap();
+        let e = c.send(Method::GET, &uri, HeaderMap::new(), "get").await.unwrap_err();
+        assert_eq!(e.status(), StatusCode::FORBIDDEN, "{e}");
+        assert_eq!(m.ssrf_blocked.get(), 2);
+    }
+}
