@@ -1,1 +1,227 @@
-//! (being written)
+//! The tracker's Prometheus metrics. Names are a contract (`docs/tracker-api.md`);
+//! every metric is registered in a [`Registry`] passed in, never a global one, so
+//! several trackers can run in one process (tests, the demo).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::registry::Events;
+
+/// Why a request or connection was refused, as the `reason` label of
+/// `shoal_tracker_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// The announced `peer_addr` is neither the source IP nor an IP SAN (403).
+    Spoofed,
+    /// Over the per-agent request rate (429).
+    RateLimited,
+    /// Unparsable JSON or an invalid field (400).
+    BadRequest,
+    /// Body over `limits.max_body_size` (413).
+    TooLarge,
+    /// Unknown path or method (404/405).
+    NotFound,
+    /// TLS handshake failed or timed out (no client certificate, wrong CA, …).
+    Handshake,
+}
+
+impl Reject {
+    pub fn label(self) -> &'static str {
+        match self {
+            Reject::Spoofed => "spoofed",
+            Reject::RateLimited => "rate_limited",
+            Reject::BadRequest => "bad_request",
+            Reject::TooLarge => "too_large",
+            Reject::NotFound => "not_found",
+            Reject::Handshake => "handshake",
+        }
+    }
+
+    const ALL: [Reject; 6] = [
+        Reject::Spoofed,
+        Reject::RateLimited,
+        Reject::BadRequest,
+        Reject::TooLarge,
+        Reject::NotFound,
+        Reject::Handshake,
+    ];
+}
+
+/// Every metric the tracker exports. Cheap to clone (handles are `Arc`s).
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `shoal_tracker_announces_total`: announce calls answered 200.
+    pub announces: IntCounter,
+    /// `shoal_tracker_syncs_total`: sync calls answered 200.
+    pub syncs: IntCounter,
+    /// `shoal_tracker_objects`: object versions known.
+    pub objects: IntGauge,
+    /// `shoal_tracker_peers`: agents known.
+    pub peers: IntGauge,
+    pub leases_granted: IntCounter,
+    /// `shoal_tracker_leases_expired_total`: leases that lapsed unfulfilled.
+    pub leases_expired: IntCounter,
+    /// `shoal_tracker_conflicts_total`: chunk ids or layouts contradicting the first.
+    pub conflicts: IntCounter,
+    /// `shoal_tracker_rejected_total{reason}`: see [`Reject`].
+    pub rejected: IntCounterVec,
+    /// `shoal_tracker_request_duration_seconds{endpoint}`: `sync`, `announce`, `other`.
+    pub request_duration: HistogramVec,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+    // Names are unique by construction (one Metrics per Registry); a clash is a bug
+    // caught by the unit test below.
+    if let Err(e) = r.register(Box::new(m.clone())) {
+        tracing::error!(error = %e, "metric registration failed");
+    }
+    m
+}
+
+impl Metrics {
+    /// Creates and registers every metric in `registry`.
+    pub fn new(registry: Registry) -> Self {
+        let r = &registry;
+        // Names and help texts are static and valid: an error here is a programming bug.
+        let counter = |name: &str, help: &str| {
+            reg(
+                r,
+                IntCounter::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}")),
+            )
+        };
+        let gauge = |name: &str, help: &str| {
+            reg(
+                r,
+                IntGauge::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}")),
+            )
+        };
+        let buckets = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        ];
+        let m = Self {
+            announces: counter("shoal_tracker_announces_total", "Announce calls answered."),
+            syncs: counter("shoal_tracker_syncs_total", "Sync calls answered."),
+            objects: gauge("shoal_tracker_objects", "Object versions known."),
+            peers: gauge("shoal_tracker_peers", "Agents known."),
+            leases_granted: counter(
+                "shoal_tracker_leases_granted_total",
+                "Origin leases granted.",
+            ),
+            leases_expired: counter(
+                "shoal_tracker_leases_expired_total",
+                "Origin leases that lapsed before their chunk was announced.",
+            ),
+            conflicts: counter(
+                "shoal_tracker_conflicts_total",
+                "Chunk ids or layouts that contradicted the first recorded.",
+            ),
+            rejected: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "shoal_tracker_rejected_total",
+                        "Requests and connections refused, by reason.",
+                    ),
+                    &["reason"],
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            request_duration: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "shoal_tracker_request_duration_seconds",
+                        "Time to answer an agent's request, by endpoint.",
+                    )
+                    .buckets(buckets),
+                    &["endpoint"],
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            registry,
+        };
+        for r in Reject::ALL {
+            m.rejected.with_label_values(&[r.label()]);
+        }
+        m
+    }
+
+    /// Counts one refusal.
+    pub fn reject(&self, why: Reject) {
+        self.rejected.with_label_values(&[why.label()]).inc();
+    }
+
+    /// Adds a registry's drained events and sets the gauges.
+    pub fn record(&self, ev: &Events, objects: usize, peers: usize) {
+        self.leases_granted.inc_by(ev.leases_granted);
+        self.leases_expired.inc_by(ev.leases_expired);
+        self.conflicts.inc_by(ev.conflicts);
+        self.objects.set(objects as i64);
+        self.peers.set(peers as i64);
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(Registry::new())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_names_exported() {
+        let m = Metrics::default();
+        m.announces.inc();
+        m.syncs.inc();
+        m.reject(Reject::Spoofed);
+        m.record(
+            &Events {
+                leases_granted: 3,
+                leases_expired: 1,
+                conflicts: 2,
+                conflict_log: Vec::new(),
+            },
+            4,
+            5,
+        );
+        m.request_duration
+            .with_label_values(&["sync"])
+            .observe(0.001);
+        let text = m.render();
+        for name in [
+            "shoal_tracker_announces_total 1",
+            "shoal_tracker_syncs_total 1",
+            "shoal_tracker_objects 4",
+            "shoal_tracker_peers 5",
+            "shoal_tracker_leases_granted_total 3",
+            "shoal_tracker_leases_expired_total 1",
+            "shoal_tracker_conflicts_total 2",
+            "shoal_tracker_rejected_total{reason=\"spoofed\"} 1",
+            "shoal_tracker_rejected_total{reason=\"rate_limited\"} 0",
+            "shoal_tracker_request_duration_seconds_bucket{endpoint=\"sync\"",
+        ] {
+            assert!(text.contains(name), "missing {name}\n{text}");
+        }
+        let _other = Metrics::default();
+    }
+}

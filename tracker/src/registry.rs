@@ -1,1 +1,612 @@
-//! (being written)
+//! The tracker's state: object layouts, chunk ids, who holds which chunks, origin
+//! leases. Pure: every call takes `now` and does no I/O, so tests drive it with
+//! simulated time.
+//!
+//! All state is soft. Agents repeat everything they know every announce interval, so
+//! a restarted tracker is whole again after one interval; nothing is persisted.
+//! Expiry is explicit rather than delegated to a cache library (moka): one request
+//! touches a peer, an object, its holders and its leases together, and they must
+//! expire consistently (a forgotten peer's chunks and leases go with it) at times the
+//! tests control. The API layer keeps one `Registry` behind a `Mutex`; every call is
+//! short, bounded by the request's size and the object's holder count.
+//!
+//! Work per call: a sync is O(holders of that object) for peer ranking plus
+//! O(chunks / 8) for lease search; announces are O(objects announced). Expired state
+//! is swept every `min(peer_ttl, object_ttl, lease_ttl) / 4`, O(all holdings).
+//!
+//! Non-goals: no persistence, no replication between replicas (agents pick a replica
+//! per key by rendezvous hashing), no proof that an agent really holds what it claims.
+
+use std::collections::hash_map::{DefaultHasher, Entry};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use shoal_proto::manifest::ManifestError;
+use shoal_proto::tracker::{
+    AgentInfo, AnnounceRequest, AnnounceResponse, ChunkBitmap, Cursor, HeldObject, IndexedId,
+    PeerHint, Refusal, SyncRequest, SyncResponse,
+};
+use shoal_proto::{ChunkId, Layout, ObjectKey, PeerId, Topology};
+
+use crate::config::RegistryConfig;
+
+/// Most conflicts kept for [`Registry::drain_events`] between drains (all are counted).
+const MAX_CONFLICT_LOG: usize = 64;
+
+/// A request the registry refused as a whole. The agent's fault; answered 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("invalid layout: {0}")]
+    Layout(#[from] ManifestError),
+    #[error("chunk index {index} is outside the object's {count} chunks")]
+    Index { index: u64, count: u32 },
+}
+
+/// Something an agent said that contradicts what the tracker already recorded. The
+/// tracker keeps the first version; a conflict means the origin changed the bytes
+/// behind unchanged validators, or an agent is broken or lying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conflict {
+    ChunkId {
+        key: ObjectKey,
+        index: u32,
+        kept: ChunkId,
+        offered: ChunkId,
+        by: PeerId,
+    },
+    Layout {
+        key: ObjectKey,
+        kept: Layout,
+        offered: Layout,
+        by: PeerId,
+    },
+}
+
+/// What happened since the last [`Registry::drain_events`], for metrics and logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Events {
+    pub leases_granted: u64,
+    pub leases_expired: u64,
+    /// Every conflict, including those not kept in `conflict_log`.
+    pub conflicts: u64,
+    /// The first few conflicts, for logging.
+    pub conflict_log: Vec<Conflict>,
+}
+
+/// The directory. See the module docs.
+#[derive(Debug)]
+pub struct Registry {
+    cfg: RegistryConfig,
+    peers: HashMap<PeerId, Peer>,
+    objects: HashMap<ObjectKey, Object>,
+    next_epoch: u64,
+    next_sweep: Option<Instant>,
+    events: Events,
+}
+
+#[derive(Debug)]
+struct Peer {
+    addr: SocketAddr,
+    topology: Topology,
+    load: u32,
+    last_seen: Instant,
+}
+
+#[derive(Debug)]
+struct Object {
+    layout: Layout,
+    count: u32,
+    /// Names this life of the object, for cursors.
+    epoch: u64,
+    ids: HashMap<u32, ChunkId>,
+    /// Indices in `ids`, in the order they were first published (cursor positions).
+    log: Vec<u32>,
+    holders: HashMap<PeerId, Holding>,
+    /// Union of every holder's chunks; recomputed when `held_dirty`.
+    held: ChunkBitmap,
+    held_dirty: bool,
+    leases: BTreeMap<u32, Lease>,
+    last_active: Instant,
+}
+
+#[derive(Debug)]
+struct Holding {
+    have: ChunkBitmap,
+    complete: bool,
+    last_seen: Instant,
+}
+
+/// The agent a sync answers.
+#[derive(Debug)]
+struct Requester<'a> {
+    id: &'a PeerId,
+    topology: &'a Topology,
+    have: &'a ChunkBitmap,
+}
+
+#[derive(Debug)]
+struct Lease {
+    holder: PeerId,
+    expires: Instant,
+}
+
+impl Registry {
+    /// An empty registry. `epoch_seed` should differ between tracker lives (the wall
+    /// clock is fine) so cursors from a previous life are recognised as stale.
+    pub fn new(cfg: RegistryConfig, epoch_seed: u64) -> Self {
+        Self {
+            cfg,
+            peers: HashMap::new(),
+            objects: HashMap::new(),
+            next_epoch: epoch_seed,
+            next_sweep: None,
+            events: Events::default(),
+        }
+    }
+
+    /// Records one sync of `req.key` by `peer` and answers it.
+    pub fn sync(
+        &mut self,
+        now: Instant,
+        peer: &PeerId,
+        req: &SyncRequest,
+    ) -> Result<SyncResponse, RegistryError> {
+        self.maybe_sweep(now);
+        self.sync_inner(now, peer, req)
+    }
+
+    fn sync_inner(
+        &mut self,
+        now: Instant,
+        peer: &PeerId,
+        req: &SyncRequest,
+    ) -> Result<SyncResponse, RegistryError> {
+        let proposed = req.layout.map(checked_layout).transpose()?;
+        self.touch_peer(now, peer, &req.agent);
+        let lease_ttl_ms = self.cfg.lease_ttl.as_millis() as u64;
+        let key = &req.key;
+        let obj = match (self.objects.entry(key.clone()), proposed) {
+            (Entry::Occupied(o), _) => o.into_mut(),
+            (Entry::Vacant(v), Some(layout)) => {
+                let epoch = self.next_epoch;
+                self.next_epoch = self.next_epoch.wrapping_add(1);
+                v.insert(Object::new(layout, epoch, now))
+            }
+            (Entry::Vacant(_), None) => return Ok(SyncResponse::unknown(lease_ttl_ms)),
+        };
+        obj.last_active = now;
+
+        let agrees = proposed.is_none_or(|l| l == obj.layout);
+        let mut granted = 0;
+        if agrees {
+            check_indices(obj.count, &req.have, &req.publish)?;
+            obj.publish(key, peer, &req.publish, &mut self.events);
+            let complete = req.complete || req.have.is_full(obj.count);
+            obj.hold(now, peer, &req.have, complete);
+            // Expire only after recording what the agent holds: a chunk reported at
+            // its deadline fulfils its lease.
+            self.events.leases_expired += obj.expire_leases(now);
+            if !complete && req.want_leases > 0 {
+                let want = req.want_leases.min(self.cfg.max_leases_per_agent);
+                granted = obj.grant(now, peer, want, self.cfg.lease_ttl);
+            }
+        } else if let Some(offered) = proposed
+            && (!req.have.is_empty() || req.complete || !req.publish.is_empty())
+        {
+            self.events.leases_expired += obj.expire_leases(now);
+            // An agent that has not started just adopts the layout; one that already
+            // holds chunks under another geometry is ignored and reported.
+            self.events.conflict(Conflict::Layout {
+                key: key.clone(),
+                kept: obj.layout,
+                offered,
+                by: peer.clone(),
+            });
+        }
+        self.events.leases_granted += granted;
+
+        let complete = agrees && obj.holders.get(peer).is_some_and(|h| h.complete);
+        let requester_have = match obj.holders.get(peer) {
+            Some(h) if agrees => h.have.clone(),
+            _ => ChunkBitmap::new(),
+        };
+        let peers = if complete {
+            Vec::new()
+        } else {
+            let me = Requester {
+                id: peer,
+                topology: &req.agent.topology,
+                have: &requester_have,
+            };
+            rank(now, &self.peers, obj, &me, &self.cfg)
+        };
+        let (ids, cursor) = obj.ids_since(req.cursor);
+        Ok(SyncResponse {
+            layout: Some(obj.layout),
+            ids,
+            cursor: Some(cursor),
+            peers,
+            leases: obj.leases_of(peer),
+            lease_ttl_ms,
+        })
+    }
+
+    /// Records a batch of held objects. Objects that cannot be recorded are listed in
+    /// the response's `refused`; the rest of the batch still counts.
+    pub fn announce(
+        &mut self,
+        now: Instant,
+        peer: &PeerId,
+        req: &AnnounceRequest,
+    ) -> AnnounceResponse {
+        self.maybe_sweep(now);
+        self.touch_peer(now, peer, &req.agent);
+        let mut resp = AnnounceResponse::default();
+        for held in &req.objects {
+            match self.announce_one(now, peer, held) {
+                Ok(wants_ids) => {
+                    resp.accepted += 1;
+                    if wants_ids {
+                        resp.want_ids.push(held.key.clone());
+                    }
+                }
+                Err(reason) => resp.refused.push(Refusal {
+                    key: held.key.clone(),
+                    reason,
+                }),
+            }
+        }
+        resp
+    }
+
+    /// Records one announced object; `Ok(true)` if the tracker lacks the id of a chunk
+    /// the agent holds.
+    fn announce_one(
+        &mut self,
+        now: Instant,
+        peer: &PeerId,
+        held: &HeldObject,
+    ) -> Result<bool, String> {
+        let layout = checked_layout(held.layout).map_err(|e| e.to_string())?;
+        let obj = match self.objects.entry(held.key.clone()) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                let epoch = self.next_epoch;
+                self.next_epoch = self.next_epoch.wrapping_add(1);
+                v.insert(Object::new(layout, epoch, now))
+            }
+        };
+        if obj.layout != layout {
+            self.events.conflict(Conflict::Layout {
+                key: held.key.clone(),
+                kept: obj.layout,
+                offered: layout,
+                by: peer.clone(),
+            });
+            return Err(format!(
+                "layout {}/{} differs from the tracker's {}/{}",
+                layout.size, layout.chunk_size, obj.layout.size, obj.layout.chunk_size
+            ));
+        }
+        check_indices(obj.count, &held.have, &held.publish).map_err(|e| e.to_string())?;
+        obj.last_active = now;
+        obj.publish(&held.key, peer, &held.publish, &mut self.events);
+        let complete = held.complete || held.have.is_full(obj.count);
+        obj.hold(now, peer, &held.have, complete);
+        self.events.leases_expired += obj.expire_leases(now);
+        let lacks = if complete {
+            obj.ids.len() < obj.count as usize
+        } else {
+            held.have.iter().any(|i| !obj.ids.contains_key(&i))
+        };
+        Ok(lacks)
+    }
+
+    /// Forgets expired peers, holdings, leases and objects. Called by every request
+    /// when due; call it from a timer too so gauges stay true on an idle tracker.
+    pub fn sweep(&mut self, now: Instant) {
+        let peer_ttl = self.cfg.peer_ttl;
+        let live = |seen: Instant| now.saturating_duration_since(seen) < peer_ttl;
+        self.peers.retain(|_, p| live(p.last_seen));
+        let object_ttl = self.cfg.object_ttl;
+        let mut expired = 0;
+        self.objects.retain(|_, o| {
+            let before = o.holders.len();
+            o.holders.retain(|_, h| live(h.last_seen));
+            o.held_dirty |= o.holders.len() != before;
+            expired += o.expire_leases(now);
+            let keep = now.saturating_duration_since(o.last_active) < object_ttl;
+            if !keep {
+                expired += o.leases.len() as u64;
+            }
+            keep
+        });
+        self.events.leases_expired += expired;
+        self.next_sweep = Some(now + self.sweep_interval());
+    }
+
+    fn maybe_sweep(&mut self, now: Instant) {
+        match self.next_sweep {
+            Some(t) if now < t => {}
+            _ => self.sweep(now),
+        }
+    }
+
+    /// How often expired state is swept.
+    pub fn sweep_interval(&self) -> Duration {
+        let c = &self.cfg;
+        (c.peer_ttl.min(c.object_ttl).min(c.lease_ttl) / 4).max(Duration::from_millis(10))
+    }
+
+    /// Takes the counters and conflicts accumulated since the last call.
+    pub fn drain_events(&mut self) -> Events {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Agents currently known.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Object versions currently known.
+    pub fn object_count(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.cfg
+    }
+
+    fn touch_peer(&mut self, now: Instant, id: &PeerId, info: &AgentInfo) {
+        let p = Peer {
+            addr: info.peer_addr,
+            topology: info.topology.clone(),
+            load: info.load,
+            last_seen: now,
+        };
+        match self.peers.get_mut(id) {
+            Some(old) => *old = p,
+            None => {
+                self.peers.insert(id.clone(), p);
+            }
+        }
+    }
+}
+
+impl Events {
+    fn conflict(&mut self, c: Conflict) {
+        self.conflicts += 1;
+        if self.conflict_log.len() < MAX_CONFLICT_LOG {
+            self.conflict_log.push(c);
+        }
+    }
+}
+
+impl Object {
+    fn new(layout: Layout, epoch: u64, now: Instant) -> Self {
+        Self {
+            layout,
+            // Layout::new bounds the count by 2^26.
+            count: layout.chunk_count() as u32,
+            epoch,
+            ids: HashMap::new(),
+            log: Vec::new(),
+            holders: HashMap::new(),
+            held: ChunkBitmap::new(),
+            held_dirty: false,
+            leases: BTreeMap::new(),
+            last_active: now,
+        }
+    }
+
+    /// Records first publications; counts different ids for known indices.
+    fn publish(&mut self, key: &ObjectKey, by: &PeerId, ids: &[IndexedId], events: &mut Events) {
+        for p in ids {
+            match self.ids.entry(p.index) {
+                Entry::Vacant(v) => {
+                    v.insert(p.id);
+                    self.log.push(p.index);
+                }
+                Entry::Occupied(o) if *o.get() != p.id => events.conflict(Conflict::ChunkId {
+                    key: key.clone(),
+                    index: p.index,
+                    kept: *o.get(),
+                    offered: p.id,
+                    by: by.clone(),
+                }),
+                Entry::Occupied(_) => {}
+            }
+        }
+    }
+
+    /// Replaces `peer`'s holding and fulfils leases on chunks it now holds. A complete
+    /// holding keeps an empty bitmap (and stays out of `held`): a 1 TiB object would
+    /// otherwise cost 8 MiB per seed.
+    fn hold(&mut self, now: Instant, peer: &PeerId, have: &ChunkBitmap, complete: bool) {
+        if !complete && have.is_empty() {
+            self.held_dirty |= self.holders.remove(peer).is_some();
+            return;
+        }
+        let have = if complete {
+            ChunkBitmap::new()
+        } else {
+            have.clone()
+        };
+        if complete {
+            self.leases.clear();
+        } else {
+            self.leases.retain(|i, _| !have.contains(*i));
+        }
+        match self.holders.get_mut(peer) {
+            Some(h) => {
+                // A shrinking holding (eviction) may remove chunks from the union.
+                self.held_dirty |= !h.have.is_subset(&have);
+                h.have = have.clone();
+                h.complete = complete;
+                h.last_seen = now;
+            }
+            None => {
+                self.holders.insert(
+                    peer.clone(),
+                    Holding {
+                        have: have.clone(),
+                        complete,
+                        last_seen: now,
+                    },
+                );
+            }
+        }
+        if !self.held_dirty {
+            self.held.union_with(&have);
+        }
+    }
+
+    /// Grants `peer` leases on the lowest chunks nobody holds or leases, up to `max`
+    /// live leases for this peer. Returns how many were granted now.
+    fn grant(&mut self, now: Instant, peer: &PeerId, max: u32, ttl: Duration) -> u64 {
+        let live = self.leases.values().filter(|l| &l.holder == peer).count() as u32;
+        let room = max.saturating_sub(live) as usize;
+        if room == 0 || self.holders.values().any(|h| h.complete) {
+            return 0;
+        }
+        if self.held_dirty {
+            let mut u = ChunkBitmap::new();
+            for h in self.holders.values() {
+                u.union_with(&h.have);
+            }
+            self.held = u;
+            self.held_dirty = false;
+        }
+        let free: Vec<u32> = self
+            .held
+            .missing(self.count)
+            .filter(|i| !self.leases.contains_key(i))
+            .take(room)
+            .collect();
+        for &i in &free {
+            self.leases.insert(
+                i,
+                Lease {
+                    holder: peer.clone(),
+                    expires: now + ttl,
+                },
+            );
+        }
+        free.len() as u64
+    }
+
+    /// Drops lapsed leases; returns how many.
+    fn expire_leases(&mut self, now: Instant) -> u64 {
+        let before = self.leases.len();
+        self.leases.retain(|_, l| now < l.expires);
+        (before - self.leases.len()) as u64
+    }
+
+    fn leases_of(&self, peer: &PeerId) -> Vec<u32> {
+        self.leases
+            .iter()
+            .filter(|(_, l)| &l.holder == peer)
+            .map(|(i, _)| *i)
+            .collect()
+    }
+
+    fn ids_since(&self, cursor: Option<Cursor>) -> (Vec<IndexedId>, Cursor) {
+        let start = match cursor {
+            Some(c) if c.epoch == self.epoch && (c.pos as usize) <= self.log.len() => {
+                c.pos as usize
+            }
+            _ => 0,
+        };
+        let ids = self.log[start..]
+            .iter()
+            .filter_map(|i| self.ids.get(i).map(|id| IndexedId { index: *i, id: *id }))
+            .collect();
+        let cursor = Cursor {
+            epoch: self.epoch,
+            // log.len() ≤ count ≤ 2^26.
+            pos: self.log.len() as u32,
+        };
+        (ids, cursor)
+    }
+}
+
+/// A layout that passed [`Layout::new`]'s bounds.
+fn checked_layout(l: Layout) -> Result<Layout, RegistryError> {
+    Ok(Layout::new(l.size, l.chunk_size)?)
+}
+
+fn check_indices(
+    count: u32,
+    have: &ChunkBitmap,
+    publish: &[IndexedId],
+) -> Result<(), RegistryError> {
+    if have.end() > u64::from(count) {
+        return Err(RegistryError::Index {
+            index: have.end() - 1,
+            count,
+        });
+    }
+    match publish.iter().find(|p| p.index >= count) {
+        Some(p) => Err(RegistryError::Index {
+            index: u64::from(p.index),
+            count,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The best `max_peers_per_reply` live holders of `obj` for `me`: those holding a chunk `me` lacks, by
+/// proximity, then load, then freshness in whole seconds, then a per-requester hash
+/// that spreads requesters over equally good peers.
+fn rank(
+    now: Instant,
+    peers: &HashMap<PeerId, Peer>,
+    obj: &Object,
+    me: &Requester<'_>,
+    cfg: &RegistryConfig,
+) -> Vec<PeerHint> {
+    let (max, peer_ttl) = (cfg.max_peers_per_reply, cfg.peer_ttl);
+    let mut cands: Vec<_> = obj
+        .holders
+        .iter()
+        .filter(|(id, h)| {
+            *id != me.id
+                && now.saturating_duration_since(h.last_seen) < peer_ttl
+                && (h.complete || !h.have.is_subset(me.have))
+        })
+        .filter_map(|(id, h)| {
+            let p = peers.get(id)?;
+            let proximity = me.topology.proximity(&p.topology);
+            let age = now.saturating_duration_since(p.last_seen).as_secs();
+            let mut hasher = DefaultHasher::new();
+            (me.id, id).hash(&mut hasher);
+            Some(((proximity, p.load, age, hasher.finish()), id, h, p))
+        })
+        .collect();
+    if cands.len() > max {
+        cands.select_nth_unstable_by_key(max, |c| c.0);
+        cands.truncate(max);
+    }
+    cands.sort_unstable_by_key(|c| c.0);
+    cands
+        .into_iter()
+        .map(|((proximity, ..), id, h, p)| PeerHint {
+            id: id.clone(),
+            addr: p.addr,
+            proximity,
+            load: p.load,
+            complete: h.complete,
+            have: if h.complete {
+                ChunkBitmap::new()
+            } else {
+                h.have.clone()
+            },
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;

@@ -1,0 +1,590 @@
+//! Registry scenarios with simulated time.
+
+use std::time::{Duration, Instant};
+
+use shoal_proto::Proximity;
+
+use super::*;
+
+const CHUNK: u32 = 1 << 20;
+
+fn cfg() -> RegistryConfig {
+    RegistryConfig {
+        peer_ttl: Duration::from_secs(90),
+        object_ttl: Duration::from_secs(600),
+        lease_ttl: Duration::from_secs(10),
+        max_leases_per_agent: 2,
+        max_peers_per_reply: 32,
+    }
+}
+
+fn id(n: &str) -> PeerId {
+    n.parse().unwrap()
+}
+
+fn key(n: &str) -> ObjectKey {
+    ObjectKey::immutable(&format!("sha256:{n}"), 0).unwrap()
+}
+
+/// An object of `chunks` full chunks.
+fn layout(chunks: u32) -> Layout {
+    Layout::new(u64::from(chunks) * u64::from(CHUNK), CHUNK).unwrap()
+}
+
+fn topo(node: &str, zone: &str, region: &str) -> Topology {
+    Topology {
+        node: node.into(),
+        zone: zone.into(),
+        region: region.into(),
+    }
+}
+
+fn agent(port: u16, t: Topology, load: u32) -> AgentInfo {
+    AgentInfo {
+        peer_addr: SocketAddr::from(([10, 0, 0, 1], port)),
+        topology: t,
+        load,
+    }
+}
+
+fn chunk_id(i: u32) -> ChunkId {
+    ChunkId::of(&i.to_be_bytes())
+}
+
+fn sync_req(a: AgentInfo, k: &ObjectKey, chunks: u32, have: &[u32], want: u32) -> SyncRequest {
+    SyncRequest {
+        agent: a,
+        key: k.clone(),
+        layout: Some(layout(chunks)),
+        have: have.iter().copied().collect(),
+        complete: false,
+        publish: Vec::new(),
+        want_leases: want,
+        cursor: None,
+    }
+}
+
+fn held(k: &ObjectKey, chunks: u32, have: &[u32], publish: bool) -> HeldObject {
+    HeldObject {
+        key: k.clone(),
+        layout: layout(chunks),
+        have: have.iter().copied().collect(),
+        complete: false,
+        publish: if publish {
+            have.iter()
+                .map(|&i| IndexedId {
+                    index: i,
+                    id: chunk_id(i),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+fn hint_ids(r: &SyncResponse) -> Vec<String> {
+    r.peers.iter().map(|p| p.id.to_string()).collect()
+}
+
+#[test]
+fn unknown_key_without_layout_creates_nothing() {
+    let t0 = Instant::now();
+    let mut reg = Registry::new(cfg(), 1);
+    let mut req = sync_req(agent(1, Topology::default(), 0), &key("a"), 4, &[], 1);
+    req.layout = None;
+    let r = reg.sync(t0, &id("a"), &req).unwrap();
+    assert_eq!(r.layout, None);
+    assert!(r.leases.is_empty());
+    assert_eq!(reg.object_count(), 0);
+    assert_eq!(reg.peer_count(), 1);
+}
+
+#[test]
+fn first_layout_wins_and_conflicting_holders_are_ignored() {
+    let t0 = Instant::now();
+    let mut reg = Registry::new(cfg(), 1);
+    let k = key("a");
+    let r = reg
+        .sync(
+            t0,
+            &id("a"),
+            &sync_req(agent(1, Topology::default(), 0), &k, 4, &[0], 0),
+        )
+        .unwrap();
+    assert_eq!(r.layout, Some(layout(4)));
+    // A newcomer proposing another geometry adopts the tracker's.
+    let r = reg
+        .sync(
+            t0,
+            &id("b"),
+            &sync_req(agent(2, Topology::default(), 0), &k, 8, &[], 0),
+        )
+        .unwrap();
+    assert_eq!(r.layout, Some(layout(4)));
+    assert_eq!(reg.drain_events().conflicts, 0);
+    // One already holding chunks under another geometry is not recorded, and counted.
+    reg.sync(
+        t0,
+        &id("c"),
+        &sync_req(agent(3, Topology::default(), 0), &k, 8, &[5], 0),
+    )
+    .unwrap();
+    let ev = reg.drain_events();
+    assert_eq!(ev.conflicts, 1);
+    assert!(matches!(ev.conflict_log[0], Conflict::Layout { .. }));
+    let r = reg
+        .sync(
+            t0,
+            &id("b"),
+            &sync_req(agent(2, Topology::default(), 0), &k, 4, &[], 0),
+        )
+        .unwrap();
+    assert_eq!(hint_ids(&r), vec!["a"]);
+}
+
+#[test]
+fn bad_layout_and_indices_are_refused() {
+    let t0 = Instant::now();
+    let mut reg = Registry::new(cfg(), 1);
+    let k = key("a");
+    let mut req = sync_req(agent(1, Topology::default(), 0), &k, 4, &[], 0);
+    req.layout = Some(Layout {
+        size: 10,
+        chunk_size: 1,
+    });
+    assert!(matches!(
+        reg.sync(t0, &id("a"), &req),
+        Err(RegistryError::Layout(_))
+    ));
+    let req = sync_req(agent(1, Topology::default(), 0), &k, 4, &[4], 0);
+    assert_eq!(
+        reg.sync(t0, &id("a"), &req),
+        Err(RegistryError::Index { index: 4, count: 4 })
+    );
+    let mut req = sync_req(agent(1, Topology::default(), 0), &k, 4, &[], 0);
+    req.publish = vec![IndexedId {
+        index: 9,
+        id: chunk_id(9),
+    }];
+    assert!(matches!(
+        reg.sync(t0, &id("a"), &req),
+        Err(RegistryError::Index { index: 9, .. })
+    ));
+}
+
+#[test]
+fn hints_ranked_by_proximity_then_load_then_freshness() {
+    let t0 = Instant::now();
+    let mut reg = Registry::new(cfg(), 1);
+    let k = key("a");
+    let me = topo("n1", "z1", "r1");
+    let holders = [
+        ("other", topo("n9", "z9", "r9"), 0),
+        ("region", topo("n3", "z2", "r1"), 0),
+        ("zone-busy", topo("n2", "z1", "r1"), 5),
+        ("zone-idle", topo("n4", "z1", "r1"), 1),
+        ("node", topo("n1", "z7", "r7"), 9),
+    ];
+    for (i, (name, t, load)) in holders.iter().enumerate() {
+        let req = sync_req(agent(i as u16 + 10, t.clone(), *load), &k, 8, &[0], 0);
+        reg.sync(t0, &id(name), &req).unwrap();
+    }
+    // "stale" is in the same zone, idle, but last heard 5s ago.
+    let req = sync_req(agent(30, topo("n5", "z1", "r1"), 1), &k, 8, &[1], 0);
+    reg.sync(t0, &id("stale"), &req).unwrap();
+    let t1 = t0 + Duration::from_secs(5);
+    let req = sync_req(agent(31, topo("n4", "z1", "r1"), 1), &k, 8, &[0], 0);
+    reg.sync(t1, &id("zone-idle"), &req).unwrap();
+    for (i, (name, t, load)) in holders.iter().enumerate() {
+        if *name != "zone-idle" {
+            let req = sync_req(agent(i as u16 + 10, t.clone(), *load), &k, 8, &[0], 0);
+            reg.sync(t1, &id(name), &req).unwrap();
+        }
+    }
+
+    let r = reg
+        .sync(
+            t1,
+            &id("me"),
+            &sync_req(agent(1, me.clone(), 0), &k, 8, &[], 0),
+        )
+        .unwrap();
+    assert_eq!(
+        hint_ids(&r),
+        vec!["node", "zone-idle", "stale", "zone-busy", "region", "other"]
+    );
+    assert_eq!(r.peers[0].proximity, Proximity::SameNode);
+    assert_eq!(r.peers[5].proximity, Proximity::Other);
+    assert_eq!(r.peers[1].addr, SocketAddr::from(([10, 0, 0, 1], 31)));
+
+    // Peers holding nothing the requester lacks are not hinted.
+    let r = reg
+        .sync(t1, &id("me"), &sync_req(agent(1, me, 0), &k, 8, &[0], 0))
+        .unwrap();
+    assert_eq!(hint_ids(&r), vec!["stale"]);
+}
+
+#[test]
+fn hints_capped_and_none_for_complete_requester() {
+    let t0 = Instant::now();
+    let mut c = cfg();
+    c.max_peers_per_reply = 3;
+    let mut reg = Registry::new(c, 1);
+    let k = key("a");
+    for i in 0..10u16 {
+        let t = topo(&format!("n{i}"), if i >= 7 { "z1" } else { "z2" }, "r");
+        reg.sync(
+            t0,
+            &id(&format!("p{i}")),
+            &sync_req(agent(i, t, 0), &k, 4, &[1], 0),
+        )
+        .unwrap();
+    }
+    let me = topo("me", "z1", "r");
+    let r = reg
+        .sync(
+            t0,
+            &id("me"),
+            &sync_req(agent(99, me.clone(), 0), &k, 4, &[], 0),
+        )
+        .unwrap();
+    let mut got = hint_ids(&r);
+    got.sort();
+    assert_eq!(got, vec!["p7", "p8", "p9"], "the three same-zone peers");
+    let mut req = sync_req(agent(99, me, 0), &k, 4, &[], 0);
+    req.complete = true;
+    assert!(reg.sync(t0, &id("me"), &req).unwrap().peers.is_empty());
+    // A complete holder is hinted without a bitmap.
+    let r = reg
+        .sync(
+            t0,
+            &id("p0"),
+            &sync_req(agent(0, topo("n0", "z2", "r"), 0), &k, 4, &[1], 0),
+        )
+        .unwrap();
+    let seed = r.peers.iter().find(|p| p.id.as_str() == "me").unwrap();
+    assert!(seed.complete && seed.have.is_empty() && seed.has(3));
+}
+
+#[test]
+fn leases_one_holder_per_chunk_lowest_first_capped_per_agent() {
+    let t0 = Instant::now();
+    let mut reg = Registry::new(cfg(), 1);
+    let k = key("a");
+    let a = || agent(1, Topology::default(), 0);
+    let b = || agent(2, Topology::default(), 0);
+    let r = reg
+        .sync(t0, &id("a"), &sync_req(a(), &k, 8, &[], 5))
+        .unwrap();
+    assert_eq!(
+        r.leases,
+        vec![0, 1],
+        "capped at max_leases_per_agent, lowest first"
+    );
+    assert_eq!(r.lease_ttl_ms, 10_000);
+    let r = reg
+        .sync(t0, &id("b"), &sync_req(b(), &k, 8, &[], 2))
+        .unwrap();
+    assert_eq!(r.leases, vec![2, 3], "never a chunk leased to another");
+    // Asking again returns the same live leases, no new grants.
+    let r = reg
+        .sync(t0, &id("a"), &sync_req(a(), &k, 8, &[], 2))
+        .unwrap();
+    assert_eq!(r.leases, vec![0, 1]);
+    assert_eq!(reg.drain_events().leases_granted, 4);
+    // Fulfilled by announcing the chunk; room for one more, skipping held chunk 4.
+    let c = agent(3, Topology::default(), 0);
+    reg.announce(
+        t0,
+        &id("c"),
+        &AnnounceRequest {
+            agent: c,
+            objects: vec![held(&k, 8, &[4], true)],
+        },
+    );
+    let r = reg
+        .sync(t0, &id("a"), &sync_req(a(), &k, 8, &[0], 2))
+        .unwrap();
+    assert_eq!(r.leases, vec![1, 5]);
+    // Wanting none grants none; a complete holder makes leases moot.
+    let r = reg
+        .sync(
+            t0,
+            &id("d"),
+            &sync_req(agent(4, Topology::default(), 0), &k, 8, &[], 0),
+        )
+        .unwrap();
+    assert!(r.leases.is_empty());
+    let mut req = sync_req(agent(5, Topology::default(), 0), &k, 8, &[], 0);
+    req.complete = true;
+    reg.sync(t0, &id("seed"), &req).unwrap();
+    let r = reg
+        .sync(
+            t0,
+            &id("d"),
+            &sync_req(agent(4, Topology::default(), 0), &k, 8, &[], 2),
+        )
+        .unwrap();
+    assert!(r.leases.is_empty());
+    let r = reg
+        .sync(t0, &id("b"), &sync_req(b(), &k, 8, &[], 2))
+        .unwrap();
+    assert!(
+        r.leases.is_empty(),
+        "a complete holding fulfils every lease"
+    );
+}
+
+#[test]
+fn leases_expire_and_are_granted_again() {
+    let t0 = Instant::now();
+    let mut reg = Registry::new(cfg(), 1);
+    let k = key("a");
+    let a = || agent(1, Topology::default(), 0);
+    let b = || agent(2, Topology::default(), 0);
+    assert_eq!(
+        reg.sync(t0, &id("a"), &sync_req(a(), &k, 4, &[], 2))
+            .unwrap()
+            .leases,
+        vec![0, 1]
+    );
+    assert_eq!(
+        reg.sync(t0, &id("b"), &sync_req(b(), &k, 4, &[], 2))
+            .unwrap()
+            .leases,
+        vec![2, 3]
+    );
+    // a delivers chunk 0 in time, b both of its chunks; a's chunk 1 lapses.
+    let t1 = t0 + Duration::from_secs(5);
+    reg.sync(t1, &id("a"), &sync_req(a(), &k, 4, &[0], 0))
+        .unwrap();
+    reg.sync(t1, &id("b"), &sync_req(b(), &k, 4, &[2, 3], 0))
+        .unwrap();
+    let t2 = t0 + Duration::from_secs(10);
+    let r = reg
+        .sync(t2, &id("b"), &sync_req(b(), &k, 4, &[2, 3], 2))
+        .unwrap();
+    assert_eq!(r.leases, vec![1], "a's lapsed lease goes to b");
+    let ev = reg.drain_events();
+    assert_eq!(ev.leases_expired, 1);
+    assert_eq!(ev.leases_granted, 5);
+    // An idle object's leases lapse in a sweep, counted once.
+    reg.sweep(t2 + Duration::from_secs(11));
+    assert_eq!(reg.drain_events().leases_expired, 1);
+    reg.sweep(t2 + Duration::from_secs(30));
+    assert_eq!(reg.drain_events().leases_expired, 0);
+}
+
+#[test]
+fn first_publisher_wins_and_conflicts_are_counted() {
+    let t0 = Instant::now();
+    let mut reg = Registry::new(cfg(), 1);
+    let k = key("a");
+    let mut req = sync_req(agent(1, Topology::default(), 0), &k, 4, &[0], 0);
+    req.publish = vec![IndexedId {
+        index: 0,
+        id: chunk_id(0),
+    }];
+    let r = reg.sync(t0, &id("a"), &req).unwrap();
+    assert_eq!(r.ids, req.publish);
+    let mut liar = sync_req(agent(2, Topology::default(), 0), &k, 4, &[0], 0);
+    liar.publish = vec![
+        IndexedId {
+            index: 0,
+            id: chunk_id(99),
+        },
+        IndexedId {
+            index: 1,
+            id: chunk_id(1),
+        },
+    ];
+    let r = reg.sync(t0, &id("b"), &liar).unwrap();
+    assert_eq!(r.ids[0].id, chunk_id(0), "first publisher kept");
+    assert_eq!(r.ids.len(), 2);
+    let ev = reg.drain_events();
+    assert_eq!(ev.conflicts, 1);
+    assert!(
+        matches!(&ev.conflict_log[0], Conflict::ChunkId { index: 0, by, .. } if by.as_str() == "b")
+    );
+}
+
+#[test]
+fn cursor_returns_only_new_ids_and_stale_epochs_get_all() {
+    let t0 = Instant::now();
+    let mut reg = Registry::new(cfg(), 1000);
+    let k = key("a");
+    let mut req = sync_req(agent(1, Topology::default(), 0), &k, 4, &[0, 1], 0);
+    req.publish = (0..2)
+        .map(|i| IndexedId {
+            index: i,
+            id: chunk_id(i),
+        })
+        .collect();
+    let r1 = reg.sync(t0, &id("a"), &req).unwrap();
+    assert_eq!(r1.ids.len(), 2);
+    let mut reader = sync_req(agent(2, Topology::default(), 0), &k, 4, &[], 0);
+    reader.cursor = r1.cursor;
+    assert!(reg.sync(t0, &id("b"), &reader).unwrap().ids.is_empty());
+    req.publish = vec![IndexedId {
+        index: 3,
+        id: chunk_id(3),
+    }];
+    req.have = [0, 1, 3].into_iter().collect();
+    reg.sync(t0, &id("a"), &req).unwrap();
+    let r = reg.sync(t0, &id("b"), &reader).unwrap();
+    assert_eq!(
+        r.ids,
+        vec![IndexedId {
+            index: 3,
+            id: chunk_id(3)
+        }]
+    );
+    assert_eq!(r.cursor.unwrap().pos, 3);
+    // A cursor from another life of the object (or another tracker) is ignored.
+    reader.cursor = Some(Cursor { epoch: 7, pos: 3 });
+    assert_eq!(reg.sync(t0, &id("b"), &reader).unwrap().ids.len(), 3);
+}
+
+#[test]
+fn silent_peers_and_idle_objects_expire() {
+    let t0 = Instant::now();
+    let mut reg = Registry::new(cfg(), 1);
+    let k = key("a");
+    reg.sync(
+        t0,
+        &id("old"),
+        &sync_req(agent(1, Topology::default(), 0), &k, 4, &[0], 2),
+    )
+    .unwrap();
+    let t1 = t0 + Duration::from_secs(60);
+    reg.sync(
+        t1,
+        &id("new"),
+        &sync_req(agent(2, Topology::default(), 0), &k, 4, &[1], 0),
+    )
+    .unwrap();
+    let t2 = t0 + Duration::from_secs(91);
+    let r = reg
+        .sync(
+            t2,
+            &id("me"),
+            &sync_req(agent(3, Topology::default(), 0), &k, 4, &[], 4),
+        )
+        .unwrap();
+    assert_eq!(hint_ids(&r), vec!["new"], "old is forgotten after peer_ttl");
+    assert_eq!(r.leases, vec![0, 2], "its chunk is leasable again");
+    assert_eq!(reg.peer_count(), 2);
+    // Nobody touches the object for object_ttl: it and everyone in it are gone.
+    reg.sweep(t2 + Duration::from_secs(600));
+    assert_eq!(reg.object_count(), 0);
+    assert_eq!(reg.peer_count(), 0);
+    let mut ask = sync_req(agent(3, Topology::default(), 0), &k, 4, &[], 0);
+    ask.layout = None;
+    assert_eq!(
+        reg.sync(t2 + Duration::from_secs(601), &id("me"), &ask)
+            .unwrap()
+            .layout,
+        None
+    );
+}
+
+#[test]
+fn restarted_registry_is_complete_after_one_announce_round() {
+    let t0 = Instant::now();
+    let k = key("a");
+    let k2 = key("b");
+    let mut before = Registry::new(cfg(), 1);
+    let mut req = sync_req(agent(1, Topology::default(), 0), &k, 4, &[0, 1, 2, 3], 0);
+    req.publish = (0..4)
+        .map(|i| IndexedId {
+            index: i,
+            id: chunk_id(i),
+        })
+        .collect();
+    let want = before.sync(t0, &id("a"), &req).unwrap();
+
+    // The tracker restarts. Agents announce what they hold; the tracker asks for ids
+    // it lacks and they announce again with them.
+    let mut after = Registry::new(cfg(), 2);
+    let a = AnnounceRequest {
+        agent: agent(1, Topology::default(), 0),
+        objects: vec![held(&k, 4, &[0, 1, 2, 3], false), held(&k2, 2, &[0], false)],
+    };
+    let r = after.announce(t0, &id("a"), &a);
+    assert_eq!(r.accepted, 2);
+    assert_eq!(r.want_ids, vec![k.clone(), k2.clone()]);
+    let b = AnnounceRequest {
+        agent: agent(2, Topology::default(), 0),
+        objects: vec![held(&k, 4, &[1, 2], true)],
+    };
+    assert!(after.announce(t0, &id("b"), &b).want_ids.is_empty());
+    let a2 = AnnounceRequest {
+        agent: agent(1, Topology::default(), 0),
+        objects: vec![held(&k, 4, &[0, 1, 2, 3], true), held(&k2, 2, &[0], true)],
+    };
+    let r = after.announce(t0, &id("a"), &a2);
+    assert!(r.want_ids.is_empty() && r.refused.is_empty());
+
+    let mut newcomer = sync_req(agent(3, Topology::default(), 0), &k, 4, &[], 2);
+    newcomer.layout = None;
+    let got = after.sync(t0, &id("c"), &newcomer).unwrap();
+    assert_eq!(got.layout, want.layout);
+    let mut ids = got.ids.clone();
+    ids.sort_by_key(|i| i.index);
+    assert_eq!(ids, want.ids);
+    let mut hints = hint_ids(&got);
+    hints.sort();
+    assert_eq!(hints, vec!["a", "b"]);
+    assert!(
+        got.leases.is_empty(),
+        "a holds everything: no origin fetch needed"
+    );
+
+    // A held object under another layout is refused, the rest of the batch counts.
+    let bad = AnnounceRequest {
+        agent: agent(4, Topology::default(), 0),
+        objects: vec![held(&k, 8, &[0], false), held(&k2, 2, &[1], false)],
+    };
+    let r = after.announce(t0, &id("d"), &bad);
+    assert_eq!(r.accepted, 1);
+    assert_eq!(r.refused.len(), 1);
+    assert!(r.refused[0].reason.contains("layout"), "{:?}", r.refused);
+    assert_eq!(after.drain_events().conflicts, 1);
+}
+
+#[test]
+fn shrinking_holding_frees_chunks_for_leases() {
+    let t0 = Instant::now();
+    let mut reg = Registry::new(cfg(), 1);
+    let k = key("a");
+    reg.sync(
+        t0,
+        &id("a"),
+        &sync_req(agent(1, Topology::default(), 0), &k, 3, &[0, 1], 0),
+    )
+    .unwrap();
+    let r = reg
+        .sync(
+            t0,
+            &id("b"),
+            &sync_req(agent(2, Topology::default(), 0), &k, 3, &[], 2),
+        )
+        .unwrap();
+    assert_eq!(r.leases, vec![2]);
+    // a evicts chunk 0.
+    reg.sync(
+        t0,
+        &id("a"),
+        &sync_req(agent(1, Topology::default(), 0), &k, 3, &[1], 0),
+    )
+    .unwrap();
+    let r = reg
+        .sync(
+            t0,
+            &id("b"),
+            &sync_req(agent(2, Topology::default(), 0), &k, 3, &[], 2),
+        )
+        .unwrap();
+    assert_eq!(r.leases, vec![0, 2]);
+}
