@@ -1,1 +1,334 @@
-//! (being written)
+//! Wiring: listeners, TLS, connections, the admin endpoint and the expiry timer.
+//!
+//! [`Tracker::start`] binds both listeners (port 0 allowed) and returns a
+//! [`RunningTracker`]; the binary, the in-process tests and the agent's demo all start
+//! trackers this way. Dropping a `RunningTracker` stops it in the background;
+//! [`RunningTracker::shutdown`] stops it and waits.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use shoal_proto::tracker::ALPN;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+
+use crate::api::{Api, ClientInfo};
+use crate::config::{Config, ConfigError};
+use crate::metrics::{Metrics, Reject};
+use crate::tls::{Identity, TlsError, ip_sans_of, peer_id_of};
+
+/// How long open connections get to finish their requests at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the tracker could not start. The operator's to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+}
+
+/// Entry point; see the module docs.
+#[derive(Debug)]
+pub struct Tracker;
+
+/// A started tracker.
+#[derive(Debug)]
+pub struct RunningTracker {
+    local_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    metrics: Metrics,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+#[derive(Debug, Clone)]
+struct ConnLimits {
+    header_read_timeout: Duration,
+}
+
+impl Tracker {
+    /// Validates `cfg`, binds `cfg.server.listen` (mutual TLS, ALPN `http/1.1`) and
+    /// `cfg.admin.listen` (plain HTTP), registers metrics in `registry` and starts
+    /// serving. Must be called inside a tokio runtime.
+    pub async fn start(
+        cfg: Config,
+        identity: Identity,
+        registry: prometheus::Registry,
+    ) -> Result<RunningTracker, StartError> {
+        cfg.validate()?;
+        let server = identity.server_config(&[ALPN])?;
+        let acceptor = TlsAcceptor::from(Arc::new(server));
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { what, addr, source })
+        };
+        let listener = bind("server.listen", cfg.server.listen).await?;
+        let admin = bind("admin.listen", cfg.admin.listen).await?;
+        let addr_of = |l: &TcpListener, what, addr| {
+            l.local_addr()
+                .map_err(|source| StartError::Bind { what, addr, source })
+        };
+        let local_addr = addr_of(&listener, "server.listen", cfg.server.listen)?;
+        let admin_addr = addr_of(&admin, "admin.listen", cfg.admin.listen)?;
+
+        let metrics = Metrics::new(registry);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let api = Arc::new(Api::new(&cfg, metrics.clone(), seed));
+        let (stop, stop_rx) = watch::channel(false);
+        let limits = ConnLimits {
+            header_read_timeout: cfg.limits.header_read_timeout,
+        };
+        let tasks = vec![
+            tokio::spawn(serve(
+                listener,
+                acceptor,
+                api.clone(),
+                limits,
+                cfg.limits.max_connections,
+                stop_rx.clone(),
+            )),
+            tokio::spawn(serve_admin(admin, metrics.clone(), stop_rx.clone())),
+            tokio::spawn(sweeper(api, stop_rx)),
+        ];
+        tracing::info!(%local_addr, %admin_addr, peer_id = %identity.peer_id(), "tracker listening");
+        Ok(RunningTracker {
+            local_addr,
+            admin_addr,
+            metrics,
+            stop,
+            tasks,
+        })
+    }
+}
+
+impl RunningTracker {
+    /// The agents' listener (resolved when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The admin listener.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Stops accepting, lets open connections finish their requests (up to 5 s), and
+    /// waits for every task.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
+            if let Err(e) = t.await
+                && e.is_panic()
+            {
+                tracing::error!(error = %e, "tracker task panicked");
+            }
+        }
+        tracing::info!("tracker stopped");
+    }
+}
+
+/// Accepts agent connections until `stop`.
+async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    api: Arc<Api>,
+    limits: ConnLimits,
+    max_connections: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut conns = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p,
+            _ = stop.changed() => break,
+        };
+        let Ok(permit) = permit else { break };
+        let (tcp, source) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        while conns.try_join_next().is_some() {}
+        let (acceptor, api, limits, stop) =
+            (acceptor.clone(), api.clone(), limits.clone(), stop.clone());
+        conns.spawn(async move {
+            connection(tcp, source, acceptor, api, limits, stop).await;
+            drop(permit);
+        });
+    }
+    drain(conns).await;
+}
+
+/// One agent connection: TLS handshake, identity from the certificate, HTTP/1.1.
+async fn connection(
+    tcp: TcpStream,
+    source: SocketAddr,
+    acceptor: TlsAcceptor,
+    api: Arc<Api>,
+    limits: ConnLimits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let refuse = |why: String| {
+        api.metrics().reject(Reject::Handshake);
+        tracing::debug!(%source, reason = %why, "connection refused");
+    };
+    let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return refuse(format!("TLS handshake: {e}")),
+        Err(_) => return refuse("TLS handshake timed out".into()),
+    };
+    // The verifier requires a client certificate, so one is present after a handshake.
+    let Some(cert) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
+        return refuse("no client certificate".into());
+    };
+    let peer = match peer_id_of(cert) {
+        Ok(p) => p,
+        Err(e) => return refuse(format!("client certificate: {e}")),
+    };
+    let client = Arc::new(ClientInfo {
+        ip_sans: ip_sans_of(cert),
+        peer,
+        source,
+    });
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let (api, client) = (api.clone(), client.clone());
+        async move { Ok::<_, Infallible>(api.handle(&client, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(TokioIo::new(tls), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%source, error = %e, "connection ended with an error");
+            }
+        }
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// `/metrics`, `/live`, `/ready` in plain HTTP, until `stop`.
+async fn serve_admin(listener: TcpListener, metrics: Metrics, mut stop: watch::Receiver<bool>) {
+    let mut conns = JoinSet::new();
+    loop {
+        let tcp = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        while conns.try_join_next().is_some() {}
+        let metrics = metrics.clone();
+        let mut stop = stop.clone();
+        conns.spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(admin(&metrics, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drain(conns).await;
+}
+
+fn admin(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match req.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(),
+        ),
+        "/live" | "/ready" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::header::HeaderValue::from_static(ctype),
+    );
+    r
+}
+
+/// Expires soft state on a timer so gauges stay true on an idle tracker.
+async fn sweeper(api: Arc<Api>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(api.sweep_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => api.sweep(Instant::now()),
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+/// Waits for connections to finish (up to [`SHUTDOWN_GRACE`]), then aborts the rest.
+async fn drain(mut conns: JoinSet<()>) {
+    let all = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
+        tracing::warn!(
+            open = conns.len(),
+            "connections still open after the grace period; closing"
+        );
+        conns.abort_all();
+    }
+}
