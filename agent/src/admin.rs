@@ -1,1 +1,101 @@
-//! (being written)
+//! The admin listener: `/metrics` (Prometheus text), `/live` (the process answers),
+//! `/ready` (the agent serves clients). Plain HTTP on a node-local address by default;
+//! it exposes no data beyond counters.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+use crate::object::read::ProxyBody;
+use crate::proxy::respond::{error, full};
+
+/// Readiness, flipped by the app once every listener is up.
+#[derive(Debug, Clone, Default)]
+pub struct Ready(Arc<AtomicBool>);
+
+impl Ready {
+    pub fn set(&self, v: bool) {
+        self.0.store(v, Ordering::Release);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Serves the admin endpoints until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Metrics,
+    ready: Ready,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(5))
+        .keep_alive(true);
+    let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            // Scrapers do not need more than a few connections; shed the rest.
+            continue;
+        };
+        let (m, r) = (metrics.clone(), ready.clone());
+        let svc = service_fn(move |req| {
+            let (m, r) = (m.clone(), r.clone());
+            async move { Ok::<_, Infallible>(route(&req, &m, &r)) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+}
+
+fn route(req: &Request<Incoming>, metrics: &Metrics, ready: &Ready) -> Response<ProxyBody> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "admin endpoints are GET only",
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut r = Response::new(full(metrics.render()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/live" => Response::new(full("live\n")),
+        "/ready" if ready.get() => Response::new(full("ready\n")),
+        "/ready" => error(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+        _ => error(StatusCode::NOT_FOUND, "try /metrics, /live or /ready"),
+    }
+}

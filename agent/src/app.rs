@@ -1,1 +1,140 @@
-//! (being written)
+//! Wiring: builds every part of an agent from its [`Config`] and runs the listeners.
+//! Tests and the demo run several agents in one process through [`Agent::start`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::admin::{self, Ready};
+use crate::config::Config;
+use crate::egress::EgressPolicy;
+use crate::metrics::Metrics;
+use crate::object::{CacheSettings, ObjectCache};
+use crate::origin::OriginClient;
+use crate::proxy::{self, Proxy};
+use crate::store::{ChunkStore, MetaStore, StoreConfig};
+
+/// Why an agent could not start. Always a local problem (configuration, ports, files).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {what} address {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("swarm setup: {0}")]
+    Swarm(String),
+}
+
+/// Entry point; see [`Agent::start`].
+#[derive(Debug)]
+pub struct Agent;
+
+/// A started agent. Dropping it does not stop it; call [`RunningAgent::shutdown`].
+#[derive(Debug)]
+pub struct RunningAgent {
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    metrics: Metrics,
+    cache: ObjectCache,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Agent {
+    /// Opens the store, binds every listener (port 0 allowed) and starts serving.
+    pub async fn start(cfg: Config, registry: Registry) -> Result<RunningAgent, StartError> {
+        let metrics = Metrics::new(registry);
+        let store = ChunkStore::open(StoreConfig::from(&cfg.cache), metrics.clone()).await;
+        let meta = MetaStore::new(cfg.cache.dir.join("objects"));
+        let policy = EgressPolicy::new(&cfg.egress);
+        let origin = OriginClient::new(&cfg.origin, policy.clone(), metrics.clone());
+        let settings = CacheSettings {
+            // Validated to be within 16KiB..=16MiB by Config::validate.
+            chunk_size: cfg.cache.chunk_size.as_u64() as u32,
+            freshness: cfg.cache.freshness,
+        };
+        let cache = ObjectCache::open(store, meta, origin, metrics.clone(), settings).await;
+        let proxy = Arc::new(Proxy::new(&cfg, cache.clone(), policy, metrics.clone()));
+
+        let bind = |what: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { what, addr, source })
+        };
+        let proxy_l = bind("proxy", cfg.proxy.listen).await?;
+        let admin_l = bind("admin", cfg.admin.listen).await?;
+        let proxy_addr = local(&proxy_l, cfg.proxy.listen);
+        let admin_addr = local(&admin_l, cfg.admin.listen);
+
+        let (stop, _) = watch::channel(false);
+        let stopped = |rx: watch::Receiver<bool>| async move {
+            let mut rx = rx;
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let ready = Ready::default();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(proxy::serve(
+            proxy_l,
+            proxy,
+            cfg.proxy.clone(),
+            stopped(stop.subscribe()),
+        ));
+        tasks.spawn(admin::serve(
+            admin_l,
+            metrics.clone(),
+            ready.clone(),
+            stopped(stop.subscribe()),
+        ));
+        ready.set(true);
+        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, cache = %cfg.cache.dir.display(), "agent started");
+        Ok(RunningAgent {
+            proxy_addr,
+            admin_addr,
+            metrics,
+            cache,
+            stop,
+            tasks,
+        })
+    }
+}
+
+fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
+    l.local_addr().unwrap_or(fallback)
+}
+
+impl RunningAgent {
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn cache(&self) -> &ObjectCache {
+        &self.cache
+    }
+
+    /// Stops accepting, lets in-flight responses finish, and returns.
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Resolves when any listener task ends (it only ends on shutdown or a bug).
+    pub async fn wait(&mut self) {
+        let _ = self.tasks.join_next().await;
+    }
+}

@@ -1,0 +1,259 @@
+//! A fill: one object version being fetched, shared by every client that wants it.
+//!
+//! Chunks complete in any order (the origin fills in order, the swarm out of order);
+//! readers wait for the chunk they need next and are woken on every completion. A
+//! chunk that could not be written to disk is held in the fill's memory until the
+//! fill is dropped, so a full or read-only disk never fails a client.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use shoal_proto::{ChunkId, Layout};
+use tokio::sync::watch;
+
+use crate::metrics::Source;
+use crate::object::meta::Repr;
+use crate::store::PinGuard;
+
+/// Why a fill stopped. Readers end their response with an error (a reset).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("fetch of {url} failed: {reason}")]
+pub struct FillFailed {
+    pub url: String,
+    pub reason: String,
+}
+
+/// A completed chunk as a reader sees it.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub id: ChunkId,
+    pub source: Source,
+    /// The bytes, when they are not in the store (write failed).
+    pub held: Option<Bytes>,
+}
+
+#[derive(Debug)]
+struct State {
+    chunks: Vec<Option<(ChunkId, Source)>>,
+    done: usize,
+    held: HashMap<usize, Bytes>,
+    failed: Option<FillFailed>,
+    pins: Vec<PinGuard>,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Fill {
+    pub url: String,
+    pub layout: Layout,
+    pub repr: Repr,
+    state: Mutex<State>,
+    tx: watch::Sender<()>,
+}
+
+impl Fill {
+    pub fn new(url: String, layout: Layout, repr: Repr) -> Self {
+        let (tx, _) = watch::channel(());
+        let n = layout.chunk_count();
+        let state = State {
+            chunks: vec![None; n],
+            done: 0,
+            held: HashMap::new(),
+            failed: None,
+            pins: Vec::new(),
+        };
+        Self {
+            url,
+            layout,
+            repr,
+            state: Mutex::new(state),
+            tx,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock would be a bug in this module; the state
+        // stays consistent because every mutation is a single assignment.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records chunk `index` as verified. `held` carries its bytes if the store
+    /// could not keep them; `pin` keeps a stored chunk from eviction while the fill
+    /// lives. Out-of-range and repeated completions are ignored.
+    pub fn complete(
+        &self,
+        index: usize,
+        id: ChunkId,
+        source: Source,
+        held: Option<Bytes>,
+        pin: Option<PinGuard>,
+    ) {
+        {
+            let mut s = self.lock();
+            let Some(slot) = s.chunks.get_mut(index) else {
+                return;
+            };
+            if slot.is_some() {
+                return;
+            }
+            *slot = Some((id, source));
+            s.done += 1;
+            if let Some(b) = held {
+                s.held.insert(index, b);
+            }
+            s.pins.extend(pin);
+        }
+        self.tx.send_replace(());
+    }
+
+    /// Stops the fill; waiting readers get the error.
+    pub fn fail(&self, reason: impl Into<String>) {
+        {
+            let mut s = self.lock();
+            if s.failed.is_none() {
+                s.failed = Some(FillFailed {
+                    url: self.url.clone(),
+                    reason: reason.into(),
+                });
+            }
+        }
+        self.tx.send_replace(());
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.lock().done == self.layout.chunk_count()
+    }
+
+    pub fn failed(&self) -> Option<FillFailed> {
+        self.lock().failed.clone()
+    }
+
+    /// Whether chunk `index` is done.
+    pub fn has(&self, index: usize) -> bool {
+        self.lock().chunks.get(index).is_some_and(Option::is_some)
+    }
+
+    /// The chunk ids, once every chunk is done.
+    pub fn chunk_ids(&self) -> Option<Vec<ChunkId>> {
+        self.lock()
+            .chunks
+            .iter()
+            .map(|c| c.map(|(id, _)| id))
+            .collect()
+    }
+
+    /// The ids known so far.
+    pub fn chunk_ids_partial(&self) -> Vec<Option<ChunkId>> {
+        self.lock()
+            .chunks
+            .iter()
+            .map(|c| c.map(|(id, _)| id))
+            .collect()
+    }
+
+    /// Waits until chunk `index` is done (or the fill failed).
+    pub async fn wait(&self, index: usize) -> Result<Ready, FillFailed> {
+        let mut rx = self.tx.subscribe();
+        loop {
+            {
+                let s = self.lock();
+                match s.chunks.get(index) {
+                    None => {
+                        return Err(FillFailed {
+                            url: self.url.clone(),
+                            reason: format!("no chunk {index}"),
+                        });
+                    }
+                    Some(Some((id, source))) => {
+                        return Ok(Ready {
+                            id: *id,
+                            source: *source,
+                            held: s.held.get(&index).cloned(),
+                        });
+                    }
+                    Some(None) => {}
+                }
+                if let Some(f) = &s.failed {
+                    return Err(f.clone());
+                }
+            }
+            if rx.changed().await.is_err() {
+                // The sender lives in self, so this cannot happen while we hold &self.
+                return Err(FillFailed {
+                    url: self.url.clone(),
+                    reason: "fill dropped".into(),
+                });
+            }
+        }
+    }
+
+    /// Waits until the fill is complete or failed.
+    pub async fn finished(&self) -> Result<(), FillFailed> {
+        let mut rx = self.tx.subscribe();
+        loop {
+            {
+                let s = self.lock();
+                if let Some(f) = &s.failed {
+                    return Err(f.clone());
+                }
+                if s.done == self.layout.chunk_count() {
+                    return Ok(());
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(FillFailed {
+                    url: self.url.clone(),
+                    reason: "fill dropped".into(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn readers_wake_in_any_order() {
+        let layout = Layout::new(40_000, 16384).unwrap();
+        let f = Arc::new(Fill::new("http://o/x".into(), layout, Repr::default()));
+        let r = {
+            let f = f.clone();
+            tokio::spawn(async move { f.wait(2).await })
+        };
+        f.complete(0, ChunkId::of(b"a"), Source::Origin, None, None);
+        f.complete(
+            2,
+            ChunkId::of(b"c"),
+            Source::Peer,
+            Some(Bytes::from_static(b"c")),
+            None,
+        );
+        let got = r.await.unwrap().unwrap();
+        assert_eq!(got.id, ChunkId::of(b"c"));
+        assert_eq!(got.held.as_deref(), Some(&b"c"[..]));
+        assert!(!f.is_complete());
+        f.complete(1, ChunkId::of(b"b"), Source::Origin, None, None);
+        f.complete(1, ChunkId::of(b"x"), Source::Origin, None, None);
+        assert!(f.is_complete());
+        f.finished().await.unwrap();
+        assert_eq!(f.chunk_ids().unwrap()[1], ChunkId::of(b"b"));
+    }
+
+    #[tokio::test]
+    async fn failure_reaches_waiters() {
+        let layout = Layout::new(40_000, 16384).unwrap();
+        let f = Arc::new(Fill::new("http://o/x".into(), layout, Repr::default()));
+        let r = {
+            let f = f.clone();
+            tokio::spawn(async move { f.wait(1).await })
+        };
+        tokio::task::yield_now().await;
+        f.fail("origin reset");
+        assert_eq!(r.await.unwrap().unwrap_err().reason, "origin reset");
+        assert!(f.wait(9).await.is_err());
+    }
+}

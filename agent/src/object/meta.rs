@@ -1,0 +1,156 @@
+//! What the agent remembers about one cached URL: its manifest and the representation
+//! headers to replay, persisted as JSON beside the chunks so a restart keeps the cache.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+use shoal_proto::Manifest;
+
+/// Origin response headers that describe the bytes and are replayed on hits.
+const REPLAYED: [&str; 6] = [
+    "content-type",
+    "content-encoding",
+    "content-disposition",
+    "cache-control",
+    "docker-content-digest",
+    "repr-digest",
+];
+
+/// Validators and replayed headers of one object version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repr {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    /// `(name, value)` of the [`REPLAYED`] headers the origin sent.
+    pub headers: Vec<(String, String)>,
+}
+
+/// One cached URL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    /// The absolute origin URL.
+    pub url: String,
+    pub manifest: Manifest,
+    pub repr: Repr,
+    /// Unix milliseconds when the origin last confirmed this version.
+    pub validated_at_ms: u64,
+    /// Digest-named URL: never revalidated.
+    pub immutable: bool,
+}
+
+impl Repr {
+    /// Takes validators and replayed headers from an origin response.
+    pub fn from_headers(h: &HeaderMap) -> Self {
+        let s = |n: HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let headers = REPLAYED
+            .iter()
+            .filter_map(|n| {
+                h.get(*n)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| ((*n).to_owned(), v.to_owned()))
+            })
+            .collect();
+        Self {
+            etag: s(header::ETAG),
+            last_modified: s(header::LAST_MODIFIED),
+            headers,
+        }
+    }
+
+    /// Writes validators and replayed headers into `h`.
+    pub fn apply(&self, h: &mut HeaderMap) {
+        for (n, v) in &self.headers {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(n.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                h.insert(n, v);
+            }
+        }
+        if let Some(Ok(v)) = self.etag.as_deref().map(HeaderValue::from_str) {
+            h.insert(header::ETAG, v);
+        }
+        if let Some(Ok(v)) = self.last_modified.as_deref().map(HeaderValue::from_str) {
+            h.insert(header::LAST_MODIFIED, v);
+        }
+    }
+}
+
+impl ObjectMeta {
+    /// The file name under which the metadata of `url` is stored.
+    pub fn name_for(url: &str) -> String {
+        blake3::hash(url.as_bytes()).to_hex().to_string()
+    }
+
+    /// Whether this version may be served without asking the origin.
+    pub fn is_fresh(&self, now: SystemTime, freshness: Duration) -> bool {
+        if self.immutable {
+            return true;
+        }
+        unix_ms(now).saturating_sub(self.validated_at_ms) < freshness.as_millis() as u64
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The whole-object digest named by a URL path, if any: OCI `…/blobs/sha256:<hex>`
+/// or apt `…/by-hash/SHA256/<hex>`. Returned as `sha256:<hex>`.
+pub fn digest_in_path(path: &str) -> Option<String> {
+    let hexok = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+    if let Some(i) = path.find("/blobs/sha256:") {
+        let h = &path[i + "/blobs/sha256:".len()..];
+        let h = h.split(['/', '?']).next().unwrap_or("");
+        if hexok(h) {
+            return Some(format!("sha256:{}", h.to_ascii_lowercase()));
+        }
+    }
+    if let Some(i) = path.find("/by-hash/SHA256/") {
+        let h = &path[i + "/by-hash/SHA256/".len()..];
+        let h = h.split(['/', '?']).next().unwrap_or("");
+        if hexok(h) {
+            return Some(format!("sha256:{}", h.to_ascii_lowercase()));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_urls() {
+        let h = "a".repeat(64);
+        assert_eq!(
+            digest_in_path(&format!("/v2/lib/x/blobs/sha256:{h}")),
+            Some(format!("sha256:{h}"))
+        );
+        assert_eq!(
+            digest_in_path(&format!("/debian/dists/by-hash/SHA256/{h}")),
+            Some(format!("sha256:{h}"))
+        );
+        assert_eq!(digest_in_path("/v2/lib/x/blobs/sha256:abc"), None);
+        assert_eq!(digest_in_path("/pool/x.deb"), None);
+    }
+
+    #[test]
+    fn repr_round_trip() {
+        let mut h = HeaderMap::new();
+        h.insert(header::ETAG, "\"e\"".parse().unwrap());
+        h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        h.insert(header::SET_COOKIE, "a=b".parse().unwrap());
+        let r = Repr::from_headers(&h);
+        let mut out = HeaderMap::new();
+        r.apply(&mut out);
+        assert_eq!(out.get(header::ETAG).unwrap(), "\"e\"");
+        assert_eq!(out.get(header::CONTENT_TYPE).unwrap(), "text/plain");
+        assert!(out.get(header::SET_COOKIE).is_none());
+    }
+}

@@ -1,0 +1,425 @@
+//! Object versions: which URLs are cached, single flight, and filling from the origin.
+//!
+//! [`ObjectCache::lookup`] answers "how do I serve this GET?": from a complete cached
+//! version ([`Lookup::Object`]), by joining a fill in progress ([`Lookup::Fill`]), or
+//! by passing the origin's response through ([`Lookup::Pass`]). However many clients
+//! ask for one URL at once, one origin request is made: the first becomes the leader
+//! (in a task of its own, so its client hanging up cancels nothing) and the others
+//! wait for its outcome.
+//!
+//! Only `200` responses with a length, a validator (strong ETag or Last-Modified, or a
+//! digest-named URL) and no `no-store`/`private` are cached; everything else passes
+//! through. Requests are sent to the origin without the client's `Accept-Encoding`,
+//! so cached bytes are always the identity encoding and fit every client.
+
+pub mod fill;
+pub mod meta;
+mod origin_fill;
+pub mod read;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use shoal_proto::{Layout, ObjectKey, Validator};
+use tokio::sync::watch;
+
+use crate::config::Mode;
+use crate::metrics::Metrics;
+use crate::origin::{OriginClient, OriginError};
+use crate::store::{ChunkStore, MetaStore};
+pub use fill::{Fill, FillFailed};
+pub use meta::{ObjectMeta, Repr};
+
+/// Settings of the object layer, from `[cache]`.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Chunk size for new object versions, bytes.
+    pub chunk_size: u32,
+    /// Serve without revalidating for this long.
+    pub freshness: Duration,
+}
+
+/// What one client GET wants.
+#[derive(Debug, Clone)]
+pub struct Want {
+    /// Absolute origin URL.
+    pub url: Uri,
+    /// The rule's mode (`Cache` or `P2p`; `Pass` never reaches the cache).
+    pub mode: Mode,
+    /// Smaller responses are passed through.
+    pub min_size: u64,
+    /// The client asked for revalidation (`Cache-Control: no-cache` / `max-age=0`).
+    pub revalidate: bool,
+}
+
+/// How to serve a GET. See the module docs.
+#[derive(Debug)]
+pub enum Lookup {
+    Object(Arc<ObjectMeta>),
+    Fill(Arc<Fill>),
+    /// The origin's own response, not cacheable: relay it as is.
+    Pass(Response<Incoming>),
+    /// Another client's origin response was not cacheable: make your own request.
+    Retry,
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Object(Arc<ObjectMeta>),
+    Fill(Arc<Fill>),
+    Uncacheable,
+}
+
+enum Step {
+    Lead(Option<Arc<ObjectMeta>>, watch::Sender<Option<Outcome>>),
+    Join(watch::Receiver<Option<Outcome>>),
+}
+
+#[derive(Debug)]
+enum Flight {
+    Pending(watch::Receiver<Option<Outcome>>),
+    Filling(Arc<Fill>),
+}
+
+/// The object layer. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ObjectCache {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) store: ChunkStore,
+    pub(crate) meta: MetaStore,
+    pub(crate) origin: OriginClient,
+    pub(crate) metrics: Metrics,
+    pub(crate) settings: CacheSettings,
+    objects: RwLock<HashMap<String, Arc<ObjectMeta>>>,
+    flights: Mutex<HashMap<String, Flight>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section here is a few map operations that cannot panic halfway.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ObjectCache {
+    /// Loads the persisted object index from `meta`.
+    pub async fn open(
+        store: ChunkStore,
+        meta: MetaStore,
+        origin: OriginClient,
+        metrics: Metrics,
+        settings: CacheSettings,
+    ) -> Self {
+        let mut objects = HashMap::new();
+        for (name, data) in meta.load_all().await {
+            match serde_json::from_slice::<ObjectMeta>(&data) {
+                Ok(m) if ObjectMeta::name_for(&m.url) == name => {
+                    objects.insert(m.url.clone(), Arc::new(m));
+                }
+                _ => {
+                    tracing::warn!(%name, "dropping unreadable object metadata");
+                    meta.remove(&name).await;
+                }
+            }
+        }
+        tracing::info!(objects = objects.len(), "object index loaded");
+        let inner = Inner {
+            store,
+            meta,
+            origin,
+            metrics,
+            settings,
+            objects: RwLock::new(objects),
+            flights: Mutex::new(HashMap::new()),
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    pub fn store(&self) -> &ChunkStore {
+        &self.inner.store
+    }
+
+    pub fn origin(&self) -> &OriginClient {
+        &self.inner.origin
+    }
+
+    /// A fresh cached version or a fill in progress for `url`, without contacting
+    /// the origin (HEAD requests).
+    pub fn peek(&self, url: &str) -> Option<read::Serve> {
+        if let Some(Flight::Filling(f)) = lock(&self.inner.flights).get(url) {
+            return Some(read::Serve::Fill(f.clone()));
+        }
+        self.cached(url)
+            .filter(|m| m.is_fresh(SystemTime::now(), self.inner.settings.freshness))
+            .map(read::Serve::Object)
+    }
+
+    /// The cached version of `url`, fresh or not.
+    pub fn cached(&self, url: &str) -> Option<Arc<ObjectMeta>> {
+        self.inner
+            .objects
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(url)
+            .cloned()
+    }
+
+    /// Number of cached URLs.
+    pub fn len(&self) -> usize {
+        self.inner
+            .objects
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets `url` (its chunks stay until evicted).
+    pub async fn invalidate(&self, url: &str) {
+        self.inner
+            .objects
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(url);
+        self.inner.meta.remove(&ObjectMeta::name_for(url)).await;
+    }
+
+    /// Decides how to serve a GET; see [`Lookup`].
+    pub async fn lookup(&self, want: &Want) -> Result<Lookup, OriginError> {
+        let url = want.url.to_string();
+        loop {
+            let step = {
+                let mut flights = lock(&self.inner.flights);
+                match flights.get(&url) {
+                    Some(Flight::Filling(f)) => return Ok(Lookup::Fill(f.clone())),
+                    Some(Flight::Pending(rx)) => Step::Join(rx.clone()),
+                    None => {
+                        let cached = self.cached(&url);
+                        if let Some(m) = &cached {
+                            if !want.revalidate
+                                && m.is_fresh(SystemTime::now(), self.inner.settings.freshness)
+                            {
+                                return Ok(Lookup::Object(m.clone()));
+                            }
+                        }
+                        let (tx, rx) = watch::channel(None);
+                        flights.insert(url.clone(), Flight::Pending(rx));
+                        Step::Lead(cached, tx)
+                    }
+                }
+            };
+            match step {
+                Step::Lead(cached, tx) => return self.lead(want.clone(), cached, tx).await,
+                Step::Join(mut rx) => {
+                    let outcome = rx
+                        .wait_for(Option::is_some)
+                        .await
+                        .ok()
+                        .and_then(|o| o.clone());
+                    match outcome {
+                        Some(Outcome::Fill(f)) => return Ok(Lookup::Fill(f)),
+                        Some(Outcome::Object(m)) => return Ok(Lookup::Object(m)),
+                        Some(Outcome::Uncacheable) => return Ok(Lookup::Retry),
+                        // The leader task ended without an outcome: look again.
+                        None => continue,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the origin request for `want` in its own task and publishes the outcome.
+    async fn lead(
+        &self,
+        want: Want,
+        cached: Option<Arc<ObjectMeta>>,
+        tx: watch::Sender<Option<Outcome>>,
+    ) -> Result<Lookup, OriginError> {
+        let this = self.clone();
+        let url = want.url.to_string();
+        let url_on_panic = url.clone();
+        let task = tokio::spawn(async move {
+            let res = this.fetch(&want, cached).await;
+            let outcome = match &res {
+                Ok(Lookup::Fill(f)) => Outcome::Fill(f.clone()),
+                Ok(Lookup::Object(m)) => Outcome::Object(m.clone()),
+                _ => Outcome::Uncacheable,
+            };
+            if !matches!(outcome, Outcome::Fill(_)) {
+                // A fill registered itself in `fetch` and removes itself when it ends.
+                lock(&this.inner.flights).remove(&url);
+            }
+            tx.send_replace(Some(outcome));
+            res
+        });
+        match task.await {
+            Ok(r) => r,
+            Err(e) => {
+                // The task panicked: drop its entry so waiters elect a new leader.
+                lock(&self.inner.flights).remove(&url_on_panic);
+                Err(OriginError::Upstream {
+                    host: "agent".into(),
+                    detail: format!("origin task failed: {e}"),
+                })
+            }
+        }
+    }
+
+    /// The leader's origin request: a plain or conditional GET.
+    async fn fetch(
+        &self,
+        want: &Want,
+        cached: Option<Arc<ObjectMeta>>,
+    ) -> Result<Lookup, OriginError> {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("shoal/", env!("CARGO_PKG_VERSION"))),
+        );
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        let kind = if cached.is_some() {
+            "revalidate"
+        } else {
+            "get"
+        };
+        if let Some(m) = &cached {
+            if let Some(Ok(v)) = m.repr.etag.as_deref().map(HeaderValue::from_str) {
+                h.insert(header::IF_NONE_MATCH, v);
+            } else if let Some(Ok(v)) = m.repr.last_modified.as_deref().map(HeaderValue::from_str) {
+                h.insert(header::IF_MODIFIED_SINCE, v);
+            }
+        }
+        let resp = self
+            .inner
+            .origin
+            .send(Method::GET, &want.url, h, kind)
+            .await?;
+        if resp.status() == StatusCode::NOT_MODIFIED {
+            if let Some(m) = cached {
+                let mut m = (*m).clone();
+                m.validated_at_ms = meta::unix_ms(SystemTime::now());
+                let m = Arc::new(m);
+                self.remember(m.clone()).await;
+                return Ok(Lookup::Object(m));
+            }
+        }
+        match self.cacheable(want, &resp) {
+            Some((layout, key, digest)) => {
+                let fill = Arc::new(Fill::new(
+                    want.url.to_string(),
+                    layout,
+                    Repr::from_headers(resp.headers()),
+                ));
+                // Registered before the fill task starts, so the task's `end_flight`
+                // always finds it, and only after the object is remembered.
+                lock(&self.inner.flights).insert(fill.url.clone(), Flight::Filling(fill.clone()));
+                origin_fill::spawn(self.clone(), fill.clone(), resp.into_body(), key, digest);
+                Ok(Lookup::Fill(fill))
+            }
+            None => Ok(Lookup::Pass(resp)),
+        }
+    }
+
+    /// Layout, key and URL digest of a cacheable response; `None` to pass it through.
+    fn cacheable(
+        &self,
+        want: &Want,
+        resp: &Response<Incoming>,
+    ) -> Option<(Layout, ObjectKey, Option<String>)> {
+        if resp.status() != StatusCode::OK {
+            return None;
+        }
+        let h = resp.headers();
+        let cc = h
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",");
+        let cc = cc.to_ascii_lowercase();
+        if cc
+            .split(',')
+            .any(|d| matches!(d.trim(), "no-store" | "private"))
+        {
+            return None;
+        }
+        if h.contains_key(header::SET_COOKIE) || h.contains_key(header::CONTENT_RANGE) {
+            return None;
+        }
+        if h.get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|e| e != "identity")
+        {
+            // We asked for identity; a server that compresses anyway is not cached.
+            return None;
+        }
+        let size: u64 = h
+            .get(header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        if size < want.min_size {
+            return None;
+        }
+        let layout = Layout::new(size, self.inner.settings.chunk_size).ok()?;
+        let url = want.url.to_string();
+        let digest = meta::digest_in_path(want.url.path());
+        let key = match &digest {
+            Some(d) => ObjectKey::immutable(d, size).ok()?,
+            None => {
+                let etag = h.get(header::ETAG).and_then(|v| v.to_str().ok());
+                let lm = h.get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok());
+                ObjectKey::versioned(&url, &Validator::from_headers(etag, lm)?, size).ok()?
+            }
+        };
+        Some((layout, key, digest))
+    }
+
+    /// Records a complete object version (memory and disk).
+    pub(crate) async fn remember(&self, m: Arc<ObjectMeta>) {
+        match serde_json::to_vec(&*m) {
+            Ok(data) => {
+                if let Err(e) = self
+                    .inner
+                    .meta
+                    .save(&ObjectMeta::name_for(&m.url), &data)
+                    .await
+                {
+                    tracing::warn!(url = %m.url, error = %e, "object metadata not persisted");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "object metadata not serialisable"),
+        }
+        self.inner
+            .objects
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(m.url.clone(), m);
+    }
+
+    /// Removes the flight of `url` if it is `fill` (called when a fill ends).
+    pub(crate) fn end_flight(&self, url: &str, fill: &Arc<Fill>) {
+        let mut flights = lock(&self.inner.flights);
+        if let Some(Flight::Filling(f)) = flights.get(url) {
+            if Arc::ptr_eq(f, fill) {
+                flights.remove(url);
+            }
+        }
+    }
+}
