@@ -1,1 +1,495 @@
-//! (being written)
+//! The agent's verified chunk store: one file per chunk on disk under a quota, plus
+//! a byte-weighted memory cache of hot chunks.
+//!
+//! Trust model: bytes handed to [`ChunkStore::put`] were verified by the caller; bytes
+//! read back from disk are verified again (BLAKE3) on every read, and a file that fails
+//! is deleted and counted. The memory cache is trusted and not re-hashed.
+//!
+//! The index of what is on disk lives in memory and is rebuilt at [`ChunkStore::open`]
+//! by listing the directory (sizes from metadata, no hashing: corruption is caught on
+//! read). Recency is tracked in memory; across a restart the order is the files'
+//! modification times, i.e. write order. A disk quota with high/low watermarks evicts
+//! least-recently-used chunks that no [`PinGuard`] holds.
+//!
+//! Failure policy: the store never stops the agent from serving. If the directory
+//! cannot be created or written, chunks are kept in memory only,
+//! [`ChunkStore::writable`] is false, and a write is attempted again at most every
+//! 30 s. `disk.rs` documents the layout and why chunks are not fsynced.
+//!
+//! Non-goals: one agent per cache directory (two would delete each other's temporary
+//! files at start); deduplication across directories; persistence of the LRU order.
+//! Races between a put and an eviction/removal of the same id can leave the index
+//! naming a file that is gone; the next read notices and forgets it.
+
+mod disk;
+mod error;
+mod index;
+mod meta;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shoal_proto::id::ChunkId;
+use shoal_proto::manifest::MAX_CHUNK_SIZE;
+
+use crate::config::CacheConfig;
+use crate::metrics::Metrics;
+use disk::Layout;
+use index::Index;
+
+pub use error::StoreError;
+pub use meta::{MetaStore, is_record_name};
+
+/// How long the store waits after a failed write before it tries the disk again.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Settings of one [`ChunkStore`].
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Cache directory; chunks go to `<dir>/chunks`, temporary files to `<dir>/tmp`.
+    pub dir: PathBuf,
+    /// Disk quota for chunk bytes (file sizes, not blocks used).
+    pub max_size: u64,
+    /// Eviction starts when usage exceeds this share of `max_size` (0..=1).
+    pub high_watermark: f64,
+    /// Eviction stops at or below this share of `max_size` (0..=high).
+    pub low_watermark: f64,
+    /// Memory cache budget in bytes of chunk data; 0 disables the memory cache.
+    pub memory_size: u64,
+}
+
+/// Bytes and chunks on disk, as indexed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub chunks: u64,
+}
+
+/// Verified chunks on disk and in memory. Cheap to clone; all clones share one store.
+#[derive(Clone)]
+pub struct ChunkStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    layout: Layout,
+    max_size: u64,
+    high: u64,
+    low: u64,
+    metrics: Metrics,
+    index: Mutex<Index>,
+    memory: Option<moka::sync::Cache<ChunkId, Bytes>>,
+    /// False after a failed open or write, until a write succeeds again.
+    writable: AtomicBool,
+    /// Directories exist and were scanned into the index.
+    prepared: AtomicBool,
+    /// While unwritable: no write is attempted before this instant.
+    retry_at: Mutex<Option<Instant>>,
+    retry_interval: Duration,
+    /// Makes temporary file names unique within this process.
+    seq: AtomicU64,
+}
+
+/// Keeps chunks from eviction while alive (a transfer in progress). Pins nest: a chunk
+/// stays pinned until every guard naming it is dropped. Ids need not be stored yet.
+#[must_use = "chunks are unpinned when the guard is dropped"]
+pub struct PinGuard {
+    inner: Arc<Inner>,
+    ids: Vec<ChunkId>,
+}
+
+impl From<&CacheConfig> for StoreConfig {
+    fn from(c: &CacheConfig) -> Self {
+        Self {
+            dir: c.dir.clone(),
+            max_size: c.max_size.as_u64(),
+            high_watermark: c.high_watermark,
+            low_watermark: c.low_watermark,
+            memory_size: c.memory_size.as_u64(),
+        }
+    }
+}
+
+impl ChunkStore {
+    /// Opens (creating if needed) the store in `cfg.dir` and rebuilds its index,
+    /// deleting temporary files and anything that is not a plausible chunk. Never
+    /// fails: an unusable directory is logged and the store runs memory-only.
+    pub async fn open(cfg: StoreConfig, metrics: Metrics) -> Self {
+        Self::open_with(cfg, metrics, RETRY_INTERVAL).await
+    }
+
+    async fn open_with(cfg: StoreConfig, metrics: Metrics, retry_interval: Duration) -> Self {
+        let share = |w: f64| (cfg.max_size as f64 * w.clamp(0.0, 1.0)) as u64;
+        let high = share(cfg.high_watermark);
+        let memory = (cfg.memory_size > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(cfg.memory_size)
+                .weigher(|_: &ChunkId, b: &Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))
+                .build()
+        });
+        let store = Self {
+            inner: Arc::new(Inner {
+                layout: Layout::new(&cfg.dir),
+                max_size: cfg.max_size,
+                high,
+                low: share(cfg.low_watermark).min(high),
+                metrics,
+                index: Mutex::new(Index::default()),
+                memory,
+                writable: AtomicBool::new(false),
+                prepared: AtomicBool::new(false),
+                retry_at: Mutex::new(None),
+                retry_interval,
+                seq: AtomicU64::new(0),
+            }),
+        };
+        store.prepare().await;
+        store
+    }
+
+    /// Whether chunks currently reach the disk.
+    pub fn writable(&self) -> bool {
+        self.inner.writable.load(Ordering::Acquire)
+    }
+
+    /// Whether the chunk is on disk (indexed) or in memory.
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.index().contains(id)
+            || self
+                .inner
+                .memory
+                .as_ref()
+                .is_some_and(|m| m.contains_key(id))
+    }
+
+    /// Length of the chunk on disk, if indexed.
+    pub fn chunk_len(&self, id: &ChunkId) -> Option<u64> {
+        self.index().len_of(id)
+    }
+
+    /// The chunk's bytes, verified, or `None` if it is neither in memory nor on disk
+    /// (including a disk copy that failed verification: it is deleted and counted in
+    /// `verify_failures{source="disk"}`). Marks the chunk as recently used.
+    pub async fn get(&self, id: &ChunkId) -> Result<Option<Bytes>, StoreError> {
+        if let Some(b) = self.inner.memory.as_ref().and_then(|m| m.get(id)) {
+            self.index().touch(id);
+            return Ok(Some(b));
+        }
+        if !self.index().contains(id) {
+            return Ok(None);
+        }
+        let layout = self.inner.layout.clone();
+        let cid = *id;
+        let read = tokio::task::spawn_blocking(move || {
+            layout.read(&cid).map(|d| {
+                d.map(|d| {
+                    let ok = cid.verifies(&d);
+                    (d, ok)
+                })
+            })
+        })
+        .await??;
+        match read {
+            Some((data, true)) => {
+                let b = Bytes::from(data);
+                if let Some(m) = &self.inner.memory {
+                    m.insert(*id, b.clone());
+                }
+                self.index().touch(id);
+                Ok(Some(b))
+            }
+            Some((_, false)) => {
+                self.inner
+                    .metrics
+                    .verify_failures
+                    .with_label_values(&["disk"])
+                    .inc();
+                tracing::warn!(
+                    chunk = %id,
+                    path = %self.inner.layout.chunk_path(id).display(),
+                    "chunk file failed BLAKE3 verification; deleting it"
+                );
+                self.forget_and_delete(id).await;
+                Ok(None)
+            }
+            None => {
+                tracing::warn!(chunk = %id, "indexed chunk file is missing; forgetting it");
+                self.forget_and_delete(id).await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Stores a chunk the caller has verified (`id == BLAKE3(bytes)`): into memory at
+    /// once, then to disk (temporary file, rename), evicting down to the low watermark
+    /// when usage passes the high one. On `Err` the chunk is still in memory (if the
+    /// memory cache is on) and the caller should serve its own copy.
+    pub async fn put(&self, id: ChunkId, bytes: Bytes) -> Result<(), StoreError> {
+        debug_assert!(id.verifies(&bytes), "put of unverified chunk {id}");
+        let len = bytes.len();
+        if len == 0 || len > MAX_CHUNK_SIZE as usize {
+            return Err(StoreError::Size { len });
+        }
+        if let Some(m) = &self.inner.memory {
+            m.insert(id, bytes.clone());
+        }
+        if self.index().touch(&id) {
+            return Ok(());
+        }
+        if !self.write_allowed() || !self.prepare().await {
+            return Err(StoreError::Unwritable {
+                dir: self.inner.layout.root.clone(),
+            });
+        }
+        let len = len as u64;
+        let max = self.inner.max_size;
+        if self.usage().bytes + len > max {
+            self.evict_to(self.inner.low.min(max.saturating_sub(len)))
+                .await;
+            if self.usage().bytes + len > max {
+                return Err(StoreError::Full { len, max });
+            }
+        }
+        let layout = self.inner.layout.clone();
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        let res = tokio::task::spawn_blocking(move || layout.write(&id, &bytes, seq))
+            .await
+            .map_err(StoreError::from)
+            .and_then(|r| r);
+        if let Err(e) = res {
+            self.inner.metrics.cache_write_errors.inc();
+            self.mark_unwritable();
+            tracing::warn!(chunk = %id, error = %e, "chunk write failed; caching in memory only for now");
+            return Err(e);
+        }
+        if !self.inner.writable.swap(true, Ordering::AcqRel) {
+            tracing::info!(dir = %self.inner.layout.root.display(), "cache directory is writable again");
+        }
+        let over = {
+            let mut ix = self.index();
+            ix.insert(id, len);
+            self.publish(&ix);
+            ix.usage().bytes > self.inner.high
+        };
+        if over {
+            self.evict_to(self.inner.low).await;
+        }
+        Ok(())
+    }
+
+    /// Pins `ids` against eviction until the guard is dropped.
+    pub fn pin(&self, ids: impl IntoIterator<Item = ChunkId>) -> PinGuard {
+        let mut guard = PinGuard {
+            inner: Arc::clone(&self.inner),
+            ids: Vec::new(),
+        };
+        guard.extend(ids);
+        guard
+    }
+
+    /// Disk usage as indexed.
+    pub fn usage(&self) -> Usage {
+        self.index().usage()
+    }
+
+    /// Ids of the chunks on disk, least recently used first (memory-only chunks are
+    /// not listed: they may vanish at any moment).
+    pub fn ids(&self) -> Vec<ChunkId> {
+        self.index().ids()
+    }
+
+    /// Deletes the chunk from memory and disk.
+    pub async fn remove(&self, id: &ChunkId) {
+        if let Some(m) = &self.inner.memory {
+            m.invalidate(id);
+        }
+        self.forget_and_delete(id).await;
+    }
+
+    /// Empties the memory cache (disk untouched).
+    pub fn clear_memory(&self) {
+        if let Some(m) = &self.inner.memory {
+            m.invalidate_all();
+        }
+    }
+
+    fn index(&self) -> MutexGuard<'_, Index> {
+        // The index stays consistent even if a holder panicked: every mutation
+        // completes before the guard is released.
+        self.inner
+            .index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, ix: &Index) {
+        let u = ix.usage();
+        let m = &self.inner.metrics;
+        m.cache_bytes
+            .set(i64::try_from(u.bytes).unwrap_or(i64::MAX));
+        m.cache_chunks
+            .set(i64::try_from(u.chunks).unwrap_or(i64::MAX));
+    }
+
+    /// Creates the directories and scans them into the index, once. Returns whether
+    /// the disk is usable; on failure marks the store unwritable.
+    async fn prepare(&self) -> bool {
+        if self.inner.prepared.load(Ordering::Acquire) {
+            return true;
+        }
+        let layout = self.inner.layout.clone();
+        let res = tokio::task::spawn_blocking(move || layout.prepare().map(|()| layout.scan()))
+            .await
+            .map_err(StoreError::from)
+            .and_then(|r| r);
+        let dir = self.inner.layout.root.display();
+        let mut found = match res {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(%dir, error = %e, "cache directory unusable; caching in memory only");
+                self.mark_unwritable();
+                return false;
+            }
+        };
+        found.sort_by_key(|f| f.modified);
+        let (usage, over) = {
+            let mut ix = self.index();
+            for f in found {
+                ix.insert(f.id, f.len);
+            }
+            self.publish(&ix);
+            (ix.usage(), ix.usage().bytes > self.inner.high)
+        };
+        self.inner.prepared.store(true, Ordering::Release);
+        self.inner.writable.store(true, Ordering::Release);
+        tracing::info!(%dir, chunks = usage.chunks, bytes = usage.bytes, "chunk store opened");
+        if over {
+            self.evict_to(self.inner.low).await;
+        }
+        true
+    }
+
+    /// While unwritable, allows one write attempt per retry interval.
+    fn write_allowed(&self) -> bool {
+        if self.writable() {
+            return true;
+        }
+        let mut at = self
+            .inner
+            .retry_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        match *at {
+            Some(t) if now < t => false,
+            _ => {
+                *at = Some(now + self.inner.retry_interval);
+                true
+            }
+        }
+    }
+
+    fn mark_unwritable(&self) {
+        self.inner.writable.store(false, Ordering::Release);
+        *self
+            .inner
+            .retry_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            Some(Instant::now() + self.inner.retry_interval);
+    }
+
+    /// Evicts unpinned chunks, least recently used first, down to `target` bytes.
+    async fn evict_to(&self, target: u64) {
+        let victims = {
+            let mut ix = self.index();
+            let v = ix.evict(target);
+            self.publish(&ix);
+            v
+        };
+        if victims.is_empty() {
+            return;
+        }
+        self.inner
+            .metrics
+            .cache_evictions
+            .inc_by(victims.len() as u64);
+        tracing::debug!(chunks = victims.len(), "evicted chunks to stay under quota");
+        let layout = self.inner.layout.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            for id in &victims {
+                layout.remove(id);
+            }
+        })
+        .await;
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "deleting evicted chunk files failed");
+        }
+    }
+
+    async fn forget_and_delete(&self, id: &ChunkId) {
+        {
+            let mut ix = self.index();
+            ix.remove(id);
+            self.publish(&ix);
+        }
+        let layout = self.inner.layout.clone();
+        let id = *id;
+        if let Err(e) = tokio::task::spawn_blocking(move || layout.remove(&id)).await {
+            tracing::warn!(error = %e, "deleting chunk file failed");
+        }
+    }
+}
+
+impl PinGuard {
+    /// Pins more chunks under this guard.
+    pub fn extend(&mut self, ids: impl IntoIterator<Item = ChunkId>) {
+        let mut ix = self
+            .inner
+            .index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for id in ids {
+            ix.pin(id);
+            self.ids.push(id);
+        }
+    }
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let mut ix = self
+            .inner
+            .index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for id in &self.ids {
+            ix.unpin(id);
+        }
+    }
+}
+
+impl std::fmt::Debug for ChunkStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkStore")
+            .field("dir", &self.inner.layout.root)
+            .field("usage", &self.usage())
+            .field("writable", &self.writable())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for PinGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinGuard")
+            .field("chunks", &self.ids.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;

@@ -1,0 +1,354 @@
+use std::fs;
+use std::path::Path;
+
+use super::*;
+
+const KIB: usize = 1024;
+
+fn cfg(dir: &Path, max_size: u64, memory_size: u64) -> StoreConfig {
+    StoreConfig {
+        dir: dir.to_path_buf(),
+        max_size,
+        high_watermark: 0.9,
+        low_watermark: 0.5,
+        memory_size,
+    }
+}
+
+/// Chunk `n`: `len` pseudo-random bytes and their id.
+fn chunk(n: u32, len: usize) -> (ChunkId, Bytes) {
+    let mut data = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&n.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut data);
+    (ChunkId::of(&data), Bytes::from(data))
+}
+
+async fn open(dir: &Path, max_size: u64, memory_size: u64) -> (ChunkStore, Metrics) {
+    let m = Metrics::default();
+    let s = ChunkStore::open(cfg(dir, max_size, memory_size), m.clone()).await;
+    (s, m)
+}
+
+fn disk_failures(m: &Metrics) -> u64 {
+    m.verify_failures.with_label_values(&["disk"]).get()
+}
+
+#[tokio::test]
+async fn put_get_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, m) = open(tmp.path(), 1 << 30, 1 << 20).await;
+    assert!(s.writable());
+    let chunks: Vec<_> = (0..3).map(|n| chunk(n, 10 * KIB + n as usize)).collect();
+    for (id, b) in &chunks {
+        s.put(*id, b.clone()).await.unwrap();
+        s.put(*id, b.clone()).await.unwrap(); // idempotent
+    }
+    for (id, b) in &chunks {
+        assert!(s.contains(id));
+        assert_eq!(s.get(id).await.unwrap().as_ref(), Some(b));
+        let path = s.inner.layout.chunk_path(id);
+        assert_eq!(fs::read(&path).unwrap(), b[..], "{}", path.display());
+        assert_eq!(s.chunk_len(id), Some(b.len() as u64));
+    }
+    let want = (30 * KIB + 3) as u64;
+    assert_eq!(
+        s.usage(),
+        Usage {
+            bytes: want,
+            chunks: 3
+        }
+    );
+    assert_eq!(m.cache_bytes.get(), want as i64);
+    assert_eq!(m.cache_chunks.get(), 3);
+    let (absent, _) = chunk(99, 10);
+    assert!(!s.contains(&absent));
+    assert_eq!(s.get(&absent).await.unwrap(), None);
+    assert!(matches!(
+        s.put(ChunkId::of(b""), Bytes::new()).await,
+        Err(StoreError::Size { len: 0 })
+    ));
+    s.remove(&chunks[0].0).await;
+    assert!(!s.contains(&chunks[0].0));
+    assert!(!s.inner.layout.chunk_path(&chunks[0].0).exists());
+    assert_eq!(s.usage().chunks, 2);
+    assert_eq!(fs::read_dir(tmp.path().join("tmp")).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn restart_keeps_chunks_and_usage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chunks: Vec<_> = (0..4).map(|n| chunk(n, 4 * KIB)).collect();
+    let usage = {
+        let (s, _) = open(tmp.path(), 1 << 30, 1 << 20).await;
+        for (id, b) in &chunks {
+            s.put(*id, b.clone()).await.unwrap();
+        }
+        s.usage()
+    };
+    let (s, m) = open(tmp.path(), 1 << 30, 0).await;
+    assert_eq!(s.usage(), usage);
+    assert_eq!(m.cache_chunks.get(), 4);
+    let mut ids = s.ids();
+    ids.sort();
+    let mut want: Vec<_> = chunks.iter().map(|c| c.0).collect();
+    want.sort();
+    assert_eq!(ids, want);
+    for (id, b) in &chunks {
+        assert_eq!(s.get(id).await.unwrap().as_ref(), Some(b));
+    }
+}
+
+#[tokio::test]
+async fn open_deletes_temp_partial_and_junk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (good, gb) = chunk(1, 2 * KIB);
+    let (other, ob) = chunk(2, 2 * KIB);
+    let layout = Layout::new(root);
+    let good_path = layout.chunk_path(&good);
+    fs::create_dir_all(good_path.parent().unwrap()).unwrap();
+    fs::write(&good_path, &gb).unwrap();
+    fs::create_dir_all(&layout.tmp).unwrap();
+    fs::write(layout.tmp.join(format!("{other}.1.1")), &ob[..100]).unwrap();
+    let hex = other.to_hex();
+    let junk = [
+        // Valid id in the wrong subdirectory.
+        layout
+            .chunks
+            .join(if &hex[..2] == "00" { "01" } else { "00" })
+            .join(&hex),
+        // Upper-case spelling of a valid id.
+        layout
+            .chunks
+            .join(hex[..2].to_uppercase())
+            .join(hex.to_uppercase()),
+        layout.chunks.join(&hex[..2]).join(format!("{hex}.partial")),
+        layout.chunks.join("zz").join("x"),
+        layout.chunks.join("stray-file"),
+    ];
+    for p in &junk {
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, &ob).unwrap();
+    }
+    // Empty and oversized files with valid names.
+    let (empty, _) = chunk(3, 1);
+    let empty_path = layout.chunk_path(&empty);
+    fs::create_dir_all(empty_path.parent().unwrap()).unwrap();
+    fs::write(&empty_path, b"").unwrap();
+    let (huge, _) = chunk(4, 1);
+    let huge_path = layout.chunk_path(&huge);
+    fs::create_dir_all(huge_path.parent().unwrap()).unwrap();
+    fs::File::create(&huge_path)
+        .unwrap()
+        .set_len(u64::from(MAX_CHUNK_SIZE) + 1)
+        .unwrap();
+    // A symlink named like a chunk.
+    let (link, _) = chunk(5, 1);
+    let link_path = layout.chunk_path(&link);
+    fs::create_dir_all(link_path.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&good_path, &link_path).unwrap();
+    // Not ours to touch.
+    fs::create_dir_all(root.join("objects")).unwrap();
+    fs::write(root.join("objects").join("keep"), b"k").unwrap();
+
+    let (s, _) = open(root, 1 << 30, 0).await;
+    assert_eq!(s.ids(), vec![good]);
+    assert_eq!(s.usage().bytes, gb.len() as u64);
+    assert!(good_path.exists());
+    for p in junk.iter().chain([&empty_path, &huge_path, &link_path]) {
+        assert!(fs::symlink_metadata(p).is_err(), "{} survived", p.display());
+    }
+    assert!(!layout.chunks.join("zz").exists());
+    assert_eq!(fs::read_dir(&layout.tmp).unwrap().count(), 0);
+    assert!(root.join("objects").join("keep").exists());
+}
+
+#[tokio::test]
+async fn corrupt_file_is_deleted_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Memory cache on, cleared before the read, so the disk copy is what is checked.
+    for memory in [0, 1 << 20] {
+        let (s, m) = open(tmp.path(), 1 << 30, memory).await;
+        let (id, b) = chunk(memory as u32, 8 * KIB);
+        s.put(id, b).await.unwrap();
+        let path = s.inner.layout.chunk_path(&id);
+        let mut data = fs::read(&path).unwrap();
+        data[1234] ^= 0x01;
+        fs::write(&path, &data).unwrap();
+        s.clear_memory();
+        assert_eq!(s.get(&id).await.unwrap(), None);
+        assert!(!path.exists());
+        assert!(!s.contains(&id));
+        assert_eq!(disk_failures(&m), 1);
+        assert_eq!(s.usage(), Usage::default());
+        assert_eq!(m.cache_bytes.get(), 0);
+    }
+}
+
+#[tokio::test]
+async fn quota_evicts_lru_to_low_watermark() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 10 KiB quota: high 9 KiB, low 5 KiB.
+    let (s, m) = open(tmp.path(), 10 * KIB as u64, 0).await;
+    let chunks: Vec<_> = (0..10).map(|n| chunk(n, KIB)).collect();
+    for (id, b) in &chunks[..9] {
+        s.put(*id, b.clone()).await.unwrap();
+    }
+    assert_eq!(m.cache_evictions.get(), 0);
+    // Reading 0 and 1 makes 2 the coldest.
+    for (id, _) in &chunks[..2] {
+        assert!(s.get(id).await.unwrap().is_some());
+    }
+    s.put(chunks[9].0, chunks[9].1.clone()).await.unwrap();
+    assert_eq!(m.cache_evictions.get(), 5);
+    assert_eq!(
+        s.usage(),
+        Usage {
+            bytes: 5 * KIB as u64,
+            chunks: 5
+        }
+    );
+    let want: Vec<_> = [7, 8, 0, 1, 9].iter().map(|&i| chunks[i].0).collect();
+    assert_eq!(s.ids(), want);
+    for (i, (id, _)) in chunks.iter().enumerate() {
+        let kept = want.contains(id);
+        assert_eq!(s.inner.layout.chunk_path(id).exists(), kept, "chunk {i}");
+        assert_eq!(s.get(id).await.unwrap().is_some(), kept, "chunk {i}");
+    }
+    assert_eq!(m.cache_bytes.get(), 5 * KIB as i64);
+}
+
+#[tokio::test]
+async fn pinned_chunks_are_never_evicted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, m) = open(tmp.path(), 10 * KIB as u64, 1 << 20).await;
+    let chunks: Vec<_> = (0..15).map(|n| chunk(n, KIB)).collect();
+    let ids = |r: std::ops::Range<usize>| chunks[r].iter().map(|c| c.0).collect::<Vec<_>>();
+    let outer = s.pin(ids(0..2));
+    let inner = s.pin(ids(0..1));
+    for (id, b) in &chunks[..10] {
+        s.put(*id, b.clone()).await.unwrap();
+    }
+    // 10 KiB > 9 KiB: 0 and 1 are pinned, so 2..=6 go.
+    assert_eq!(m.cache_evictions.get(), 5);
+    assert_eq!(s.ids(), [ids(0..2), ids(7..10)].concat());
+    drop(outer);
+    // 0 is still pinned by `inner`, 1 is not any more: the next eviction (at 10 KiB)
+    // takes 1, 7, 8, 9, 10.
+    for (id, b) in &chunks[10..15] {
+        s.put(*id, b.clone()).await.unwrap();
+    }
+    assert_eq!(m.cache_evictions.get(), 10);
+    assert_eq!(s.ids(), [ids(0..1), ids(11..15)].concat());
+    drop(inner);
+
+    // A quota filled by pins refuses the write but keeps the chunk in memory.
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, _) = open(tmp.path(), 2 * KIB as u64, 1 << 20).await;
+    let _pin = s.pin(ids(0..2));
+    for (id, b) in &chunks[..2] {
+        s.put(*id, b.clone()).await.unwrap();
+    }
+    let (id, b) = &chunks[2];
+    assert!(matches!(
+        s.put(*id, b.clone()).await,
+        Err(StoreError::Full { .. })
+    ));
+    assert!(s.writable());
+    assert_eq!(s.get(id).await.unwrap().as_ref(), Some(b));
+    assert_eq!(s.ids(), ids(0..2));
+}
+
+#[tokio::test]
+async fn unusable_dir_runs_from_memory_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Root ignores permissions, so use a path whose parent is a regular file.
+    let blocker = tmp.path().join("file");
+    fs::write(&blocker, b"not a directory").unwrap();
+    let dir = blocker.join("cache");
+    let m = Metrics::default();
+    let s = ChunkStore::open_with(
+        cfg(&dir, 1 << 30, 1 << 20),
+        m.clone(),
+        Duration::from_secs(3600),
+    )
+    .await;
+    assert!(!s.writable());
+    let (id, b) = chunk(1, 4 * KIB);
+    assert!(matches!(
+        s.put(id, b.clone()).await,
+        Err(StoreError::Unwritable { .. })
+    ));
+    assert!(s.contains(&id));
+    assert_eq!(s.get(&id).await.unwrap(), Some(b.clone()));
+    assert_eq!(s.usage(), Usage::default());
+
+    // With a zero retry interval the next put tries again and, once the path is
+    // usable, scans the directory and writes.
+    let s = ChunkStore::open_with(cfg(&dir, 1 << 30, 1 << 20), m.clone(), Duration::ZERO).await;
+    assert!(s.put(id, b.clone()).await.is_err());
+    fs::remove_file(&blocker).unwrap();
+    s.put(id, b.clone()).await.unwrap();
+    assert!(s.writable());
+    assert_eq!(s.ids(), vec![id]);
+}
+
+#[tokio::test]
+async fn write_error_marks_unwritable_until_retry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = Metrics::default();
+    let s =
+        ChunkStore::open_with(cfg(tmp.path(), 1 << 30, 1 << 20), m.clone(), Duration::ZERO).await;
+    assert!(s.writable());
+    // Replace tmp/ by a file: creating a temporary file now fails (ENOTDIR).
+    let tmp_dir = tmp.path().join("tmp");
+    fs::remove_dir(&tmp_dir).unwrap();
+    fs::write(&tmp_dir, b"x").unwrap();
+    let (id, b) = chunk(1, 4 * KIB);
+    assert!(matches!(
+        s.put(id, b.clone()).await,
+        Err(StoreError::Write { .. })
+    ));
+    assert!(!s.writable());
+    assert_eq!(m.cache_write_errors.get(), 1);
+    assert_eq!(s.get(&id).await.unwrap(), Some(b.clone()));
+    assert_eq!(s.usage(), Usage::default());
+
+    // Retry after the interval (zero here) once the disk is fixed.
+    fs::remove_file(&tmp_dir).unwrap();
+    s.put(id, b.clone()).await.unwrap();
+    assert!(s.writable());
+    assert_eq!(s.ids(), vec![id]);
+
+    // With a long interval a failed write is not retried at once.
+    let s = ChunkStore::open_with(
+        cfg(tmp.path(), 1 << 30, 0),
+        m.clone(),
+        Duration::from_secs(3600),
+    )
+    .await;
+    fs::remove_dir(&tmp_dir).unwrap();
+    fs::write(&tmp_dir, b"x").unwrap();
+    let (id2, b2) = chunk(2, 4 * KIB);
+    assert!(matches!(
+        s.put(id2, b2.clone()).await,
+        Err(StoreError::Write { .. })
+    ));
+    fs::remove_file(&tmp_dir).unwrap();
+    assert!(matches!(
+        s.put(id2, b2).await,
+        Err(StoreError::Unwritable { .. })
+    ));
+    assert_eq!(m.cache_write_errors.get(), 2);
+}
+
+#[test]
+fn config_conversion() {
+    let c = CacheConfig::default();
+    let s = StoreConfig::from(&c);
+    assert_eq!(s.max_size, c.max_size.as_u64());
+    assert_eq!(s.memory_size, c.memory_size.as_u64());
+    assert_eq!(s.dir, c.dir);
+}
