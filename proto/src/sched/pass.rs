@@ -1,0 +1,513 @@
+//! The planning step run after every input: timers, then new requests, duplicates and
+//! lease requests; and the bookkeeping of requests starting and ending.
+
+use std::time::{Duration, Instant};
+
+use super::{
+    Action, Chunk, OriginReason, Outcome, PeerStatus, Request, RequestId, SchedConfig, Scheduler,
+    Source, peers,
+};
+
+/// `t + d`, or `None` ("never") if that is not representable.
+pub(super) fn later(t: Instant, d: Duration) -> Option<Instant> {
+    t.checked_add(d)
+}
+
+/// Where a stored chunk came from, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Via {
+    Local,
+    Peer,
+    Origin,
+}
+
+/// Sort key of a chunk waiting for a request: urgent ones first, in window order.
+type Urgency = usize;
+const NOT_URGENT: Urgency = usize::MAX;
+
+impl Chunk {
+    /// A peer could serve it: the id is known and some live peer holds it.
+    fn peer_source(&self, holders: u32) -> bool {
+        self.id.is_some() && holders > 0
+    }
+}
+
+impl Scheduler {
+    pub(super) fn pass(&mut self, now: Instant) {
+        self.sweep(now);
+        let urgent = self.urgent();
+        self.start_origin(now, &urgent);
+        self.start_peers(now, &urgent);
+        self.start_duplicates(now, &urgent);
+        self.ask_leases(now, &urgent);
+        if !self.released.is_empty() {
+            let indices = std::mem::take(&mut self.released);
+            self.actions.push_back(Action::ReleaseLeases { indices });
+        }
+    }
+
+    /// Acts on every timer due at `now`, leaving only timers later than `now` armed.
+    fn sweep(&mut self, now: Instant) {
+        let mut give_up = Vec::new();
+        for (&id, r) in &mut self.reqs {
+            if r.give_up_at.is_some_and(|t| t <= now) {
+                give_up.push(id);
+            } else if r.slow_at.is_some_and(|t| t <= now) {
+                r.slow = true;
+                r.slow_at = None;
+            }
+        }
+        for id in give_up {
+            if let Some(r) = self.cancel(id) {
+                match r.source {
+                    Source::Peer(slot) => {
+                        self.peer_outcome(now, r.index, slot, r.epoch, Outcome::Failed)
+                    }
+                    Source::Origin(_) => self.origin_outcome(now, r.index, Outcome::Failed),
+                }
+            }
+        }
+        for p in self.peers.iter_mut() {
+            if p.backoff_until.is_some_and(|t| t <= now) {
+                p.backoff_until = None;
+            }
+        }
+        let fallback_after = self.cfg.origin_fallback_after;
+        for (i, c) in self.chunks.iter_mut().enumerate() {
+            if c.done {
+                continue;
+            }
+            if c.no_ask_until.is_some_and(|t| t <= now) {
+                c.no_ask_until = None;
+            }
+            if c.origin_retry_at.is_some_and(|t| t <= now) {
+                c.origin_retry_at = None;
+            }
+            if c.leased || c.peer_source(self.peers.holders(i)) {
+                c.sourceless_since = None;
+            } else {
+                let since = *c.sourceless_since.get_or_insert(now);
+                if now.saturating_duration_since(since) >= fallback_after {
+                    c.fallback = true;
+                }
+            }
+        }
+    }
+
+    /// The first `urgent_window` chunks not stored at or after the cursor.
+    fn urgent(&self) -> Vec<usize> {
+        let start = self.cursor.min(self.chunks.len());
+        self.chunks[start..]
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.done)
+            .map(|(k, _)| start + k)
+            .take(self.cfg.urgent_window)
+            .collect()
+    }
+
+    fn full(&self) -> bool {
+        self.reqs.len() >= self.cfg.max_inflight
+    }
+
+    /// Origin requests for leased and fallen-back chunks that no peer can serve.
+    fn start_origin(&mut self, now: Instant, urgent: &[usize]) {
+        while self.origin_inflight < self.cfg.origin_inflight && !self.full() {
+            let pick = self
+                .chunks
+                .iter()
+                .enumerate()
+                .filter(|(i, c)| {
+                    !c.done
+                        && c.reqs.is_empty()
+                        && c.origin_retry_at.is_none()
+                        && (c.leased || c.fallback)
+                        && !c.peer_source(self.peers.holders(*i))
+                })
+                .min_by_key(|(i, c)| (rank(urgent, *i), !c.leased, *i))
+                .map(|(i, c)| (i, c.leased));
+            let Some((index, leased)) = pick else { break };
+            let reason = if leased {
+                OriginReason::Lease
+            } else {
+                OriginReason::Fallback
+            };
+            self.start(now, index, Source::Origin(reason));
+        }
+    }
+
+    /// First requests for chunks that peers can serve: urgent, then rarest, then lowest.
+    fn start_peers(&mut self, now: Instant, urgent: &[usize]) {
+        while !self.full() {
+            let avail = self.available(now);
+            if avail.is_empty() {
+                break;
+            }
+            let pick = self
+                .chunks
+                .iter()
+                .enumerate()
+                .filter(|(i, c)| {
+                    !c.done && c.reqs.is_empty() && c.id.is_some() && self.any_holds(&avail, *i)
+                })
+                .min_by_key(|(i, _)| (rank(urgent, *i), self.peers.holders(*i), *i))
+                .map(|(i, _)| i);
+            let Some(index) = pick else { break };
+            let Some(slot) = self.best_peer(&avail, index) else {
+                break;
+            };
+            self.start(now, index, Source::Peer(slot));
+        }
+    }
+
+    /// Extra requests for chunks already in flight: in the endgame (every remaining chunk
+    /// is in flight), or when one of the chunk's requests is slow.
+    fn start_duplicates(&mut self, now: Instant, urgent: &[usize]) {
+        let remaining = self.chunks.len() - self.progress.done;
+        let endgame = remaining > 0 && self.busy_chunks == remaining;
+        while !self.full()
+            && self.reqs.len().saturating_sub(self.busy_chunks) < self.cfg.max_duplicates
+        {
+            let avail = self.available(now);
+            if avail.is_empty() {
+                break;
+            }
+            let pick = self
+                .chunks
+                .iter()
+                .enumerate()
+                .filter(|(i, c)| {
+                    !c.done
+                        && !c.reqs.is_empty()
+                        && c.reqs.len() < self.cfg.max_copies
+                        && c.id.is_some()
+                        && (endgame
+                            || c.reqs
+                                .iter()
+                                .any(|r| self.reqs.get(r).is_some_and(|r| r.slow)))
+                        && self.best_peer(&avail, *i).is_some()
+                })
+                .min_by_key(|(i, c)| {
+                    let oldest = c
+                        .reqs
+                        .iter()
+                        .filter_map(|r| self.reqs.get(r))
+                        .map(|r| r.started)
+                        .min();
+                    (rank(urgent, *i), oldest, *i)
+                })
+                .map(|(i, _)| i);
+            let Some(index) = pick else { break };
+            let Some(slot) = self.best_peer(&avail, index) else {
+                break;
+            };
+            self.start(now, index, Source::Peer(slot));
+        }
+    }
+
+    /// Emits `WantLeases` when chunks nobody can serve wait for a source, at most once
+    /// per `lease_ask_interval` (or at once after a leased chunk is stored, so that a
+    /// lone agent keeps its origin requests busy), and arms the timer for the next ask.
+    fn ask_leases(&mut self, now: Instant, urgent: &[usize]) {
+        self.next_lease_ask = None;
+        if self.tracker_lost {
+            return;
+        }
+        let open = self.chunks.iter().filter(|c| c.leased && !c.done).count();
+        let max = self.cfg.origin_inflight.saturating_sub(open);
+        if max == 0 {
+            return;
+        }
+        let mut indices: Vec<usize> = self
+            .chunks
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| {
+                !c.done
+                    && c.reqs.is_empty()
+                    && !c.leased
+                    && !c.fallback
+                    && c.no_ask_until.is_none()
+                    && !c.peer_source(self.peers.holders(*i))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if indices.is_empty() {
+            return;
+        }
+        let due = self.lease_freed
+            || self
+                .last_lease_ask
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.lease_ask_interval);
+        if due {
+            indices.sort_by_key(|&i| (rank(urgent, i), i));
+            indices.truncate(self.cfg.lease_ask_max);
+            self.actions.push_back(Action::WantLeases { indices, max });
+            self.last_lease_ask = Some(now);
+            self.lease_freed = false;
+        }
+        self.next_lease_ask = self
+            .last_lease_ask
+            .and_then(|t| later(t, self.cfg.lease_ask_interval));
+    }
+
+    /// Slots of peers that may take a request now.
+    fn available(&self, now: Instant) -> Vec<usize> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.available(now, self.cfg.peer_inflight))
+            .map(|(s, _)| s)
+            .collect()
+    }
+
+    fn any_holds(&self, avail: &[usize], index: usize) -> bool {
+        avail
+            .iter()
+            .any(|&s| self.peers.get(s).is_some_and(|p| p.holds(index)))
+    }
+
+    /// Among `avail`, the best holder of `index` not already asked for it.
+    fn best_peer(&self, avail: &[usize], index: usize) -> Option<usize> {
+        let chunk = self.chunks.get(index)?;
+        avail
+            .iter()
+            .filter_map(|&s| self.peers.get(s).map(|p| (s, p)))
+            .filter(|(s, p)| {
+                p.holds(index)
+                    && !chunk.reqs.iter().any(|r| {
+                        self.reqs
+                            .get(r)
+                            .is_some_and(|r| r.source == Source::Peer(*s))
+                    })
+            })
+            .min_by_key(|(s, p)| (p.proximity, p.inflight, p.failures, p.tiebreak, *s))
+            .map(|(s, _)| s)
+    }
+
+    /// Issues a request for `index` from `source`.
+    fn start(&mut self, now: Instant, index: usize, source: Source) {
+        let Some(chunk) = self.chunks.get_mut(index) else {
+            return;
+        };
+        let req = RequestId(self.next_req);
+        self.next_req = self.next_req.wrapping_add(1);
+        if chunk.reqs.is_empty() {
+            self.busy_chunks += 1;
+        }
+        chunk.reqs.push(req);
+        let mut epoch = 0;
+        let (slow_at, give_up_at, action) = match source {
+            Source::Peer(slot) => {
+                let (Some(p), Some(id)) = (self.peers.get_mut(slot), chunk.id) else {
+                    // Callers only pick active holders of chunks with a known id.
+                    chunk.reqs.pop();
+                    if chunk.reqs.is_empty() {
+                        self.busy_chunks -= 1;
+                    }
+                    return;
+                };
+                p.inflight += 1;
+                epoch = p.epoch;
+                let slow = self.cfg.slow_after(self.layout.chunk_len(index));
+                let give_up = slow.saturating_mul(self.cfg.give_up_after);
+                let action = Action::FetchPeer {
+                    req,
+                    index,
+                    id,
+                    peer: p.id.clone(),
+                };
+                (later(now, slow), later(now, give_up), action)
+            }
+            Source::Origin(reason) => {
+                self.origin_inflight += 1;
+                let action = Action::FetchOrigin { req, index, reason };
+                (None, later(now, self.cfg.origin_timeout), action)
+            }
+        };
+        self.reqs.insert(
+            req,
+            Request {
+                index,
+                source,
+                started: now,
+                slow_at,
+                slow: false,
+                give_up_at,
+                epoch,
+            },
+        );
+        self.actions.push_back(action);
+    }
+
+    /// Forgets request `req`, releasing its slots. `None` if it is not in flight.
+    pub(super) fn finish(&mut self, req: RequestId) -> Option<Request> {
+        let r = self.reqs.remove(&req)?;
+        if let Some(c) = self.chunks.get_mut(r.index) {
+            c.reqs.retain(|&x| x != req);
+            if c.reqs.is_empty() {
+                self.busy_chunks = self.busy_chunks.saturating_sub(1);
+            }
+        }
+        match r.source {
+            Source::Peer(slot) => {
+                if let Some(p) = self.peers.get_mut(slot) {
+                    p.inflight = p.inflight.saturating_sub(1);
+                }
+            }
+            Source::Origin(_) => self.origin_inflight = self.origin_inflight.saturating_sub(1),
+        }
+        Some(r)
+    }
+
+    /// Finishes `req` and tells the agent to abandon it.
+    fn cancel(&mut self, req: RequestId) -> Option<Request> {
+        let r = self.finish(req)?;
+        self.actions.push_back(Action::Cancel { req });
+        Some(r)
+    }
+
+    /// Marks `index` stored, cancelling its other requests.
+    pub(super) fn complete(&mut self, index: usize, via: Via) {
+        let Some(c) = self.chunks.get_mut(index) else {
+            return;
+        };
+        if c.done {
+            return;
+        }
+        c.done = true;
+        // A fulfilled lease frees room for another: ask at once (see `ask_leases`).
+        self.lease_freed |= c.leased;
+        c.leased = false;
+        c.fallback = false;
+        c.sourceless_since = None;
+        c.no_ask_until = None;
+        c.origin_retry_at = None;
+        for req in c.reqs.clone() {
+            self.cancel(req);
+        }
+        self.progress.done += 1;
+        self.progress.bytes_done += u64::from(self.layout.chunk_len(index));
+        match via {
+            Via::Local => self.progress.local += 1,
+            Via::Peer => self.progress.from_peers += 1,
+            Via::Origin => self.progress.from_origin += 1,
+        }
+    }
+
+    /// Applies the outcome of a request to peer `slot` for chunk `index`, sent when the
+    /// peer's setback counter was `epoch`. A `Busy` or failure of a request sent before
+    /// the peer's latest setback adds nothing: requests in flight together fail together
+    /// (one reset fails them all), and count once.
+    pub(super) fn peer_outcome(
+        &mut self,
+        now: Instant,
+        index: usize,
+        slot: usize,
+        epoch: u64,
+        outcome: Outcome,
+    ) {
+        let backoff = match outcome {
+            Outcome::Ok => {
+                if let Some(p) = self.peers.get_mut(slot) {
+                    p.failures = 0;
+                    p.busy_streak = 0;
+                    p.window = (p.window + 1).min(self.cfg.peer_inflight);
+                }
+                self.complete(index, Via::Peer);
+                return;
+            }
+            Outcome::NotFound => {
+                self.peers.remove(slot, index);
+                return;
+            }
+            Outcome::Corrupt => {
+                self.retire_peer(slot, PeerStatus::Banned);
+                self.progress.banned += 1;
+                return;
+            }
+            Outcome::Busy => {
+                let Some(p) = self.peers.get_mut(slot).filter(|p| p.epoch == epoch) else {
+                    return;
+                };
+                p.epoch = p.epoch.wrapping_add(1);
+                p.busy_streak = p.busy_streak.saturating_add(1);
+                p.window = (p.window / 2).max(1);
+                // Agents told `Busy` at the same moment must not all come back at the
+                // same moment: add 0–50 %, fixed per agent, peer and setback.
+                let base = SchedConfig::backoff(self.cfg.busy_backoff, p.busy_streak);
+                let k = (peers::mix(p.tiebreak, &p.epoch.to_le_bytes()) % 512) as u32;
+                base.saturating_add((base / 1024).saturating_mul(k))
+            }
+            Outcome::Failed => {
+                let Some(p) = self.peers.get_mut(slot).filter(|p| p.epoch == epoch) else {
+                    return;
+                };
+                p.epoch = p.epoch.wrapping_add(1);
+                p.failures = p.failures.saturating_add(1);
+                p.window = 1;
+                if p.failures >= self.cfg.max_failures && p.status == PeerStatus::Active {
+                    self.retire_peer(slot, PeerStatus::Dropped);
+                    self.progress.dropped += 1;
+                    return;
+                }
+                SchedConfig::backoff(self.cfg.failure_backoff, p.failures)
+            }
+        };
+        if let Some(p) = self.peers.get_mut(slot) {
+            p.backoff_until = later(now, backoff);
+        }
+    }
+
+    pub(super) fn origin_outcome(&mut self, now: Instant, index: usize, outcome: Outcome) {
+        if outcome == Outcome::Ok {
+            self.complete(index, Via::Origin);
+            return;
+        }
+        let Some(c) = self.chunks.get_mut(index) else {
+            return;
+        };
+        if c.done {
+            return;
+        }
+        c.origin_failures = c.origin_failures.saturating_add(1);
+        c.origin_retry_at = later(
+            now,
+            SchedConfig::backoff(self.cfg.failure_backoff, c.origin_failures),
+        );
+        if c.leased && c.origin_failures >= self.cfg.lease_attempts {
+            c.leased = false;
+            c.origin_failures = 0;
+            c.no_ask_until = later(now, self.cfg.origin_fallback_after);
+            if !c.fallback {
+                c.sourceless_since = Some(now);
+            }
+            self.released.push(index);
+        }
+    }
+
+    /// Takes `slot` out of the download (banned, dropped or gone) and cancels its
+    /// requests; their chunks are rescheduled by the planning step.
+    pub(super) fn retire_peer(&mut self, slot: usize, status: PeerStatus) {
+        self.peers.set_status(slot, status);
+        if let Some(p) = self.peers.get_mut(slot) {
+            p.backoff_until = None;
+        }
+        let theirs: Vec<RequestId> = self
+            .reqs
+            .iter()
+            .filter(|(_, r)| r.source == Source::Peer(slot))
+            .map(|(&id, _)| id)
+            .collect();
+        for req in theirs {
+            self.cancel(req);
+        }
+    }
+}
+
+/// Position in the urgent window, or [`NOT_URGENT`].
+fn rank(urgent: &[usize], index: usize) -> Urgency {
+    urgent
+        .iter()
+        .position(|&u| u == index)
+        .unwrap_or(NOT_URGENT)
+}

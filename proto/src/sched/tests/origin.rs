@@ -1,0 +1,209 @@
+//! Leases, origin fallback and a lost tracker.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+
+#[test]
+fn lease_leads_to_origin_fetch_and_others_wait_then_fall_back() {
+    let mut h = H::new(3, cfg());
+    let acts = h.drain();
+    assert_eq!(
+        acts,
+        [Action::WantLeases {
+            indices: vec![0, 1, 2],
+            max: 4
+        }]
+    );
+    h.s.handle_leases(h.now, [1]).unwrap();
+    let acts = h.drain();
+    let o = origin_fetches(&acts);
+    assert_eq!(
+        o.iter().map(|x| (x.1, x.2)).collect::<Vec<_>>(),
+        [(1, OriginReason::Lease)]
+    );
+    assert_eq!(h.s.leases(), [1]);
+    h.at(ms(300));
+    h.result(o[0].0, Outcome::Ok);
+    assert!(h.s.done(1));
+    assert!(h.s.leases().is_empty());
+    assert_eq!(h.s.progress().from_origin, 1);
+    // A fulfilled lease: ask again at once, then every 2 s.
+    let want = Action::WantLeases {
+        indices: vec![0, 2],
+        max: 4,
+    };
+    assert_eq!(h.drain(), std::slice::from_ref(&want));
+    assert_eq!(h.s.poll_timeout(), Some(h.t0 + ms(2300)));
+    h.at(ms(2300));
+    assert_eq!(
+        h.drain(),
+        [Action::WantLeases {
+            indices: vec![0, 2],
+            max: 4
+        }]
+    );
+    h.at(ms(9999));
+    assert!(origin_fetches(&h.drain()).is_empty());
+    h.at(ms(10_000));
+    let o = origin_fetches(&h.drain());
+    assert_eq!(
+        o.iter().map(|x| (x.1, x.2)).collect::<Vec<_>>(),
+        [(0, OriginReason::Fallback), (2, OriginReason::Fallback)]
+    );
+}
+
+#[test]
+fn leased_chunk_held_by_a_peer_goes_to_the_peer() {
+    let mut h = H::new(2, cfg());
+    h.ids();
+    h.drain();
+    h.s.handle_leases(h.now, [0]).unwrap();
+    let o = origin_fetches(&h.drain());
+    assert_eq!(o.len(), 1);
+    h.peer("a", Proximity::SameZone, [1]);
+    assert_eq!(pairs(&h.peer_fetches()), [(1, "a")]);
+}
+
+#[test]
+fn failed_lease_is_retried_then_released() {
+    let mut h = H::new(1, cfg());
+    h.drain();
+    h.s.handle_leases(h.now, [0]).unwrap();
+    let o = origin_fetches(&h.drain());
+    h.result(o[0].0, Outcome::Failed);
+    assert!(h.drain().is_empty());
+    h.at(ms(1000));
+    let o = origin_fetches(&h.drain());
+    assert_eq!(o.len(), 1, "retried after 1 s");
+    h.result(o[0].0, Outcome::Busy);
+    h.at(ms(3000));
+    let o = origin_fetches(&h.drain());
+    assert_eq!(o.len(), 1, "retried after 2 s more");
+    h.result(o[0].0, Outcome::Failed);
+    assert_eq!(h.drain(), [Action::ReleaseLeases { indices: vec![0] }]);
+    assert!(h.s.leases().is_empty());
+    // Not asked for again for a while; falls back 10 s after the release.
+    h.at(ms(12_999));
+    assert!(h.drain().is_empty());
+    h.at(ms(13_000));
+    let o = origin_fetches(&h.drain());
+    assert_eq!(
+        o.iter().map(|x| x.2).collect::<Vec<_>>(),
+        [OriginReason::Fallback]
+    );
+}
+
+#[test]
+fn leased_elsewhere_suppresses_asks_and_delays_fallback() {
+    let mut h = H::new(2, cfg());
+    h.drain();
+    h.s.handle_leased_elsewhere(h.now, [0]).unwrap();
+    let want = |v: Vec<usize>| Action::WantLeases { indices: v, max: 4 };
+    h.at(ms(2000));
+    assert_eq!(h.drain(), [want(vec![1])]);
+    h.at(ms(4000));
+    assert_eq!(h.drain(), [want(vec![1])]);
+    // Asked again once the half-fallback quiet time is over; still leased elsewhere.
+    h.at(ms(6000));
+    assert_eq!(h.drain(), [want(vec![0, 1])]);
+    h.s.handle_leased_elsewhere(h.now, [0]).unwrap();
+    h.at(ms(10_000));
+    let o = origin_fetches(&h.drain());
+    assert_eq!(o.iter().map(|x| x.1).collect::<Vec<_>>(), [1]);
+    // The tracker goes quiet about chunk 0: it falls back 10 s after the last report.
+    h.at(ms(15_999));
+    assert!(origin_fetches(&h.drain()).is_empty());
+    h.at(ms(16_000));
+    let o = origin_fetches(&h.drain());
+    assert_eq!(o.iter().map(|x| x.1).collect::<Vec<_>>(), [0]);
+}
+
+#[test]
+fn stored_lease_triggers_an_immediate_ask() {
+    let mut h = H::new(8, cfg());
+    h.drain();
+    h.s.handle_leases(h.now, [0, 1]).unwrap();
+    let o = origin_fetches(&h.drain());
+    h.at(ms(300));
+    h.result(o[0].0, Outcome::Ok);
+    assert_eq!(
+        h.drain(),
+        [Action::WantLeases {
+            indices: (2..8).collect(),
+            max: 3
+        }]
+    );
+}
+
+#[test]
+fn tracker_lost_sends_all_remaining_to_origin() {
+    let mut h = H::new(10, cfg());
+    h.drain();
+    h.s.handle_local(h.now, 2).unwrap();
+    h.s.handle_tracker_lost(h.now);
+    let acts = h.drain();
+    assert!(!acts.iter().any(|a| matches!(a, Action::WantLeases { .. })));
+    let mut inflight = origin_fetches(&acts);
+    assert_eq!(
+        inflight.iter().map(|x| x.1).collect::<Vec<_>>(),
+        [0, 1, 3, 4],
+        "origin cap 4, urgent first"
+    );
+    let mut got = vec![2];
+    while let Some((req, index, reason)) = inflight.first().copied() {
+        inflight.remove(0);
+        assert_eq!(reason, OriginReason::Fallback);
+        got.push(index);
+        h.result(req, Outcome::Ok);
+        let acts = h.drain();
+        assert!(!acts.iter().any(|a| matches!(a, Action::WantLeases { .. })));
+        inflight.extend(origin_fetches(&acts));
+        assert!(h.s.progress().origin_in_flight <= 4);
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    assert!(h.s.is_complete());
+    assert_eq!(h.s.progress().local, 1);
+}
+
+#[test]
+fn tracker_lost_still_uses_known_peers() {
+    let mut h = H::new(
+        3,
+        SchedConfig {
+            max_copies: 1,
+            ..cfg()
+        },
+    );
+    h.ids();
+    h.peer("a", Proximity::SameZone, [1]);
+    assert_eq!(pairs(&h.peer_fetches()), [(1, "a")]);
+    h.s.handle_tracker_lost(h.now);
+    let acts = h.drain();
+    let o = origin_fetches(&acts);
+    assert_eq!(o.iter().map(|x| x.1).collect::<Vec<_>>(), [0, 2]);
+    // Back to normal: nothing new to start (everything is in flight).
+    h.s.handle_tracker_back(h.now);
+    assert!(h.drain().is_empty());
+    h.result(o[0].0, Outcome::Ok);
+    h.result(o[1].0, Outcome::Ok);
+    assert!(!h.s.is_complete());
+}
+
+#[test]
+fn fallback_when_no_holder_for_a_while() {
+    let mut h = H::new(2, cfg());
+    h.ids();
+    h.peer("a", Proximity::SameZone, [0]);
+    assert_eq!(pairs(&h.peer_fetches()), [(0, "a")]);
+    assert_eq!(h.s.poll_timeout(), Some(h.t0 + ms(2000)));
+    h.at(ms(9999));
+    assert!(origin_fetches(&h.drain()).is_empty());
+    h.at(ms(10_000));
+    let o = origin_fetches(&h.drain());
+    assert_eq!(
+        o.iter().map(|x| (x.1, x.2)).collect::<Vec<_>>(),
+        [(1, OriginReason::Fallback)]
+    );
+}
