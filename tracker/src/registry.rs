@@ -270,6 +270,9 @@ impl Registry {
         held: &HeldObject,
     ) -> Result<bool, String> {
         let layout = checked_layout(held.layout).map_err(|e| e.to_string())?;
+        // Layout::new bounds the count by 2^26. Checked before an object is created.
+        check_indices(layout.chunk_count() as u32, &held.have, &held.publish)
+            .map_err(|e| e.to_string())?;
         let obj = match self.objects.entry(held.key.clone()) {
             Entry::Occupied(o) => o.into_mut(),
             Entry::Vacant(v) => {
@@ -290,7 +293,6 @@ impl Registry {
                 layout.size, layout.chunk_size, obj.layout.size, obj.layout.chunk_size
             ));
         }
-        check_indices(obj.count, &held.have, &held.publish).map_err(|e| e.to_string())?;
         obj.last_active = now;
         obj.publish(&held.key, peer, &held.publish, &mut self.events);
         let complete = held.complete || held.have.is_full(obj.count);

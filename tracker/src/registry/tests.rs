@@ -551,6 +551,18 @@ fn restarted_registry_is_complete_after_one_announce_round() {
     assert_eq!(r.refused.len(), 1);
     assert!(r.refused[0].reason.contains("layout"), "{:?}", r.refused);
     assert_eq!(after.drain_events().conflicts, 1);
+    // An index out of range is refused without creating the object.
+    let bad = AnnounceRequest {
+        agent: agent(4, Topology::default(), 0),
+        objects: vec![held(&key("c"), 2, &[5], false)],
+    };
+    let r = after.announce(t0, &id("d"), &bad);
+    assert!(
+        r.refused[0].reason.contains("chunk index 5"),
+        "{:?}",
+        r.refused
+    );
+    assert_eq!(after.object_count(), 2);
 }
 
 #[test]
