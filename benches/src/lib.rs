@@ -1,1 +1,4 @@
-//! placeholder
+//! Shoal benchmarks: criterion micro-benchmarks (under `benches/`) and the fleet
+//! benchmark ([`fleet`], run with `cargo run --release -p shoal-benches --bin fleet`).
+
+pub mod fleet;
