@@ -17,6 +17,8 @@ use crate::object::{CacheSettings, ObjectCache};
 use crate::origin::OriginClient;
 use crate::proxy::{self, Proxy};
 use crate::store::{ChunkStore, MetaStore, StoreConfig};
+use crate::swarm::{Swarm, announce};
+use shoal_tracker::tls::Identity;
 
 /// Why an agent could not start. Always a local problem (configuration, ports, files).
 #[derive(Debug, thiserror::Error)]
@@ -44,13 +46,25 @@ pub struct RunningAgent {
     admin_addr: SocketAddr,
     metrics: Metrics,
     cache: ObjectCache,
+    swarm: Option<Arc<Swarm>>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
 
 impl Agent {
-    /// Opens the store, binds every listener (port 0 allowed) and starts serving.
+    /// Opens the store, binds every listener (port 0 allowed) and starts serving. With
+    /// a tracker configured, the TLS identity is loaded from `tls.*`.
     pub async fn start(cfg: Config, registry: Registry) -> Result<RunningAgent, StartError> {
+        Self::start_with(cfg, registry, None).await
+    }
+
+    /// As [`Agent::start`], with the TLS identity given (tests and the demo use
+    /// in-memory certificates).
+    pub async fn start_with(
+        cfg: Config,
+        registry: Registry,
+        identity: Option<Identity>,
+    ) -> Result<RunningAgent, StartError> {
         let metrics = Metrics::new(registry);
         let store = ChunkStore::open(StoreConfig::from(&cfg.cache), metrics.clone()).await;
         let meta = MetaStore::new(cfg.cache.dir.join("objects"));
@@ -61,7 +75,30 @@ impl Agent {
             chunk_size: cfg.cache.chunk_size.as_u64() as u32,
             freshness: cfg.cache.freshness,
         };
-        let cache = ObjectCache::open(store, meta, origin, metrics.clone(), settings).await;
+        let cache = ObjectCache::open(store.clone(), meta, origin, metrics.clone(), settings).await;
+        let swarm = if cfg.swarm_enabled() {
+            let identity = match identity {
+                Some(i) => i,
+                None => {
+                    let (Some(ca), Some(cert), Some(key)) =
+                        (&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key)
+                    else {
+                        return Err(StartError::Tls(
+                            "tls.ca, tls.cert and tls.key are required".into(),
+                        ));
+                    };
+                    Identity::load(ca, cert, key).map_err(|e| StartError::Tls(e.to_string()))?
+                }
+            };
+            let sw = Swarm::start(&cfg, &identity, store, metrics.clone())
+                .await
+                .map_err(|e| StartError::Swarm(e.to_string()))?;
+            let sw = Arc::new(sw);
+            cache.attach_swarm(sw.clone());
+            Some(sw)
+        } else {
+            None
+        };
         let proxy = Arc::new(Proxy::new(&cfg, cache.clone(), policy, metrics.clone()));
 
         let bind = |what: &'static str, addr: SocketAddr| async move {
@@ -93,6 +130,15 @@ impl Agent {
             ready.clone(),
             stopped(stop.subscribe()),
         ));
+        if let Some(sw) = &swarm {
+            let interval = cfg.tracker.announce_interval;
+            tasks.spawn(announce::run(
+                cache.clone(),
+                sw.clone(),
+                interval,
+                stopped(stop.subscribe()),
+            ));
+        }
         ready.set(true);
         tracing::info!(proxy = %proxy_addr, admin = %admin_addr, cache = %cfg.cache.dir.display(), "agent started");
         Ok(RunningAgent {
@@ -100,6 +146,7 @@ impl Agent {
             admin_addr,
             metrics,
             cache,
+            swarm,
             stop,
             tasks,
         })
@@ -127,9 +174,29 @@ impl RunningAgent {
         &self.cache
     }
 
+    /// The QUIC address peers dial, when the swarm is on.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.swarm.as_ref().and_then(|s| s.peer_addr())
+    }
+
+    pub fn swarm(&self) -> Option<&Arc<Swarm>> {
+        self.swarm.as_ref()
+    }
+
+    /// Stops at once, without letting responses or uploads finish (a crash, in tests).
+    pub fn kill(mut self) {
+        if let Some(sw) = &self.swarm {
+            sw.close();
+        }
+        self.tasks.abort_all();
+    }
+
     /// Stops accepting, lets in-flight responses finish, and returns.
     pub async fn shutdown(mut self) {
         self.stop.send_replace(true);
+        if let Some(sw) = &self.swarm {
+            sw.shutdown().await;
+        }
         while self.tasks.join_next().await.is_some() {}
     }
 

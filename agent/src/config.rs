@@ -160,6 +160,10 @@ pub struct Mirror {
 pub struct PeerConfig {
     /// UDP address. Default `0.0.0.0:7482`. Only used when `tracker.urls` is set.
     pub listen: SocketAddr,
+    /// The address other agents dial, announced to the tracker. Default: `listen`,
+    /// which must then not be unspecified (`0.0.0.0`). On Kubernetes set it from the
+    /// downward API (`SHOAL_AGENT__PEER__ADVERTISE=$(HOST_IP):7482`).
+    pub advertise: Option<SocketAddr>,
     /// Chunk requests served at once, all peers together; more get `busy`. Default 64.
     pub max_uploads: usize,
     /// Chunk requests served at once to one peer. Default 8.
@@ -274,6 +278,7 @@ impl Default for PeerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 7482)),
+            advertise: None,
             max_uploads: 64,
             max_uploads_per_peer: 8,
             upload_rate: ByteSize::b(0),
@@ -405,6 +410,19 @@ impl Config {
                 "tracker.urls is set, so tls.ca, tls.cert and tls.key are required (mutual TLS)"
                     .into(),
             );
+        }
+        if self.swarm_enabled()
+            && self
+                .peer
+                .advertise
+                .unwrap_or(self.peer.listen)
+                .ip()
+                .is_unspecified()
+        {
+            return bad(format!(
+                "peer.listen is {} and peer.advertise is not set: other agents need an address to dial",
+                self.peer.listen
+            ));
         }
         Ok(())
     }

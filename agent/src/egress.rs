@@ -65,7 +65,14 @@ impl EgressPolicy {
                 exact.push(h);
             }
         }
-        Self { inner: Arc::new(Inner { allow_cidrs: cfg.allow_cidrs.clone(), any_host, exact, suffixes }) }
+        Self {
+            inner: Arc::new(Inner {
+                allow_cidrs: cfg.allow_cidrs.clone(),
+                any_host,
+                exact,
+                suffixes,
+            }),
+        }
     }
 
     /// Checks a URL host (name or literal address, IPv6 with or without brackets).
@@ -77,7 +84,10 @@ impl EgressPolicy {
         }
         let h = bare.trim_end_matches('.').to_ascii_lowercase();
         let i = &self.inner;
-        if i.any_host || i.exact.iter().any(|e| *e == h) || i.suffixes.iter().any(|s| h.ends_with(s.as_str())) {
+        if i.any_host
+            || i.exact.iter().any(|e| *e == h)
+            || i.suffixes.iter().any(|s| h.ends_with(s.as_str()))
+        {
             Ok(())
         } else {
             Err(EgressDenied::Host(h))
@@ -168,7 +178,8 @@ impl PolicyResolver {
     }
 }
 
-type ResolveFuture = Pin<Box<dyn Future<Output = io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
+type ResolveFuture =
+    Pin<Box<dyn Future<Output = io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
 
 impl tower_service::Service<Name> for PolicyResolver {
     type Response = std::vec::IntoIter<SocketAddr>;
@@ -184,7 +195,8 @@ impl tower_service::Service<Name> for PolicyResolver {
         Box::pin(async move {
             let host = name.as_str().to_owned();
             policy.check_host(&host).map_err(denied)?;
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let mut last = None;
             let ok: Vec<SocketAddr> = addrs
                 .into_iter()
@@ -240,16 +252,42 @@ mod tests {
     fn internal_ranges_refused_by_default() {
         let p = policy(&[], &["*"]);
         for a in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254",
-            "100.64.0.1", "0.0.0.0", "255.255.255.255", "224.0.0.1", "::1", "::", "fe80::1", "fd00::1",
-            "::ffff:127.0.0.1", "::ffff:8.8.8.8", "64:ff9b::8.8.8.8", "2002:7f00:1::", "2001:0:4136::", "::127.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:8.8.8.8",
+            "64:ff9b::8.8.8.8",
+            "2002:7f00:1::",
+            "2001:0:4136::",
+            "::127.0.0.1",
         ] {
             let ip: IpAddr = a.parse().unwrap();
             assert!(p.check_ip(ip).is_err(), "{a} should be refused");
             assert!(p.check_host(a).is_err(), "{a} as host should be refused");
         }
-        for a in ["8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "1.1.1.1"] {
-            assert!(p.check_ip(a.parse().unwrap()).is_ok(), "{a} should be allowed");
+        for a in [
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "1.1.1.1",
+        ] {
+            assert!(
+                p.check_ip(a.parse().unwrap()).is_ok(),
+                "{a} should be allowed"
+            );
         }
         assert!(p.check_host("[::1]").is_err());
     }
@@ -286,7 +324,11 @@ mod tests {
         let err = r.call(name).await.unwrap_err();
         assert!(find_denied(&err).is_some(), "{err}");
         let mut r = PolicyResolver::new(policy(&["127.0.0.0/8", "::1/128"], &["*"]));
-        let addrs: Vec<_> = r.call("localhost".parse().unwrap()).await.unwrap().collect();
+        let addrs: Vec<_> = r
+            .call("localhost".parse().unwrap())
+            .await
+            .unwrap()
+            .collect();
         assert!(!addrs.is_empty());
     }
 }

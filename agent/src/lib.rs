@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod demo;
 pub mod discovery;
 pub mod egress;
 pub mod metrics;

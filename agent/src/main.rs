@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use bytesize::ByteSize;
 use clap::{Parser, Subcommand};
 use shoal_agent::app::Agent;
 use shoal_agent::config::Config;
+use shoal_agent::demo::DemoOptions;
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +25,42 @@ struct Cli {
 enum Cmd {
     /// Run the agent (the default). Without --config it runs on built-in defaults.
     Run(RunArgs),
+    /// Run a whole swarm in this process (origin, tracker, agents) through one flash crowd.
+    Demo(DemoArgs),
+    /// Write a development fleet CA and certificates (not for production).
+    Certs(CertsArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Number of agents.
+    #[arg(long, default_value_t = 8)]
+    agents: usize,
+    /// Object size (e.g. 256MiB).
+    #[arg(long, default_value = "256MiB")]
+    size: ByteSize,
+    /// Chunk size (16KiB..16MiB).
+    #[arg(long, default_value = "1MiB")]
+    chunk_size: ByteSize,
+    /// Upload limit per agent per second (0 = none), to mimic finite links.
+    #[arg(long, default_value = "0B")]
+    upload_rate: ByteSize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct CertsArgs {
+    /// Output directory (created).
+    #[arg(long)]
+    out: PathBuf,
+    /// Comma-separated names; each gets NAME.pem and NAME.key.pem with that DNS name.
+    #[arg(long, value_delimiter = ',', required = true)]
+    names: Vec<String>,
+    /// Comma-separated IP addresses, one per name in order, added as IP SANs.
+    #[arg(long, value_delimiter = ',')]
+    ips: Vec<std::net::IpAddr>,
 }
 
 #[derive(clap::Args, Default)]
@@ -48,6 +86,90 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd.unwrap_or(Cmd::Run(RunArgs::default())) {
         Cmd::Run(a) => run(a),
+        Cmd::Demo(a) => demo(a),
+        Cmd::Certs(a) => certs(a),
+    }
+}
+
+fn demo(a: DemoArgs) -> ExitCode {
+    // The demo prints its own report; keep logs to warnings unless RUST_LOG says otherwise.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let opts = DemoOptions {
+        agents: a.agents,
+        size: a.size.as_u64(),
+        chunk_size: a.chunk_size.as_u64(),
+        upload_rate: a.upload_rate.as_u64(),
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shoal-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !a.json {
+        eprintln!(
+            "starting an origin, a tracker and {} agents on 127.0.0.x ...",
+            a.agents
+        );
+    }
+    match rt.block_on(shoal_agent::demo::run(opts)) {
+        Ok(r) => {
+            if a.json {
+                match serde_json::to_string_pretty(&r) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => {
+                        eprintln!("shoal-agent: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", r.table());
+            }
+            if r.all_verified {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("shoal-agent demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn certs(a: CertsArgs) -> ExitCode {
+    if !a.ips.is_empty() && a.ips.len() != a.names.len() {
+        eprintln!(
+            "shoal-agent certs: --ips needs one address per name ({} names, {} addresses)",
+            a.names.len(),
+            a.ips.len()
+        );
+        return ExitCode::from(2);
+    }
+    let ips: Vec<Vec<std::net::IpAddr>> = if a.ips.is_empty() {
+        vec![Vec::new(); a.names.len()]
+    } else {
+        a.ips.iter().map(|i| vec![*i]).collect()
+    };
+    match shoal_tracker::tls::write_dev_pki(&a.out, &a.names, &ips) {
+        Ok(()) => {
+            println!(
+                "wrote {}/ca.pem and a certificate per name (development use only)",
+                a.out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("shoal-agent certs: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -98,7 +98,9 @@ impl OriginClient {
         ))
         .with_safe_default_protocol_versions()
         .map(|b| {
-            let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
             b.with_root_certificates(roots).with_no_client_auth()
         });
         let tls = match tls {
@@ -117,7 +119,12 @@ impl OriginClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
             .build(https);
-        Self { client, policy, cfg: cfg.clone(), metrics }
+        Self {
+            client,
+            policy,
+            cfg: cfg.clone(),
+            metrics,
+        }
     }
 
     /// Deadline for the silence between two body frames.
@@ -134,10 +141,18 @@ impl OriginClient {
         mut headers: HeaderMap,
         kind: &'static str,
     ) -> Result<Response<Incoming>, OriginError> {
-        let host = uri.host().ok_or_else(|| OriginError::BadUrl(uri.to_string(), "no host"))?.to_owned();
+        let host = uri
+            .host()
+            .ok_or_else(|| OriginError::BadUrl(uri.to_string(), "no host"))?
+            .to_owned();
         match uri.scheme_str() {
             Some("http" | "https") => {}
-            _ => return Err(OriginError::BadUrl(uri.to_string(), "only http:// and https:// are proxied")),
+            _ => {
+                return Err(OriginError::BadUrl(
+                    uri.to_string(),
+                    "only http:// and https:// are proxied",
+                ));
+            }
         }
         if let Err(e) = self.policy.check_host(&host) {
             self.metrics.ssrf_blocked.inc();
@@ -149,8 +164,13 @@ impl OriginClient {
         if let Some(h) = req.headers_mut() {
             *h = headers;
         }
-        let req = req.body(Empty::new()).map_err(|_| OriginError::BadUrl(uri.to_string(), "not a valid request URI"))?;
-        self.metrics.origin_requests.with_label_values(&[kind]).inc();
+        let req = req
+            .body(Empty::new())
+            .map_err(|_| OriginError::BadUrl(uri.to_string(), "not a valid request URI"))?;
+        self.metrics
+            .origin_requests
+            .with_label_values(&[kind])
+            .inc();
         let after = self.cfg.connect_timeout + self.cfg.header_timeout;
         match tokio::time::timeout(after, self.client.request(req)).await {
             Err(_) => Err(OriginError::Timeout { host, after }),
@@ -168,12 +188,26 @@ impl OriginClient {
 }
 
 /// Reads the next data frame of an origin body (trailers skipped); `None` at the end.
-pub async fn next_data(body: &mut Incoming, timeout: Duration, host: &str) -> Result<Option<Bytes>, OriginError> {
+pub async fn next_data(
+    body: &mut Incoming,
+    timeout: Duration,
+    host: &str,
+) -> Result<Option<Bytes>, OriginError> {
     loop {
         match tokio::time::timeout(timeout, body.frame()).await {
-            Err(_) => return Err(OriginError::Timeout { host: host.to_owned(), after: timeout }),
+            Err(_) => {
+                return Err(OriginError::Timeout {
+                    host: host.to_owned(),
+                    after: timeout,
+                });
+            }
             Ok(None) => return Ok(None),
-            Ok(Some(Err(e))) => return Err(OriginError::Upstream { host: host.to_owned(), detail: error_chain(&e) }),
+            Ok(Some(Err(e))) => {
+                return Err(OriginError::Upstream {
+                    host: host.to_owned(),
+                    detail: error_chain(&e),
+                });
+            }
             Ok(Some(Ok(f))) => {
                 if let Ok(d) = f.into_data() {
                     if !d.is_empty() {
@@ -220,14 +254,24 @@ mod tests {
     #[tokio::test]
     async fn refuses_metadata_address_before_connecting() {
         let m = Metrics::default();
-        let c = OriginClient::new(&OriginConfig::default(), EgressPolicy::new(&EgressConfig::default()), m.clone());
+        let c = OriginClient::new(
+            &OriginConfig::default(),
+            EgressPolicy::new(&EgressConfig::default()),
+            m.clone(),
+        );
         let uri: Uri = "http://169.254.169.254/latest/meta-data/".parse().unwrap();
-        let e = c.send(Method::GET, &uri, HeaderMap::new(), "get").await.unwrap_err();
+        let e = c
+            .send(Method::GET, &uri, HeaderMap::new(), "get")
+            .await
+            .unwrap_err();
         assert_eq!(e.status(), StatusCode::FORBIDDEN);
         assert!(e.to_string().contains("link-local"), "{e}");
         assert_eq!(m.ssrf_blocked.get(), 1);
         let uri: Uri = "http://localhost:1/".parse().unwrap();
-        let e = c.send(Method::GET, &uri, HeaderMap::new(), "get").await.unwrap_err();
+        let e = c
+            .send(Method::GET, &uri, HeaderMap::new(), "get")
+            .await
+            .unwrap_err();
         assert_eq!(e.status(), StatusCode::FORBIDDEN, "{e}");
         assert_eq!(m.ssrf_blocked.get(), 2);
     }

@@ -121,6 +121,11 @@ impl Fill {
         self.tx.send_replace(());
     }
 
+    /// Chunks done so far.
+    pub fn done(&self) -> usize {
+        self.lock().done
+    }
+
     pub fn is_complete(&self) -> bool {
         self.lock().done == self.layout.chunk_count()
     }

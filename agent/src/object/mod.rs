@@ -14,7 +14,7 @@
 
 pub mod fill;
 pub mod meta;
-mod origin_fill;
+pub(crate) mod origin_fill;
 pub mod read;
 
 use std::collections::HashMap;
@@ -100,6 +100,7 @@ pub(crate) struct Inner {
     pub(crate) settings: CacheSettings,
     objects: RwLock<HashMap<String, Arc<ObjectMeta>>>,
     flights: Mutex<HashMap<String, Flight>>,
+    swarm: std::sync::OnceLock<Arc<crate::swarm::Swarm>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -137,10 +138,16 @@ impl ObjectCache {
             settings,
             objects: RwLock::new(objects),
             flights: Mutex::new(HashMap::new()),
+            swarm: std::sync::OnceLock::new(),
         };
         Self {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Makes `p2p` URLs go through the swarm. Set once, at start.
+    pub fn attach_swarm(&self, swarm: Arc<crate::swarm::Swarm>) {
+        let _ = self.inner.swarm.set(swarm);
     }
 
     pub fn store(&self) -> &ChunkStore {
@@ -170,6 +177,17 @@ impl ObjectCache {
             .unwrap_or_else(|p| p.into_inner())
             .get(url)
             .cloned()
+    }
+
+    /// Every cached object version.
+    pub fn all(&self) -> Vec<Arc<ObjectMeta>> {
+        self.inner
+            .objects
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Number of cached URLs.
@@ -276,8 +294,68 @@ impl ObjectCache {
         }
     }
 
-    /// The leader's origin request: a plain or conditional GET.
+    /// The leader's origin request: the swarm for `p2p` URLs when a tracker is set,
+    /// else a plain or conditional GET.
     async fn fetch(
+        &self,
+        want: &Want,
+        cached: Option<Arc<ObjectMeta>>,
+    ) -> Result<Lookup, OriginError> {
+        if want.mode == Mode::P2p {
+            if let Some(sw) = self.inner.swarm.get() {
+                return self.fetch_swarm(want, cached, sw.clone()).await;
+            }
+        }
+        self.fetch_get(want, cached).await
+    }
+
+    /// Asks the origin for the head only, then downloads through the swarm. Anything
+    /// the swarm cannot share (no length, no validator, `no-store`, an error status)
+    /// goes the plain GET way instead.
+    async fn fetch_swarm(
+        &self,
+        want: &Want,
+        cached: Option<Arc<ObjectMeta>>,
+        swarm: Arc<crate::swarm::Swarm>,
+    ) -> Result<Lookup, OriginError> {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("shoal/", env!("CARGO_PKG_VERSION"))),
+        );
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        let resp = self
+            .inner
+            .origin
+            .send(Method::HEAD, &want.url, h, "head")
+            .await?;
+        let Some((layout, key, digest)) = self.cacheable(want, &resp) else {
+            tracing::debug!(url = %want.url, status = %resp.status(), "not shareable through the swarm; plain GET");
+            return self.fetch_get(want, cached).await;
+        };
+        if let Some(m) = cached.filter(|m| m.manifest.key == key) {
+            // Same version as cached: the HEAD revalidated it.
+            let mut m = (*m).clone();
+            m.validated_at_ms = meta::unix_ms(SystemTime::now());
+            let m = Arc::new(m);
+            self.remember(m.clone()).await;
+            return Ok(Lookup::Object(m));
+        }
+        let fill = Arc::new(Fill::new(
+            want.url.to_string(),
+            layout,
+            Repr::from_headers(resp.headers()),
+        ));
+        lock(&self.inner.flights).insert(fill.url.clone(), Flight::Filling(fill.clone()));
+        crate::swarm::spawn(self.clone(), swarm, fill.clone(), key, digest);
+        Ok(Lookup::Fill(fill))
+    }
+
+    /// A plain or conditional GET to the origin.
+    async fn fetch_get(
         &self,
         want: &Want,
         cached: Option<Arc<ObjectMeta>>,

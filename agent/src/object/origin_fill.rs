@@ -24,7 +24,7 @@ pub(super) fn spawn(
     tokio::spawn(async move {
         let url = fill.url.clone();
         match run(&cache, &fill, body, digest.as_deref()).await {
-            Ok(last) => finish(&cache, &fill, key, digest, last).await,
+            Ok(last) => finish(&cache, &fill, key, digest, last, Source::Origin).await,
             Err(reason) => {
                 tracing::warn!(%url, %reason, "origin fill failed");
                 fill.fail(reason);
@@ -37,12 +37,13 @@ pub(super) fn spawn(
 /// Stores the last chunks, records the object, ends the flight, and only then tells
 /// readers the last chunks are there: a client that saw its last byte and asks again
 /// finds the object cached, and an agent stopped right after keeps it.
-async fn finish(
+pub(crate) async fn finish(
     cache: &ObjectCache,
     fill: &Arc<Fill>,
     key: ObjectKey,
     digest: Option<String>,
     last: Vec<Chunk>,
+    source: Source,
 ) {
     let url = fill.url.clone();
     let mut held = Vec::new();
@@ -77,9 +78,9 @@ async fn finish(
     for (c, stored) in held {
         if stored {
             let pin = cache.inner.store.pin([c.id]);
-            fill.complete(c.index, c.id, Source::Origin, None, Some(pin));
+            fill.complete(c.index, c.id, source, None, Some(pin));
         } else {
-            fill.complete(c.index, c.id, Source::Origin, Some(c.bytes), None);
+            fill.complete(c.index, c.id, source, Some(c.bytes), None);
         }
     }
 }

@@ -101,13 +101,49 @@ impl ObjectCache {
 
     /// Fetches chunk `index` again from the origin and checks it against `id`.
     async fn repair(&self, s: &Serve, index: usize, id: ChunkId) -> Result<Bytes, ReadError> {
-        let url = s.url().to_owned();
+        let bytes = match self.fetch_range(s.url(), s.repr(), s.layout(), index).await {
+            Ok(b) => b,
+            Err(e) => {
+                if matches!(e, ReadError::OriginChanged { .. }) {
+                    self.forget(s).await;
+                }
+                return Err(e);
+            }
+        };
+        if !id.verifies(&bytes) {
+            self.inner
+                .metrics
+                .verify_failures
+                .with_label_values(&["origin"])
+                .inc();
+            self.forget(s).await;
+            return Err(ReadError::OriginChanged {
+                url: s.url().to_owned(),
+                why: format!("chunk {index} from the origin does not match the manifest"),
+            });
+        }
+        if let Err(e) = self.inner.store.put(id, bytes.clone()).await {
+            tracing::debug!(error = %e, "repaired chunk not stored");
+        }
+        Ok(bytes)
+    }
+
+    /// Fetches the bytes of chunk `index` of the version `repr` of `url` with a `Range`
+    /// request guarded by `If-Range`; counts them as fetched from the origin. The
+    /// caller verifies or hashes them.
+    pub async fn fetch_range(
+        &self,
+        url: &str,
+        repr: &Repr,
+        layout: Layout,
+        index: usize,
+    ) -> Result<Bytes, ReadError> {
         let changed = |why: String| ReadError::OriginChanged {
-            url: url.clone(),
+            url: url.to_owned(),
             why,
         };
         let uri: Uri = url.parse().map_err(|_| changed("unparsable URL".into()))?;
-        let bounds = s.layout().chunk_bounds(index);
+        let bounds = layout.chunk_bounds(index);
         let len = (bounds.end - bounds.start) as usize;
         let mut h = HeaderMap::new();
         let range = format!("bytes={}-{}", bounds.start, bounds.end.saturating_sub(1));
@@ -119,13 +155,12 @@ impl ObjectCache {
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
-        let validator = s
-            .repr()
+        let validator = repr
             .etag
             .as_deref()
             .filter(|e| shoal_proto::key::is_strong_etag(e));
         if let Some(Ok(v)) = validator
-            .or(s.repr().last_modified.as_deref())
+            .or(repr.last_modified.as_deref())
             .map(HeaderValue::from_str)
         {
             h.insert(header::IF_RANGE, v);
@@ -136,37 +171,24 @@ impl ObjectCache {
             .send(Method::GET, &uri, h, "range")
             .await?;
         if resp.status() != StatusCode::PARTIAL_CONTENT {
-            self.forget(s).await;
             return Err(changed(format!("range request answered {}", resp.status())));
         }
         let mut body = resp.into_body();
         let mut buf = BytesMut::with_capacity(len);
-        while let Some(d) = next_data(&mut body, self.inner.origin.read_timeout(), &url).await? {
+        while let Some(d) = next_data(&mut body, self.inner.origin.read_timeout(), url).await? {
             if buf.len() + d.len() > len {
-                self.forget(s).await;
                 return Err(changed("range response longer than asked".into()));
             }
             buf.extend_from_slice(&d);
         }
-        let bytes = buf.freeze();
-        self.inner
-            .metrics
-            .fetched(Source::Origin, bytes.len() as u64);
-        if !id.verifies(&bytes) {
-            self.inner
-                .metrics
-                .verify_failures
-                .with_label_values(&["origin"])
-                .inc();
-            self.forget(s).await;
-            return Err(changed(format!(
-                "chunk {index} from the origin does not match the manifest"
-            )));
+        if buf.len() != len {
+            return Err(ReadError::Origin(OriginError::Upstream {
+                host: url.to_owned(),
+                detail: format!("range response ended after {} of {len} bytes", buf.len()),
+            }));
         }
-        if let Err(e) = self.inner.store.put(id, bytes.clone()).await {
-            tracing::debug!(error = %e, "repaired chunk not stored");
-        }
-        Ok(bytes)
+        self.inner.metrics.fetched(Source::Origin, len as u64);
+        Ok(buf.freeze())
     }
 
     async fn forget(&self, s: &Serve) {

@@ -1,5 +1,6 @@
-//! A real HTTP/1.1 origin for tests: serves in-memory objects with ETag,
-//! Last-Modified, Range, HEAD and conditional requests, and counts what it sends.
+//! A small real HTTP/1.1 origin for the demo and the tests: serves in-memory objects
+//! with ETag, Last-Modified, Range, HEAD and conditional requests, and counts what it
+//! sends. Not a production server: no TLS, no files, no limits.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -123,33 +124,22 @@ impl Origin {
     }
 
     pub fn put(&self, path: &str, obj: Object) {
-        self.state
-            .lock()
-            .unwrap()
-            .objects
-            .insert(path.to_owned(), obj);
+        self.lock().objects.insert(path.to_owned(), obj);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Critical sections are single map operations; a poisoned lock holds valid data.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// GET/HEAD requests seen for `path` (any status).
     pub fn requests(&self, path: &str) -> u64 {
-        self.state
-            .lock()
-            .unwrap()
-            .requests
-            .get(path)
-            .copied()
-            .unwrap_or(0)
+        self.lock().requests.get(path).copied().unwrap_or(0)
     }
 
     /// Requests for `path` that carried a `Range` header.
     pub fn range_requests(&self, path: &str) -> u64 {
-        self.state
-            .lock()
-            .unwrap()
-            .range_requests
-            .get(path)
-            .copied()
-            .unwrap_or(0)
+        self.lock().range_requests.get(path).copied().unwrap_or(0)
     }
 
     /// Body bytes sent, all paths.
@@ -165,7 +155,7 @@ impl Origin {
     fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_owned();
         let obj = {
-            let mut st = self.state.lock().unwrap();
+            let mut st = self.lock();
             *st.requests.entry(path.clone()).or_default() += 1;
             if req.headers().contains_key(header::RANGE) {
                 *st.range_requests.entry(path.clone()).or_default() += 1;
@@ -200,7 +190,7 @@ impl Origin {
             _ => false,
         };
         if not_modified {
-            return resp.status(StatusCode::NOT_MODIFIED).body(empty()).unwrap();
+            return finish(resp.status(StatusCode::NOT_MODIFIED), empty());
         }
         let size = obj.bytes.len() as u64;
         let if_range_ok = match hv(header::IF_RANGE) {
@@ -218,17 +208,16 @@ impl Origin {
                     body = body.slice(br.start as usize..br.end as usize);
                 }
                 shoal_proto::RangeDecision::Unsatisfiable => {
-                    return resp
+                    let r = resp
                         .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                        .header(header::CONTENT_RANGE, format!("bytes */{size}"))
-                        .body(empty())
-                        .unwrap();
+                        .header(header::CONTENT_RANGE, format!("bytes */{size}"));
+                    return finish(r, empty());
                 }
             }
         }
         resp = resp.status(st).header(header::CONTENT_LENGTH, body.len());
         if req.method() == Method::HEAD {
-            return resp.body(empty()).unwrap();
+            return finish(resp, empty());
         }
         self.bytes_sent
             .fetch_add(body.len() as u64, Ordering::Relaxed);
@@ -237,9 +226,9 @@ impl Origin {
                 let (first, rest) = (body.slice(..n), body.slice(n..));
                 let gate = self.gate.clone();
                 let stream = futures_stream(first, rest, gate);
-                resp.body(BoxBody::new(StreamBody::new(stream))).unwrap()
+                finish(resp, BoxBody::new(StreamBody::new(stream)))
             }
-            _ => resp.body(Full::new(body).boxed()).unwrap(),
+            _ => finish(resp, Full::new(body).boxed()),
         }
     }
 }
@@ -273,5 +262,13 @@ fn empty() -> Body {
 }
 
 fn status(s: StatusCode) -> Response<Body> {
-    Response::builder().status(s).body(empty()).unwrap()
+    let mut r = Response::new(empty());
+    *r.status_mut() = s;
+    r
+}
+
+/// The response, or a 500 if a stored header value was not valid.
+fn finish(b: http::response::Builder, body: Body) -> Response<Body> {
+    b.body(body)
+        .unwrap_or_else(|_| status(StatusCode::INTERNAL_SERVER_ERROR))
 }

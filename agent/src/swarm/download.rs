@@ -1,0 +1,442 @@
+//! One object version's download through the swarm: the I/O around the scheduler.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use shoal_proto::sched::{Action, Outcome, RequestId, Scheduler};
+use shoal_proto::tracker::{ChunkBitmap, Cursor, IndexedId, SyncResponse};
+use shoal_proto::{Chunk, ChunkId, Layout, ObjectKey, PeerAddr};
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+
+use super::Swarm;
+use crate::discovery::TrackerError;
+use crate::metrics::Source;
+use crate::object::origin_fill::{complete, finish};
+use crate::object::read::ReadError;
+use crate::object::{Fill, ObjectCache};
+use crate::transport::PeerError;
+
+/// What a fetch task brings back.
+enum Fetched {
+    Peer(ChunkId, Result<Bytes, PeerError>),
+    Origin(Result<Bytes, ReadError>),
+}
+
+struct Download {
+    cache: ObjectCache,
+    swarm: Arc<Swarm>,
+    fill: Arc<Fill>,
+    key: ObjectKey,
+    layout: Layout,
+    sched: Scheduler,
+    ids: Vec<Option<ChunkId>>,
+    have: ChunkBitmap,
+    publish: Vec<IndexedId>,
+    want_leases: u32,
+    wanted: Vec<usize>,
+    cursor: Option<Cursor>,
+    tasks: JoinSet<(RequestId, usize, Fetched)>,
+    aborts: HashMap<RequestId, AbortHandle>,
+    /// The chunk that completes the object, released to readers only by `finish`.
+    last: Option<(Chunk, Source)>,
+    tracker_lost: bool,
+    /// The tracker knows this key with another layout: we do not share it.
+    solo: bool,
+    next_sync: Instant,
+}
+
+/// Starts the download task of `fill` (registered as the URL's flight by the caller).
+pub fn spawn(
+    cache: ObjectCache,
+    swarm: Arc<Swarm>,
+    fill: Arc<Fill>,
+    key: ObjectKey,
+    digest: Option<String>,
+) {
+    tokio::spawn(async move {
+        let url = fill.url.clone();
+        let now = Instant::now();
+        let sched = match Scheduler::new(now, fill.layout, swarm.sched.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                fill.fail(format!("cannot plan the download: {e}"));
+                cache.end_flight(&url, &fill);
+                return;
+            }
+        };
+        let n = fill.layout.chunk_count();
+        let mut d = Download {
+            layout: fill.layout,
+            cache,
+            swarm,
+            fill,
+            key,
+            sched,
+            ids: vec![None; n],
+            have: ChunkBitmap::new(),
+            publish: Vec::new(),
+            want_leases: 0,
+            wanted: Vec::new(),
+            cursor: None,
+            tasks: JoinSet::new(),
+            aborts: HashMap::new(),
+            last: None,
+            tracker_lost: false,
+            solo: false,
+            next_sync: now,
+        };
+        match d.run().await {
+            Ok(()) => d.finish(digest).await,
+            Err(reason) => {
+                tracing::warn!(%url, %reason, "swarm download failed");
+                d.tasks.abort_all();
+                d.fill.fail(reason);
+                d.cache.end_flight(&url, &d.fill);
+            }
+        }
+    });
+}
+
+impl Download {
+    async fn run(&mut self) -> Result<(), String> {
+        let mut sync: Option<JoinHandle<Result<SyncResponse, TrackerError>>> = None;
+        let mut sent: Vec<IndexedId> = Vec::new();
+        loop {
+            self.drain().await?;
+            if self.sched.is_complete() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if sync.is_none() && !self.solo && now >= self.next_sync {
+                sent = std::mem::take(&mut self.publish);
+                let mut req = self.swarm.tracker.request(self.key.clone());
+                req.layout = Some(self.layout);
+                req.have = self.have.clone();
+                req.publish = sent.clone();
+                req.want_leases = std::mem::take(&mut self.want_leases);
+                req.cursor = self.cursor;
+                let tracker = self.swarm.tracker.clone();
+                sync = Some(tokio::spawn(async move { tracker.sync(req).await }));
+                self.next_sync = now + self.swarm.poll_interval;
+            }
+            let timer = self
+                .sched
+                .poll_timeout()
+                .unwrap_or(now + Duration::from_secs(3600));
+            let sync_at = if sync.is_none() && !self.solo {
+                self.next_sync
+            } else {
+                now + Duration::from_secs(3600)
+            };
+            tokio::select! {
+                r = async { sync.as_mut().map(|s| s as &mut JoinHandle<_>).expect("guarded").await }, if sync.is_some() => {
+                    sync = None;
+                    match r {
+                        Ok(Ok(resp)) => self.on_sync(resp),
+                        Ok(Err(e)) => {
+                            // Publish again next time; the tracker may not have seen them.
+                            self.publish.extend(sent.drain(..));
+                            self.on_tracker_error(e);
+                        }
+                        Err(e) => tracing::error!(error = %e, "tracker sync task failed"),
+                    }
+                }
+                Some(j) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    match j {
+                        Ok((req, index, f)) => self.on_fetched(req, index, f).await?,
+                        Err(e) if e.is_cancelled() => {}
+                        Err(e) => tracing::error!(error = %e, "chunk fetch task failed"),
+                    }
+                }
+                _ = tokio::time::sleep_until(timer.into()) => self.sched.handle_timeout(Instant::now()),
+                _ = tokio::time::sleep_until(sync_at.into()) => {}
+            }
+        }
+    }
+
+    /// Performs every action the scheduler has ready.
+    async fn drain(&mut self) -> Result<(), String> {
+        while let Some(a) = self.sched.poll_action() {
+            match a {
+                Action::FetchPeer {
+                    req,
+                    index,
+                    id,
+                    peer,
+                } => {
+                    let addr = self
+                        .swarm
+                        .addrs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&peer)
+                        .copied();
+                    let Some(addr) = addr else {
+                        let _ = self
+                            .sched
+                            .handle_result(Instant::now(), req, Outcome::Failed);
+                        continue;
+                    };
+                    let sw = self.swarm.clone();
+                    let len = self.layout.chunk_len(index);
+                    let h = self.tasks.spawn(async move {
+                        let r = sw.peers.fetch(&PeerAddr { id: peer, addr }, id, len).await;
+                        (req, index, Fetched::Peer(id, r))
+                    });
+                    self.aborts.insert(req, h);
+                }
+                Action::FetchOrigin { req, index, .. } => {
+                    let (cache, url, repr, layout) = (
+                        self.cache.clone(),
+                        self.fill.url.clone(),
+                        self.fill.repr.clone(),
+                        self.layout,
+                    );
+                    let h = self.tasks.spawn(async move {
+                        let r = cache.fetch_range(&url, &repr, layout, index).await;
+                        (req, index, Fetched::Origin(r))
+                    });
+                    self.aborts.insert(req, h);
+                }
+                Action::Cancel { req } => {
+                    if let Some(h) = self.aborts.remove(&req) {
+                        h.abort();
+                    }
+                }
+                Action::WantLeases { indices, max } => {
+                    self.want_leases = u32::try_from(max).unwrap_or(u32::MAX);
+                    self.wanted = indices;
+                    self.next_sync = Instant::now();
+                }
+                // The tracker expires leases we do not fulfil; nothing to send.
+                Action::ReleaseLeases { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn on_sync(&mut self, resp: SyncResponse) {
+        let now = Instant::now();
+        if self.tracker_lost {
+            tracing::info!(key = %self.key, "tracker back; resuming swarm download");
+            self.sched.handle_tracker_back(now);
+            self.tracker_lost = false;
+        }
+        if let Some(l) = resp.layout {
+            if l != self.layout {
+                tracing::warn!(key = %self.key, ours = ?self.layout, tracker = ?l, "layout differs from the swarm's; downloading alone");
+                self.solo = true;
+                self.sched.handle_tracker_lost(now);
+                return;
+            }
+        }
+        let mut new_ids = Vec::new();
+        for IndexedId { index, id } in resp.ids {
+            let i = index as usize;
+            if let Some(slot) = self.ids.get_mut(i) {
+                if slot.is_none() {
+                    *slot = Some(id);
+                    new_ids.push((i, id));
+                }
+            }
+        }
+        let _ = self.sched.handle_chunk_ids(now, new_ids.iter().copied());
+        for (i, id) in new_ids {
+            // Another object may have brought this chunk already.
+            if !self.fill.has(i) && self.cache.store().contains(&id) {
+                let _ = self.sched.handle_local(now, i);
+                self.local(i, id);
+            }
+        }
+        let n = self.layout.chunk_count();
+        for hint in resp.peers {
+            if hint.id == self.swarm.me {
+                continue;
+            }
+            self.swarm
+                .addrs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(hint.id.clone(), hint.addr);
+            let have: Vec<usize> = if hint.complete {
+                (0..n).collect()
+            } else {
+                hint.have.iter().map(|i| i as usize).collect()
+            };
+            let _ = self.sched.handle_peer(now, hint.id, hint.proximity, have);
+        }
+        // The reply does not say which of the chunks we asked for are leased to
+        // someone else (a grant is capped per agent), so nothing is inferred from
+        // the chunks not granted; the scheduler asks again after its interval.
+        self.wanted.clear();
+        let _ = self
+            .sched
+            .handle_leases(now, resp.leases.iter().map(|&i| i as usize));
+        self.cursor = resp.cursor;
+    }
+
+    fn on_tracker_error(&mut self, e: TrackerError) {
+        if e.is_rate_limited() {
+            return;
+        }
+        if !self.tracker_lost {
+            tracing::warn!(key = %self.key, error = %e, "tracker unreachable; fetching from the origin");
+            self.tracker_lost = true;
+            self.sched.handle_tracker_lost(Instant::now());
+        }
+    }
+
+    async fn on_fetched(&mut self, req: RequestId, index: usize, f: Fetched) -> Result<(), String> {
+        self.aborts.remove(&req);
+        let outcome = match f {
+            Fetched::Peer(id, Ok(bytes)) => {
+                self.accept(index, id, bytes, Source::Peer).await;
+                Outcome::Ok
+            }
+            Fetched::Peer(_, Err(e)) => {
+                tracing::debug!(chunk = index, error = %e, "peer fetch failed");
+                match e {
+                    PeerError::Busy { .. } => Outcome::Busy,
+                    PeerError::NotFound => Outcome::NotFound,
+                    PeerError::Corrupt => Outcome::Corrupt,
+                    _ => Outcome::Failed,
+                }
+            }
+            Fetched::Origin(Ok(bytes)) => {
+                let id = ChunkId::of(&bytes);
+                match self.ids.get(index).copied().flatten() {
+                    Some(known) if known != id => {
+                        // Either the origin changed under the same validator, or the
+                        // publisher lied; neither is fixable here.
+                        self.cache
+                            .inner
+                            .metrics
+                            .verify_failures
+                            .with_label_values(&["origin"])
+                            .inc();
+                        return Err(format!(
+                            "origin bytes of chunk {index} do not match the swarm's id"
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        if let Some(slot) = self.ids.get_mut(index) {
+                            *slot = Some(id);
+                        }
+                        self.publish.push(IndexedId {
+                            index: index as u32,
+                            id,
+                        });
+                    }
+                }
+                self.accept(index, id, bytes, Source::Origin).await;
+                Outcome::Ok
+            }
+            Fetched::Origin(Err(ReadError::OriginChanged { why, .. })) => {
+                return Err(format!("the origin no longer serves this version: {why}"));
+            }
+            Fetched::Origin(Err(e)) => {
+                tracing::debug!(chunk = index, error = %e, "origin range fetch failed");
+                Outcome::Failed
+            }
+        };
+        let _ = self.sched.handle_result(Instant::now(), req, outcome);
+        Ok(())
+    }
+
+    /// Stores a verified chunk and hands it to readers (except the very last one).
+    async fn accept(&mut self, index: usize, id: ChunkId, bytes: Bytes, source: Source) {
+        if self.fill.has(index) || self.last.as_ref().is_some_and(|(c, _)| c.index == index) {
+            return;
+        }
+        self.have.insert(index as u32);
+        let chunk = Chunk { index, id, bytes };
+        if self.fill.done() + 1 == self.layout.chunk_count() {
+            self.last = Some((chunk, source));
+        } else {
+            complete(&self.cache, &self.fill, chunk, source).await;
+        }
+    }
+
+    /// A chunk already in the store (shared with another object).
+    fn local(&mut self, index: usize, id: ChunkId) {
+        self.have.insert(index as u32);
+        let pin = self.cache.store().pin([id]);
+        self.fill
+            .complete(index, id, Source::Cache, None, Some(pin));
+    }
+
+    async fn finish(mut self, digest: Option<String>) {
+        // Local chunks may have completed the fill while the last one was held.
+        if let Some(d) = &digest {
+            if let Err(e) = self.check_digest(d).await {
+                self.cache
+                    .inner
+                    .metrics
+                    .verify_failures
+                    .with_label_values(&["peer"])
+                    .inc();
+                self.fill.fail(e);
+                self.cache.end_flight(&self.fill.url.clone(), &self.fill);
+                return;
+            }
+        }
+        if !self.solo {
+            let mut req = self.swarm.tracker.request(self.key.clone());
+            req.layout = Some(self.layout);
+            req.have = ChunkBitmap::full(self.layout.chunk_count() as u32);
+            req.complete = true;
+            req.publish = std::mem::take(&mut self.publish);
+            if let Err(e) = self.swarm.tracker.sync(req).await {
+                tracing::debug!(error = %e, "final tracker sync failed; the periodic announce will retry");
+            }
+        }
+        let (last, source) = match self.last.take() {
+            Some((c, s)) => (vec![c], s),
+            None => (Vec::new(), Source::Peer),
+        };
+        finish(
+            &self.cache,
+            &self.fill,
+            self.key.clone(),
+            digest,
+            last,
+            source,
+        )
+        .await;
+    }
+
+    /// Checks the whole-object digest a URL names before the last chunk is released.
+    async fn check_digest(&self, want: &str) -> Result<(), String> {
+        let mut h = Sha256::new();
+        for i in 0..self.layout.chunk_count() {
+            let bytes = match &self.last {
+                Some((c, _)) if c.index == i => c.bytes.clone(),
+                _ => {
+                    let r = self.fill.wait(i).await.map_err(|e| e.to_string())?;
+                    match r.held {
+                        Some(b) => b,
+                        None => self
+                            .cache
+                            .store()
+                            .get(&r.id)
+                            .await
+                            .ok()
+                            .flatten()
+                            .ok_or_else(|| format!("chunk {i} vanished before the digest check"))?,
+                    }
+                }
+            };
+            h.update(&bytes);
+        }
+        let got = format!("sha256:{}", hex::encode(h.finalize()));
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("swarm bytes hash to {got}, the URL names {want}"))
+        }
+    }
+}
