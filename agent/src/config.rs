@@ -173,6 +173,12 @@ pub struct PeerConfig {
     /// Deadline for one chunk request to a peer before it is given to another. Default `5s`.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// A chunk that no reachable peer holds and nobody holds an origin lease for is
+    /// fetched from the origin by this agent after this long. Default `10s`. Lower
+    /// means faster recovery from a vanished lease holder, at the cost of more origin
+    /// traffic when leases are slow.
+    #[serde(with = "humantime_serde")]
+    pub origin_fallback: Duration,
     /// Idle QUIC connections are closed after this. Default `30s`.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -279,6 +285,7 @@ impl Default for PeerConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 7482)),
             advertise: None,
+            origin_fallback: Duration::from_secs(10),
             max_uploads: 64,
             max_uploads_per_peer: 8,
             upload_rate: ByteSize::b(0),

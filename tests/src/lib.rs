@@ -2,13 +2,18 @@
 //! process on 127.0.0.x addresses with port 0, and clients that assert on bytes.
 //! Scenario tests live in `tests/tests/`, one file per area.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)]
 
 pub mod agent;
 pub mod client;
-pub mod origin;
+pub mod swarm;
 
-pub use origin::{Object, Origin, random_bytes};
+/// The origin lives in the agent crate, where the demo uses it too.
+pub use shoal_agent::demo::origin::{self, Object, Origin, random_bytes};
 
 /// Installs a test log subscriber once (`RUST_LOG` controls it).
 pub fn logs() {

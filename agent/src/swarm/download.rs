@@ -243,6 +243,9 @@ impl Download {
                 }
             }
         }
+        if !new_ids.is_empty() || !resp.leases.is_empty() {
+            self.sched.handle_progress(now);
+        }
         let _ = self.sched.handle_chunk_ids(now, new_ids.iter().copied());
         for (i, id) in new_ids {
             // Another object may have brought this chunk already.

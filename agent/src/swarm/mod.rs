@@ -98,6 +98,7 @@ impl Swarm {
         );
         let sched = SchedConfig {
             salt,
+            origin_fallback_after: p.origin_fallback,
             ..SchedConfig::default()
         };
         Ok(Self {

@@ -347,6 +347,21 @@ impl Scheduler {
     /// while the other agent still holds the lease, so with a live tracker such chunks
     /// never fall back (the tracker expires stale leases); if the tracker stops
     /// answering, they fall back to the origin like any other.
+    /// The swarm made progress for this object (the tracker named new chunk ids or
+    /// granted leases): every chunk still waiting for a source restarts its fallback
+    /// clock. Leases come in rounds (the tracker caps them per agent), so on a large
+    /// object most chunks wait far longer than `origin_fallback_after` although nothing
+    /// is wrong; only a swarm that stops making progress should send everyone to the
+    /// origin.
+    pub fn handle_progress(&mut self, now: Instant) {
+        for c in self.chunks.iter_mut().filter(|c| !c.done && !c.fallback) {
+            if c.sourceless_since.is_some() {
+                c.sourceless_since = Some(now);
+            }
+        }
+        self.pass(now);
+    }
+
     pub fn handle_leased_elsewhere(
         &mut self,
         now: Instant,

@@ -207,3 +207,26 @@ fn fallback_when_no_holder_for_a_while() {
         [(1, OriginReason::Fallback)]
     );
 }
+
+#[test]
+fn progress_restarts_the_fallback_clock() {
+    let mut h = H::new(2, cfg());
+    h.ids();
+    h.peer("a", Proximity::SameZone, [0]);
+    assert_eq!(pairs(&h.peer_fetches()), [(0, "a")]);
+    // The swarm keeps moving: chunk 1 keeps waiting for a lease or a holder.
+    h.at(ms(6000));
+    h.s.handle_progress(h.now);
+    h.at(ms(10_000));
+    assert!(
+        origin_fetches(&h.drain()).is_empty(),
+        "no fallback while the swarm progresses"
+    );
+    // It stops moving: the clock runs out 10 s after the last progress.
+    h.at(ms(16_000));
+    let o = origin_fetches(&h.drain());
+    assert_eq!(
+        o.iter().map(|x| (x.1, x.2)).collect::<Vec<_>>(),
+        [(1, OriginReason::Fallback)]
+    );
+}
