@@ -332,6 +332,17 @@ impl ObjectCache {
             .origin
             .send(Method::HEAD, &want.url, h, "head")
             .await?;
+        // Peers and leases fetch chunk ranges: an origin that does not advertise
+        // byte ranges is fetched whole instead.
+        let ranges = resp
+            .headers()
+            .get(header::ACCEPT_RANGES)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("bytes"));
+        if !ranges {
+            tracing::debug!(url = %want.url, "origin does not advertise byte ranges; plain GET");
+            return self.fetch_get(want, cached).await;
+        }
         let Some((layout, key, digest)) = self.cacheable(want, &resp) else {
             tracing::debug!(url = %want.url, status = %resp.status(), "not shareable through the swarm; plain GET");
             return self.fetch_get(want, cached).await;

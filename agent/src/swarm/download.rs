@@ -220,6 +220,7 @@ impl Download {
 
     fn on_sync(&mut self, resp: SyncResponse) {
         let now = Instant::now();
+        tracing::trace!(ids = resp.ids.len(), peers = resp.peers.len(), leases = ?resp.leases, "tracker sync");
         if self.tracker_lost {
             tracing::info!(key = %self.key, "tracker back; resuming swarm download");
             self.sched.handle_tracker_back(now);
@@ -356,6 +357,7 @@ impl Download {
             return;
         }
         self.have.insert(index as u32);
+        tracing::debug!(key = %self.key, chunk = index, source = source.label(), done = self.fill.done() + 1, "chunk stored");
         let chunk = Chunk { index, id, bytes };
         if self.fill.done() + 1 == self.layout.chunk_count() {
             self.last = Some((chunk, source));

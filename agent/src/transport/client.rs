@@ -46,6 +46,22 @@ impl Pool {
         }
     }
 
+    /// Statistics of every live connection we dialled (diagnostics, the probe).
+    pub(super) fn stats(&self) -> Vec<(PeerId, quinn::ConnectionStats)> {
+        let slots: Vec<(PeerId, Slot)> = {
+            let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        slots
+            .into_iter()
+            .filter_map(|(id, slot)| {
+                let held = slot.try_lock().ok()?;
+                let conn = held.as_ref()?;
+                Some((id, conn.stats()))
+            })
+            .collect()
+    }
+
     pub(super) fn begin_shutdown(&self) {
         self.closing.store(true, Ordering::Relaxed);
     }

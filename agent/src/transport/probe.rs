@@ -119,6 +119,20 @@ pub async fn goodput_probe(
     let start = Instant::now();
     run(&client, &peer, &ids, chunk_size, count, in_flight).await?;
     let elapsed = start.elapsed();
+    for (peer, st) in client.pool.stats() {
+        tracing::info!(%peer, mtu = st.path.current_mtu, lost = st.path.lost_packets, sent = st.path.sent_packets, cwnd = st.path.cwnd, congestion_events = st.path.congestion_events, rtt = ?st.path.rtt, "probe connection");
+        eprintln!(
+            "probe connection {peer}: mtu={} sent={} lost={} cwnd={} congestion_events={} rtt={:?} udp_tx={:?} udp_rx={:?}",
+            st.path.current_mtu,
+            st.path.sent_packets,
+            st.path.lost_packets,
+            st.path.cwnd,
+            st.path.congestion_events,
+            st.path.rtt,
+            st.udp_tx,
+            st.udp_rx
+        );
+    }
     client.shutdown().await;
     server.shutdown().await;
     Ok(Goodput {

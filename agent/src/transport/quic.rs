@@ -98,7 +98,17 @@ fn transport(options: &PeerOptions, incoming_bidi: VarInt) -> TransportConfig {
         t.max_idle_timeout(Some(idle));
     }
     let mut mtu = MtuDiscoveryConfig::default();
-    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    mtu.upper_bound(env("XMTU", MAX_UDP_PAYLOAD as u64) as u16);
+    mtu.black_hole_cooldown(std::time::Duration::from_millis(env("XBH", 60000)));
+    t.stream_receive_window(VarInt::from_u32(env("XSW", STREAM_WINDOW as u64) as u32));
+    t.receive_window(VarInt::from_u32(env("XCW", CONNECTION_WINDOW as u64) as u32));
+    t.send_window(env("XCW", CONNECTION_WINDOW as u64));
     t.mtu_discovery_config(Some(mtu));
     t
 }

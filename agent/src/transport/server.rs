@@ -118,6 +118,17 @@ impl Server {
             }
         };
         self.metrics.peers_connected.dec();
+        let st = conn.stats();
+        eprintln!(
+            "SERVER STATS mtu={} sent={} lost={} cwnd={} cev={} udp_tx={:?} frame_tx={:?}",
+            st.path.current_mtu,
+            st.path.sent_packets,
+            st.path.lost_packets,
+            st.path.cwnd,
+            st.path.congestion_events,
+            st.udp_tx,
+            st.frame_tx
+        );
         tracing::info!(%peer, %remote, reason = %reason, "peer disconnected");
     }
 

@@ -578,7 +578,13 @@ async fn graceful_shutdown_lets_uploads_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, not a test: run in release with --nocapture"]
 async fn goodput_1gib_loopback() {
-    for (chunk, in_flight) in [(1u32 << 20, 8usize), (4 << 20, 4), (1 << 20, 32)] {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    for (chunk, in_flight) in [(env("XCHUNK", 1 << 20) as u32, env("XINF", 8) as usize)] {
         let g = goodput_probe(LOCAL, 1 << 30, chunk, in_flight)
             .await
             .unwrap();
