@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use super::clients::{launch, since};
 use super::netns::Node;
 use super::origin::OBJECT_NAME;
-use super::proc::{Proc, run as run_cmd, wait_until};
+use super::proc::{Proc, run as run_cmd, stop_all, wait_until};
 use super::{Ctx, Run};
 
 const TRACKER_PORT: u16 = 6969;
@@ -192,9 +192,7 @@ pub fn run(ctx: &Ctx<'_>) -> Result<Run> {
         }
     };
     let node_usage = l.procs.iter().filter_map(Proc::usage).collect();
-    for p in &mut l.procs {
-        p.stop();
-    }
+    stop_all(&mut l.procs);
     seeder.stop();
     opentracker.stop();
     Ok(Run {

@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use super::cleanup::Registry;
 use super::netns::Node;
-use super::proc::Proc;
+use super::proc::{Proc, stop_all};
 
 /// Seconds from `t0` to `t` (0 if `t` is earlier).
 pub fn since(t0: SystemTime, t: SystemTime) -> f64 {
@@ -73,16 +73,15 @@ pub fn wait_exits(launch: &mut Launch, timeout: Duration) -> Vec<Option<f64>> {
         }
         thread::sleep(Duration::from_millis(10));
     }
-    launch
-        .procs
-        .iter_mut()
-        .map(|p| match p.poll() {
+    // Record who finished before stopping the rest.
+    let finished: Vec<Option<(std::process::ExitStatus, SystemTime)>> =
+        launch.procs.iter_mut().map(Proc::poll).collect();
+    stop_all(&mut launch.procs);
+    finished
+        .into_iter()
+        .map(|f| match f {
             Some((status, at)) if status.success() => Some(since(launch.t0, at)),
-            Some(_) => None,
-            None => {
-                p.stop();
-                None
-            }
+            _ => None,
         })
         .collect()
 }

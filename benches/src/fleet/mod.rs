@@ -100,7 +100,8 @@ pub struct Options {
     /// Install missing Debian packages with apt-get.
     pub install: bool,
     /// Per-system deadline for all clients to finish; `None` = derived from the
-    /// scenario (twice the direct-download bound plus a minute).
+    /// scenario: twice the direct-download bound plus a minute for direct, and at most
+    /// max(10·T_min, 120 s) for the peer-to-peer systems.
     pub timeout: Option<Duration>,
 }
 
@@ -267,9 +268,12 @@ pub fn run(opts: &Options, registry: &Registry) -> Result<Report> {
     let fleet = Fleet::create(&prefix, &opts.scenario, registry).context("building the fleet")?;
     let www = workdir.join("www");
     let object = Object::generate(&www, opts.scenario.object_bytes, &prefix)?;
-    let timeout = opts
-        .timeout
-        .unwrap_or_else(|| Duration::from_secs_f64(2.0 * opts.scenario.direct_bound() + 60.0));
+    let direct_timeout = Duration::from_secs_f64(2.0 * opts.scenario.direct_bound() + 60.0);
+    // A peer-to-peer system that needs more than ten times the bound has failed; do
+    // not let it hold the run for as long as direct may take.
+    let p2p_timeout = direct_timeout.min(Duration::from_secs_f64(
+        (10.0 * opts.scenario.t_min(scenario::PAYLOAD_EFFICIENCY)).max(120.0),
+    ));
 
     let mut report = Report::new(&opts.scenario);
     let mut stop = false;
@@ -286,7 +290,10 @@ pub fn run(opts: &Options, registry: &Registry) -> Result<Report> {
             scenario: &opts.scenario,
             dir: workdir.join(system.name()),
             shoal_bin_dir: &opts.shoal_bin_dir,
-            timeout,
+            timeout: opts.timeout.unwrap_or(match system {
+                System::Direct => direct_timeout,
+                System::BitTorrent | System::Shoal => p2p_timeout,
+            }),
         };
         let result = run_system(system, &ctx, &www);
         eprintln!("fleet: {system}: {}", result.one_line());

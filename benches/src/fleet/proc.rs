@@ -111,6 +111,21 @@ impl Proc {
     }
 }
 
+/// Stop many processes at once: one SIGTERM round for all of them and their
+/// descendants, one shared two-second grace period, then SIGKILL; reap all.
+pub fn stop_all(procs: &mut [Proc]) {
+    let running: Vec<u32> = procs
+        .iter_mut()
+        .filter_map(|p| p.poll().is_none().then(|| p.pid()))
+        .collect();
+    let mut victims = super::cleanup::descendants(&running);
+    victims.extend(&running);
+    terminate(&victims);
+    for p in procs {
+        p.stop();
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         self.stop();

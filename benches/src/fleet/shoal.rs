@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use super::clients::{launch, wait_exits};
 use super::netns::{Node, SUBNET};
 use super::origin::url;
-use super::proc::{Proc, run as run_cmd, wait_until};
+use super::proc::{Proc, run as run_cmd, stop_all, wait_until};
 use super::{AgentMetrics, Ctx, Run};
 
 const TRACKER_PORT: u16 = 7443;
@@ -150,9 +150,7 @@ pub fn run(ctx: &Ctx<'_>) -> Result<Run> {
     if !crashed.is_empty() {
         notes.push(format!("exited during the run: {}", crashed.join(", ")));
     }
-    for p in &mut agents {
-        p.stop();
-    }
+    stop_all(&mut agents);
     tracker_proc.stop();
     Ok(Run {
         t0: Some(l.t0),
