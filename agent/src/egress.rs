@@ -84,9 +84,7 @@ impl EgressPolicy {
         }
         let h = bare.trim_end_matches('.').to_ascii_lowercase();
         let i = &self.inner;
-        if i.any_host
-            || i.exact.iter().any(|e| *e == h)
-            || i.suffixes.iter().any(|s| h.ends_with(s.as_str()))
+        if i.any_host || i.exact.contains(&h) || i.suffixes.iter().any(|s| h.ends_with(s.as_str()))
         {
             Ok(())
         } else {

@@ -13,12 +13,15 @@ use shoal_tracker::tls::{DevPki, Identity, dev_pki};
 use crate::agent::TEST_CHUNK;
 use crate::origin::Origin;
 
+/// Adjusts agent `i`'s configuration before it starts.
+pub type Tweak = Box<dyn Fn(usize, &mut Config) + Send>;
+
 /// Builds a [`TestSwarm`].
 pub struct Builder {
     agents: usize,
     net: u8,
     spare: usize,
-    tweak: Option<Box<dyn Fn(usize, &mut Config) + Send>>,
+    tweak: Option<Tweak>,
 }
 
 /// A running swarm. Agents are `Option`s so a test can kill one.
@@ -30,7 +33,7 @@ pub struct TestSwarm {
     tracker_addr: SocketAddr,
     dirs: Vec<tempfile::TempDir>,
     net: u8,
-    tweak: Option<Box<dyn Fn(usize, &mut Config) + Send>>,
+    tweak: Option<Tweak>,
 }
 
 /// `127.0.NET.n`.

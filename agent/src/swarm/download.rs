@@ -132,13 +132,18 @@ impl Download {
                 now + Duration::from_secs(3600)
             };
             tokio::select! {
-                r = async { sync.as_mut().map(|s| s as &mut JoinHandle<_>).expect("guarded").await }, if sync.is_some() => {
+                r = async {
+                    match sync.as_mut() {
+                        Some(s) => s.await,
+                        None => std::future::pending().await,
+                    }
+                }, if sync.is_some() => {
                     sync = None;
                     match r {
                         Ok(Ok(resp)) => self.on_sync(resp),
                         Ok(Err(e)) => {
                             // Publish again next time; the tracker may not have seen them.
-                            self.publish.extend(sent.drain(..));
+                            self.publish.append(&mut sent);
                             self.on_tracker_error(e);
                         }
                         Err(e) => tracing::error!(error = %e, "tracker sync task failed"),

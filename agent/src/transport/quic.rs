@@ -109,6 +109,7 @@ fn transport(options: &PeerOptions, incoming_bidi: VarInt) -> TransportConfig {
     t.stream_receive_window(VarInt::from_u32(env("XSW", STREAM_WINDOW as u64) as u32));
     t.receive_window(VarInt::from_u32(env("XCW", CONNECTION_WINDOW as u64) as u32));
     t.send_window(env("XCW", CONNECTION_WINDOW as u64));
+    t.enable_segmentation_offload(env("XGSO", 1) == 1);
     t.mtu_discovery_config(Some(mtu));
     t
 }
