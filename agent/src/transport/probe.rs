@@ -22,6 +22,11 @@ pub struct Goodput {
     pub bytes: u64,
     pub chunks: u64,
     pub elapsed: Duration,
+    /// Mean size of the UDP datagrams received (warm-up included): shows the MTU the
+    /// server's path discovery reached.
+    pub datagram_size: u64,
+    /// Packets the client declared lost (its acknowledgements and requests).
+    pub lost_packets: u64,
 }
 
 /// Why the probe could not run.
@@ -48,12 +53,14 @@ impl fmt::Display for Goodput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:.2} GiB in {} chunks, {:.3} s: {:.0} MB/s ({:.2} Gbit/s)",
+            "{:.2} GiB in {} chunks, {:.3} s: {:.0} MB/s ({:.2} Gbit/s), \
+             {} B/datagram received",
             self.bytes as f64 / f64::from(1u32 << 30),
             self.chunks,
             self.elapsed.as_secs_f64(),
             self.rate() / 1e6,
             self.rate() * 8.0 / 1e9,
+            self.datagram_size,
         )
     }
 }
@@ -119,26 +126,18 @@ pub async fn goodput_probe(
     let start = Instant::now();
     run(&client, &peer, &ids, chunk_size, count, in_flight).await?;
     let elapsed = start.elapsed();
-    for (peer, st) in client.pool.stats() {
-        tracing::info!(%peer, mtu = st.path.current_mtu, lost = st.path.lost_packets, sent = st.path.sent_packets, cwnd = st.path.cwnd, congestion_events = st.path.congestion_events, rtt = ?st.path.rtt, "probe connection");
-        eprintln!(
-            "probe connection {peer}: mtu={} sent={} lost={} cwnd={} congestion_events={} rtt={:?} udp_tx={:?} udp_rx={:?}",
-            st.path.current_mtu,
-            st.path.sent_packets,
-            st.path.lost_packets,
-            st.path.cwnd,
-            st.path.congestion_events,
-            st.path.rtt,
-            st.udp_tx,
-            st.udp_rx
-        );
-    }
+    // The probe dials exactly one peer.
+    let stats = client.pool.stats().into_iter().next().map(|(_, s)| s);
     client.shutdown().await;
     server.shutdown().await;
     Ok(Goodput {
         bytes: count * u64::from(chunk_size),
         chunks: count,
         elapsed,
+        datagram_size: stats
+            .map(|s| s.udp_rx.bytes / s.udp_rx.datagrams.max(1))
+            .unwrap_or(0),
+        lost_packets: stats.map(|s| s.path.lost_packets).unwrap_or(0),
     })
 }
 

@@ -1,7 +1,9 @@
 //! The serving side: accepts fleet peers and answers their chunk requests.
 //!
-//! Per stream: read one request frame (within `request_frame_timeout`), then answer at
-//! once with `busy` when a limit is reached, `not_found`, `error`, or `ok` + the bytes.
+//! Per stream: read one request frame and the end of the stream (within
+//! `request_frame_timeout`), then answer at once with `busy` when a limit is reached,
+//! `not_found`, `error`, or `ok` + the bytes. An upload keeps its slot until the peer has
+//! acknowledged every byte.
 //! A malformed frame resets that stream (both directions, code `STREAM_MALFORMED`) and
 //! counts a strike against the connection; at [`MAX_STRIKES`] the connection is closed.
 
@@ -118,17 +120,6 @@ impl Server {
             }
         };
         self.metrics.peers_connected.dec();
-        let st = conn.stats();
-        eprintln!(
-            "SERVER STATS mtu={} sent={} lost={} cwnd={} cev={} udp_tx={:?} frame_tx={:?}",
-            st.path.current_mtu,
-            st.path.sent_packets,
-            st.path.lost_packets,
-            st.path.cwnd,
-            st.path.congestion_events,
-            st.udp_tx,
-            st.frame_tx
-        );
         tracing::info!(%peer, %remote, reason = %reason, "peer disconnected");
     }
 
@@ -163,6 +154,25 @@ impl Server {
                 return;
             }
         };
+        // The requester finishes its side right after the frame (usually in the same
+        // packet). Reading that end catches trailing bytes and spares a STOP_SENDING.
+        match tokio::time::timeout(self.frame_timeout, recv.read_to_end(0)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(quinn::ReadToEndError::TooLong)) => {
+                self.strike(conn, peer, strikes, "bytes after the request frame");
+                reset(&mut send, &mut recv, code::STREAM_MALFORMED);
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "request stream failed");
+                return;
+            }
+            Err(_elapsed) => {
+                tracing::debug!(%peer, "request stream not finished in time");
+                reset(&mut send, &mut recv, code::STREAM_TIMEOUT);
+                return;
+            }
+        }
         match self.answer(peer, req, &mut send).await {
             Ok(permit) => {
                 // Fails only if the peer already stopped the stream; nothing to do.

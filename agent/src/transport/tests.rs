@@ -441,6 +441,16 @@ async fn malformed_frame_resets_only_that_stream() {
     let e = recv.read_to_end(1024).await.unwrap_err();
     assert_eq!(reset_code(e), u64::from(wire::code::STREAM_MALFORMED));
 
+    // Trailing bytes after a valid request.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&Request { id, len: 3000 }.to_bytes())
+        .await
+        .unwrap();
+    send.write_all(b"extra").await.unwrap();
+    send.finish().unwrap();
+    let e = recv.read_to_end(1 << 20).await.unwrap_err();
+    assert_eq!(reset_code(e), u64::from(wire::code::STREAM_MALFORMED));
+
     // Silence: the request-frame deadline resets the stream.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&[wire::VERSION]).await.unwrap();
@@ -578,13 +588,12 @@ async fn graceful_shutdown_lets_uploads_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, not a test: run in release with --nocapture"]
 async fn goodput_1gib_loopback() {
-    let env = |k: &str, d: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
-    for (chunk, in_flight) in [(env("XCHUNK", 1 << 20) as u32, env("XINF", 8) as usize)] {
+    for (chunk, in_flight) in [
+        (1u32 << 20, 1usize),
+        (1 << 20, 8),
+        (4 << 20, 4),
+        (256 << 10, 16),
+    ] {
         let g = goodput_probe(LOCAL, 1 << 30, chunk, in_flight)
             .await
             .unwrap();
