@@ -162,6 +162,7 @@ pub async fn run(opts: DemoOptions) -> Result<Report, DemoError> {
         ));
     }
     let report = Report::new(&opts, origin.bytes_sent(), results, start.elapsed());
+
     futures_util::future::join_all(agents.into_iter().map(|a| a.shutdown())).await;
     tracker.shutdown().await;
     Ok(report)

@@ -362,7 +362,7 @@ impl Download {
             return;
         }
         self.have.insert(index as u32);
-        tracing::debug!(key = %self.key, chunk = index, source = source.label(), done = self.fill.done() + 1, "chunk stored");
+        tracing::debug!(me = %self.swarm.me, chunk = index, source = source.label(), done = self.fill.done() + 1, "chunk stored");
         let chunk = Chunk { index, id, bytes };
         if self.fill.done() + 1 == self.layout.chunk_count() {
             self.last = Some((chunk, source));
