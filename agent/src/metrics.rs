@@ -1,4 +1,4 @@
-//! The agent's Prometheus metrics. Names are a contract (docs/metrics.md); every
+//! The agent's Prometheus metrics. Names are a contract (docs/operations.md lists them); every
 //! metric is registered in a [`Registry`] passed in, never a global one, so several
 //! agents can run in one process (tests, the demo).
 

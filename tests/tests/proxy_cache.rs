@@ -541,3 +541,34 @@ async fn connect_tunnels_to_allowed_destinations() {
     assert_eq!(origin.requests("/t"), 1);
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn responses_that_vary_are_not_cached() {
+    let (origin, dir) = setup("127.0.0.25").await;
+    let data = random_bytes(50_000, 14);
+    origin.put("/v", Object::new(data.clone()).header("vary", "Accept"));
+    origin.put(
+        "/e",
+        Object::new(data.clone()).header("vary", "Accept-Encoding"),
+    );
+    let a = agent::start(agent::config("127.0.0.25", dir.path()))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            get(a.proxy_addr(), &origin.url("/v")).await.unwrap().body,
+            data
+        );
+        assert_eq!(
+            get(a.proxy_addr(), &origin.url("/e")).await.unwrap().body,
+            data
+        );
+    }
+    assert_eq!(origin.requests("/v"), 2, "Vary: Accept is passed through");
+    assert_eq!(
+        origin.requests("/e"),
+        1,
+        "Vary: Accept-Encoding is cached (identity only)"
+    );
+    a.shutdown().await;
+}

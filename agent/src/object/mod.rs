@@ -8,9 +8,11 @@
 //! wait for its outcome.
 //!
 //! Only `200` responses with a length, a validator (strong ETag or Last-Modified, or a
-//! digest-named URL) and no `no-store`/`private` are cached; everything else passes
-//! through. Requests are sent to the origin without the client's `Accept-Encoding`,
-//! so cached bytes are always the identity encoding and fit every client.
+//! digest-named URL) and no `no-store`/`private`/`Set-Cookie`/`Vary` (other than
+//! `Accept-Encoding`) are cached; everything else passes through. Requests are sent to
+//! the origin without the client's headers (`Accept-Encoding: identity`), so cached
+//! bytes are the origin's default representation in the identity encoding, and fit
+//! every client; an origin that varies it by request header says so with `Vary`.
 
 pub mod fill;
 pub mod meta;
@@ -446,7 +448,15 @@ impl ObjectCache {
         {
             return None;
         }
-        if h.contains_key(header::SET_COOKIE) || h.contains_key(header::CONTENT_RANGE) {
+        // A representation that varies by request headers other than the encoding
+        // (which we pin to identity) cannot be shared under its URL alone.
+        let varies = h
+            .get_all(header::VARY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|f| !f.trim().eq_ignore_ascii_case("accept-encoding") && !f.trim().is_empty());
+        if varies || h.contains_key(header::SET_COOKIE) || h.contains_key(header::CONTENT_RANGE) {
             return None;
         }
         if h.get(header::CONTENT_ENCODING)
