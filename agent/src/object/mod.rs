@@ -320,15 +320,7 @@ impl ObjectCache {
         cached: Option<Arc<ObjectMeta>>,
         swarm: Arc<crate::swarm::Swarm>,
     ) -> Result<Lookup, OriginError> {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::USER_AGENT,
-            HeaderValue::from_static(concat!("shoal/", env!("CARGO_PKG_VERSION"))),
-        );
-        h.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
+        let h = origin_headers();
         let resp = self
             .inner
             .origin
@@ -373,15 +365,7 @@ impl ObjectCache {
         want: &Want,
         cached: Option<Arc<ObjectMeta>>,
     ) -> Result<Lookup, OriginError> {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::USER_AGENT,
-            HeaderValue::from_static(concat!("shoal/", env!("CARGO_PKG_VERSION"))),
-        );
-        h.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
+        let mut h = origin_headers();
         let kind = if cached.is_some() {
             "revalidate"
         } else {
@@ -521,4 +505,19 @@ impl ObjectCache {
             }
         }
     }
+}
+
+/// The headers of the agent's own origin requests: no client headers, identity
+/// encoding (see the module docs).
+fn origin_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static(concat!("shoal/", env!("CARGO_PKG_VERSION"))),
+    );
+    h.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    h
 }
