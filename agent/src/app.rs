@@ -69,7 +69,11 @@ impl Agent {
         let store = ChunkStore::open(StoreConfig::from(&cfg.cache), metrics.clone()).await;
         let meta = MetaStore::new(cfg.cache.dir.join("objects"));
         let policy = EgressPolicy::new(&cfg.egress);
-        let origin = OriginClient::new(&cfg.origin, policy.clone(), metrics.clone());
+        let extra_roots = match &cfg.origin.ca_file {
+            None => Vec::new(),
+            Some(p) => load_pem_certs(p).map_err(StartError::Tls)?,
+        };
+        let origin = OriginClient::new(&cfg.origin, policy.clone(), metrics.clone(), extra_roots);
         let settings = CacheSettings {
             // Validated to be within 16KiB..=16MiB by Config::validate.
             chunk_size: cfg.cache.chunk_size.as_u64() as u32,
@@ -151,6 +155,22 @@ impl Agent {
             tasks,
         })
     }
+}
+
+/// Every certificate in a PEM file; errors name the file.
+fn load_pem_certs(
+    p: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    let data = std::fs::read(p).map_err(|e| format!("origin.ca_file {}: {e}", p.display()))?;
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut data.as_slice()).collect();
+    let certs = certs.map_err(|e| format!("origin.ca_file {}: {e}", p.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "origin.ca_file {}: no PEM certificate in it",
+            p.display()
+        ));
+    }
+    Ok(certs)
 }
 
 fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {

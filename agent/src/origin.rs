@@ -88,7 +88,14 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 impl OriginClient {
-    pub fn new(cfg: &OriginConfig, policy: EgressPolicy, metrics: Metrics) -> Self {
+    /// `extra_roots` are trusted for HTTPS origins besides the Web PKI roots
+    /// (`origin.ca_file`: an internal mirror under a private CA).
+    pub fn new(
+        cfg: &OriginConfig,
+        policy: EgressPolicy,
+        metrics: Metrics,
+        extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    ) -> Self {
         let mut http = HttpConnector::new_with_resolver(PolicyResolver::new(policy.clone()));
         http.enforce_http(false);
         http.set_connect_timeout(Some(cfg.connect_timeout));
@@ -98,9 +105,17 @@ impl OriginClient {
         ))
         .with_safe_default_protocol_versions()
         .map(|b| {
-            let roots = rustls::RootCertStore {
+            let mut roots = rustls::RootCertStore {
                 roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
             };
+            let (added, ignored) = roots.add_parsable_certificates(extra_roots);
+            if ignored > 0 {
+                tracing::warn!(
+                    added,
+                    ignored,
+                    "origin.ca_file: some certificates were not usable as roots"
+                );
+            }
             b.with_root_certificates(roots).with_no_client_auth()
         });
         let tls = match tls {
@@ -258,6 +273,7 @@ mod tests {
             &OriginConfig::default(),
             EgressPolicy::new(&EgressConfig::default()),
             m.clone(),
+            Vec::new(),
         );
         let uri: Uri = "http://169.254.169.254/latest/meta-data/".parse().unwrap();
         let e = c

@@ -572,3 +572,64 @@ async fn responses_that_vary_are_not_cached() {
     );
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn https_mirror_under_a_private_ca_is_cached() {
+    let (_plain, dir) = setup("127.0.0.26").await;
+    let pki = shoal_tracker::tls::dev_pki(
+        &["origin".to_owned()],
+        &[vec!["127.0.0.26".parse().unwrap()]],
+    )
+    .unwrap();
+    let c = &pki.certs[0];
+    let key = rustls_pemfile::private_key(&mut c.key_pem.as_bytes())
+        .unwrap()
+        .unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![c.cert_der.clone()], key)
+    .unwrap();
+    let origin = Origin::start_tls("127.0.0.26", std::sync::Arc::new(tls))
+        .await
+        .unwrap();
+    let data = random_bytes(200_000, 15);
+    origin.put("/pkg/x.deb", Object::new(data.clone()));
+    let ca = dir.path().join("origin-ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let mirror = shoal_agent::config::Mirror {
+        name: "sec".into(),
+        upstream: format!("https://{}", origin.addr()),
+    };
+    let req = b"GET /m/sec/pkg/x.deb HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n";
+
+    // Without the private CA the origin's certificate is refused.
+    let mut cfg = agent::config("127.0.0.26", &dir.path().join("a"));
+    cfg.mirrors.push(mirror.clone());
+    let a = agent::start(cfg).await.unwrap();
+    let r = client::raw(a.proxy_addr(), req).await.unwrap();
+    assert!(r.starts_with("HTTP/1.1 502"), "{}", &r[..r.len().min(300)]);
+    a.shutdown().await;
+
+    let mut cfg = agent::config("127.0.0.26", &dir.path().join("b"));
+    cfg.mirrors.push(mirror);
+    cfg.origin.ca_file = Some(ca);
+    let a = agent::start(cfg).await.unwrap();
+    for _ in 0..2 {
+        let r = client::raw(a.proxy_addr(), req).await.unwrap();
+        assert!(r.starts_with("HTTP/1.1 200"), "{}", &r[..r.len().min(300)]);
+    }
+    assert_eq!(
+        origin.requests("/pkg/x.deb"),
+        1,
+        "fetched over TLS once, then served from cache"
+    );
+    assert_eq!(
+        a.metrics().bytes_served.with_label_values(&["cache"]).get(),
+        data.len() as u64
+    );
+    a.shutdown().await;
+}

@@ -88,7 +88,16 @@ pub fn random_bytes(len: usize, seed: u64) -> Bytes {
 
 impl Origin {
     /// Starts an origin on `ip`:0.
-    pub async fn start(ip: &str) -> anyhow::Result<Self> {
+    pub async fn start(ip: &str) -> std::io::Result<Self> {
+        Self::start_with(ip, None).await
+    }
+
+    /// Starts an HTTPS origin on `ip`:0 with `tls` (no client authentication).
+    pub async fn start_tls(ip: &str, tls: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        Self::start_with(ip, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(ip: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> std::io::Result<Self> {
         let l = TcpListener::bind((ip, 0)).await?;
         let o = Self {
             addr: l.local_addr()?,
@@ -99,15 +108,26 @@ impl Origin {
         let srv = o.clone();
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
-                let srv = srv.clone();
+                let (srv, tls) = (srv.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let srv = srv.clone();
                         async move { Ok::<_, Infallible>(srv.handle(req)) }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
+                    match tls {
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(s), svc)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(s).await {
+                                let _ = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(s), svc)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         });
