@@ -193,6 +193,7 @@ impl TrackerClient {
             publish: Vec::new(),
             want_leases: 0,
             cursor: None,
+            renew: Vec::new(),
         }
     }
 

@@ -118,6 +118,11 @@ pub struct SyncRequest {
     /// The cursor from the previous response for this key, if any.
     #[serde(default)]
     pub cursor: Option<Cursor>,
+    /// Leases this agent still works on: the tracker extends them by its lease TTL.
+    /// A slow origin can take longer than one TTL per chunk; an agent that stops
+    /// syncing (or stops listing a lease) lets it lapse.
+    #[serde(default)]
+    pub renew: Vec<u32>,
 }
 
 /// A peer worth asking for chunks of the synced object.
@@ -481,6 +486,7 @@ mod tests {
             }],
             want_leases: 2,
             cursor: Some(Cursor { epoch: 7, pos: 3 }),
+            renew: vec![1],
         };
         let back: SyncRequest =
             serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();

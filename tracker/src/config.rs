@@ -82,6 +82,11 @@ pub struct RegistryConfig {
     /// Live origin leases one agent may hold per object. Default 2; lower spreads the
     /// origin's upload over more agents, higher lets a lone agent fetch faster.
     pub max_leases_per_agent: u32,
+    /// Live origin leases per object, all agents together. Default 8. The origin's
+    /// upload is shared by the chunks being fetched at once: fewer leases finish each
+    /// chunk sooner, so peers start copying it sooner. Raise it when the origin's
+    /// upload is far larger than one agent's download link.
+    pub max_leases_per_object: u32,
     /// Peer hints per sync reply. Default 32.
     pub max_peers_per_reply: usize,
 }
@@ -129,6 +134,7 @@ impl Default for RegistryConfig {
             object_ttl: Duration::from_secs(600),
             lease_ttl: Duration::from_secs(10),
             max_leases_per_agent: 2,
+            max_leases_per_object: 8,
             max_peers_per_reply: 32,
         }
     }

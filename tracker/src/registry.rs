@@ -188,9 +188,11 @@ impl Registry {
             // Expire only after recording what the agent holds: a chunk reported at
             // its deadline fulfils its lease.
             self.events.leases_expired += obj.expire_leases(now);
+            obj.renew(now, peer, &req.renew, self.cfg.lease_ttl);
             if !complete && req.want_leases > 0 {
                 let want = req.want_leases.min(self.cfg.max_leases_per_agent);
-                granted = obj.grant(now, peer, want, self.cfg.lease_ttl);
+                let cap = self.cfg.max_leases_per_object;
+                granted = obj.grant(now, peer, want, cap, self.cfg.lease_ttl);
             }
         } else if let Some(offered) = proposed
             && (!req.have.is_empty() || req.complete || !req.publish.is_empty())
@@ -465,11 +467,24 @@ impl Object {
         }
     }
 
+    /// Extends `peer`'s leases on `indices` (others' leases are left alone).
+    fn renew(&mut self, now: Instant, peer: &PeerId, indices: &[u32], ttl: Duration) {
+        for i in indices {
+            if let Some(l) = self.leases.get_mut(i) {
+                if &l.holder == peer {
+                    l.expires = now + ttl;
+                }
+            }
+        }
+    }
+
     /// Grants `peer` leases on the lowest chunks nobody holds or leases, up to `max`
-    /// live leases for this peer. Returns how many were granted now.
-    fn grant(&mut self, now: Instant, peer: &PeerId, max: u32, ttl: Duration) -> u64 {
+    /// live leases for this peer and `cap` for the object. Returns how many were
+    /// granted now.
+    fn grant(&mut self, now: Instant, peer: &PeerId, max: u32, cap: u32, ttl: Duration) -> u64 {
         let live = self.leases.values().filter(|l| &l.holder == peer).count() as u32;
-        let room = max.saturating_sub(live) as usize;
+        let total = self.leases.len() as u32;
+        let room = max.saturating_sub(live).min(cap.saturating_sub(total)) as usize;
         if room == 0 || self.holders.values().any(|h| h.complete) {
             return 0;
         }

@@ -128,6 +128,7 @@ fn sync_req(peer_addr: &str, have: &[u32], want: u32) -> SyncRequest {
         publish: Vec::new(),
         want_leases: want,
         cursor: None,
+        renew: Vec::new(),
     }
 }
 

@@ -118,6 +118,7 @@ impl Download {
                 req.publish = sent.clone();
                 req.want_leases = std::mem::take(&mut self.want_leases);
                 req.cursor = self.cursor;
+                req.renew = self.sched.leases().into_iter().map(|i| i as u32).collect();
                 let tracker = self.swarm.tracker.clone();
                 sync = Some(tokio::spawn(async move { tracker.sync(req).await }));
                 self.next_sync = now + self.swarm.poll_interval;

@@ -14,6 +14,7 @@ fn cfg() -> RegistryConfig {
         object_ttl: Duration::from_secs(600),
         lease_ttl: Duration::from_secs(10),
         max_leases_per_agent: 2,
+        max_leases_per_object: 8,
         max_peers_per_reply: 32,
     }
 }
@@ -61,6 +62,7 @@ fn sync_req(a: AgentInfo, k: &ObjectKey, chunks: u32, have: &[u32], want: u32) -
         publish: Vec::new(),
         want_leases: want,
         cursor: None,
+        renew: Vec::new(),
     }
 }
 
@@ -599,4 +601,46 @@ fn shrinking_holding_frees_chunks_for_leases() {
         )
         .unwrap();
     assert_eq!(r.leases, vec![0, 2]);
+}
+
+#[test]
+fn renewed_leases_outlive_the_ttl_and_the_object_cap_holds() {
+    let t0 = Instant::now();
+    let mut c = cfg();
+    c.max_leases_per_object = 3;
+    let mut reg = Registry::new(c, 1);
+    let k = key("r");
+    let a = || agent(1, Topology::default(), 0);
+    let b = || agent(2, Topology::default(), 0);
+    assert_eq!(
+        reg.sync(t0, &id("a"), &sync_req(a(), &k, 8, &[], 2))
+            .unwrap()
+            .leases,
+        vec![0, 1]
+    );
+    // Only one lease is left under the object cap of 3.
+    assert_eq!(
+        reg.sync(t0, &id("b"), &sync_req(b(), &k, 8, &[], 2))
+            .unwrap()
+            .leases,
+        vec![2]
+    );
+    // a is still fetching chunk 0 (a slow origin) and renews it; it gave up on 1.
+    let mut renew = sync_req(a(), &k, 8, &[], 0);
+    renew.renew = vec![0, 2];
+    reg.sync(t0 + Duration::from_secs(8), &id("a"), &renew)
+        .unwrap();
+    let t1 = t0 + Duration::from_secs(12);
+    let r = reg
+        .sync(t1, &id("b"), &sync_req(b(), &k, 8, &[], 2))
+        .unwrap();
+    assert_eq!(
+        r.leases,
+        vec![1, 2],
+        "1 and b's own 2 lapsed and are granted again; a's renewed 0 is still a's"
+    );
+    let r = reg
+        .sync(t1, &id("a"), &sync_req(a(), &k, 8, &[], 2))
+        .unwrap();
+    assert_eq!(r.leases, vec![0], "a keeps 0; the cap of 3 leaves no room");
 }
