@@ -51,12 +51,11 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// Concurrent client connections; more wait in the accept queue. Default 1024.
     pub max_connections: usize,
-    /// Time a client has to send the complete request head. Default `10s`.
+    /// Time a client has to send the complete request head. Default `10s`. It also
+    /// bounds how long an idle keep-alive connection stays open: hyper starts this
+    /// timer whenever it waits for the next request head.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// Idle time after which a keep-alive connection is closed. Default `60s`.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
     /// Largest request head (request line + headers). Default `64KiB`.
     pub max_header_size: ByteSize,
 }
@@ -236,7 +235,6 @@ impl Default for ProxyConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7480)),
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
             max_header_size: ByteSize::kib(64),
         }
     }
