@@ -2,3 +2,4 @@
 //! benchmark ([`fleet`], run with `cargo run --release -p shoal-benches --bin fleet`).
 
 pub mod fleet;
+pub mod hit;
