@@ -72,6 +72,10 @@ pub struct SystemResult {
     /// Peak RSS of the per-node process (agent or aria2c), max and mean over nodes.
     pub peak_rss_max_bytes: Option<u64>,
     pub peak_rss_mean_bytes: Option<u64>,
+    /// CPU seconds of the per-node processes alone (agents or aria2c), read just
+    /// before they were stopped: the part of `cpu_seconds` that is the system itself
+    /// rather than curl, nginx or the tracker.
+    pub node_process_cpu_seconds: Option<f64>,
     pub agent_metrics: Option<AgentMetrics>,
     pub notes: Vec<String>,
 }
@@ -195,6 +199,12 @@ impl Report {
                     s.cpu.saturated_share * 100.0
                 ));
             }
+            if let Some(c) = s.node_process_cpu_seconds {
+                notes.push(format!(
+                    "{}: per-node processes used {c:.1} of {:.1} CPU seconds",
+                    s.system, s.cpu_seconds
+                ));
+            }
             if s.start_spread_seconds > 1.0 {
                 notes.push(format!(
                     "{}: clients started over {:.2} s (> 1 s)",
@@ -270,6 +280,7 @@ impl SystemResult {
             cpu: CpuSummary::default(),
             peak_rss_max_bytes: None,
             peak_rss_mean_bytes: None,
+            node_process_cpu_seconds: None,
             agent_metrics: None,
             notes: Vec::new(),
         }
@@ -321,6 +332,8 @@ impl SystemResult {
         self.peak_rss_max_bytes = rss.iter().copied().max();
         self.peak_rss_mean_bytes =
             (!rss.is_empty()).then(|| rss.iter().sum::<u64>() / rss.len() as u64);
+        self.node_process_cpu_seconds = (!run.node_usage.is_empty())
+            .then(|| run.node_usage.iter().map(|u| u.cpu_seconds).sum());
         self.agent_metrics = run.metrics;
         self.notes.extend(run.notes);
     }
