@@ -166,13 +166,18 @@ pub struct PeerConfig {
     /// which must then not be unspecified (`0.0.0.0`). On Kubernetes set it from the
     /// downward API (`SHOAL_AGENT__PEER__ADVERTISE=$(HOST_IP):7482`).
     pub advertise: Option<SocketAddr>,
-    /// Chunk requests served at once, all peers together; more get `busy`. Default 64.
+    /// Chunk requests served at once, all peers together; more get `busy` at once and
+    /// go elsewhere. Default 8: an upload link shared by many chunks finishes none of
+    /// them soon (64 × 1 MiB on a 20 Mbit/s link is 27 s each), while `busy` costs a
+    /// requester one round trip. Raise it only for links far faster than the peers'.
     pub max_uploads: usize,
-    /// Chunk requests served at once to one peer. Default 8.
+    /// Chunk requests served at once to one peer. Default 4.
     pub max_uploads_per_peer: usize,
     /// Upload budget in bytes per second, all peers together; 0 = unlimited. Default 0.
     pub upload_rate: ByteSize,
-    /// Deadline for one chunk request to a peer before it is given to another. Default `5s`.
+    /// Hard deadline for one chunk request to a peer, connecting included. Default
+    /// `20s`. Slow requests are duplicated to other holders well before this (the
+    /// scheduler's slow deadline, 2 s + 4 s per MiB); this only bounds a stalled peer.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// A chunk that no reachable peer holds and nobody holds an origin lease for is
@@ -288,10 +293,10 @@ impl Default for PeerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 7482)),
             advertise: None,
             origin_fallback: Duration::from_secs(10),
-            max_uploads: 64,
-            max_uploads_per_peer: 8,
+            max_uploads: 8,
+            max_uploads_per_peer: 4,
             upload_rate: ByteSize::b(0),
-            request_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(30),
         }
     }

@@ -37,11 +37,12 @@ pub struct SchedConfig {
     /// request is *slow*: the chunk may be duplicated to another holder.
     pub slow_base: Duration,
     /// Slowest acceptable peer transfer rate in bytes per second; the deadline is
-    /// `slow_base + chunk_len / slow_rate`. Default 2 MiB/s, so a 4 MiB chunk gets 4 s
-    /// and a 256 KiB chunk 2.125 s. 0 makes the deadline just `slow_base`.
+    /// `slow_base + chunk_len / slow_rate`. Default 256 KiB/s, so a 1 MiB chunk gets
+    /// 6 s: a peer on a 20 Mbit/s uplink serving 8 chunks at once sends each at about
+    /// 300 KB/s and is not slow, only busy. 0 makes the deadline just `slow_base`.
     pub slow_rate: u64,
     /// A peer request still unanswered after this many deadlines is cancelled and
-    /// counted as a failure of that peer. Default 3 (12 s for a 4 MiB chunk).
+    /// counted as a failure of that peer. Default 3 (18 s for a 1 MiB chunk).
     pub give_up_after: u32,
     /// An origin request unanswered for this long is cancelled and retried. Default 60 s.
     /// The agent's HTTP client should time out first; this is the backstop.
@@ -89,7 +90,7 @@ impl Default for SchedConfig {
             origin_inflight: 4,
             urgent_window: 4,
             slow_base: Duration::from_secs(2),
-            slow_rate: 2 * 1024 * 1024,
+            slow_rate: 256 * 1024,
             give_up_after: 3,
             origin_timeout: Duration::from_secs(60),
             busy_backoff: Duration::from_millis(250),
@@ -161,8 +162,8 @@ mod tests {
     #[test]
     fn deadlines_scale_with_chunk_length() {
         let c = SchedConfig::default();
-        assert_eq!(c.slow_after(4 * 1024 * 1024), Duration::from_secs(4));
-        assert_eq!(c.slow_after(256 * 1024), Duration::from_millis(2125));
+        assert_eq!(c.slow_after(1024 * 1024), Duration::from_secs(6));
+        assert_eq!(c.slow_after(256 * 1024), Duration::from_secs(3));
         let fixed = SchedConfig {
             slow_rate: 0,
             ..SchedConfig::default()
