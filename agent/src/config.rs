@@ -204,10 +204,13 @@ pub struct TrackerConfig {
     /// How often an object being downloaded is synced with the tracker. Default `200ms`.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// Deadline for one tracker request. Default `3s`.
+    /// Deadline for one tracker request. Default `5s` (a loaded tracker's TLS handshake
+    /// can take seconds).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// Pause before trying an unreachable tracker again. Default `10s`.
+    /// Pause before trying an unreachable tracker again. Default `2s`: while every
+    /// replica is in back-off, downloads fetch their missing chunks from the origin, so
+    /// a long pause after one slow answer costs origin traffic.
     #[serde(with = "humantime_serde")]
     pub backoff: Duration,
 }
@@ -308,8 +311,8 @@ impl Default for TrackerConfig {
             urls: Vec::new(),
             announce_interval: Duration::from_secs(30),
             poll_interval: Duration::from_millis(200),
-            timeout: Duration::from_secs(3),
-            backoff: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+            backoff: Duration::from_secs(2),
         }
     }
 }
