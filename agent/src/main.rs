@@ -7,11 +7,6 @@ use std::process::ExitCode;
 use bytesize::ByteSize;
 use clap::{Parser, Subcommand};
 
-/// mimalloc keeps freed 1 MiB chunk buffers for reuse; glibc's malloc maps and unmaps
-/// each one, and the page faults cost a quarter of the agent's CPU when it serves from
-/// disk (docs/benchmarks.md, hitbench).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use shoal_agent::app::Agent;
 use shoal_agent::config::Config;
 use shoal_agent::demo::DemoOptions;

@@ -6,10 +6,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// The same allocator as the agent (one allocator across the fleet's binaries).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::{Parser, Subcommand};
 use shoal_tracker::app::{StartError, Tracker};
 use shoal_tracker::config::Config;
