@@ -381,7 +381,6 @@ impl Download {
     }
 
     async fn finish(mut self, digest: Option<String>) {
-        // Local chunks may have completed the fill while the last one was held.
         if let Some(d) = &digest {
             if let Err(e) = self.check_digest(d).await {
                 self.cache
@@ -393,16 +392,6 @@ impl Download {
                 self.fill.fail(e);
                 self.cache.end_flight(&self.fill.url.clone(), &self.fill);
                 return;
-            }
-        }
-        if !self.solo {
-            let mut req = self.swarm.tracker.request(self.key.clone());
-            req.layout = Some(self.layout);
-            req.have = ChunkBitmap::full(self.layout.chunk_count() as u32);
-            req.complete = true;
-            req.publish = std::mem::take(&mut self.publish);
-            if let Err(e) = self.swarm.tracker.sync(req).await {
-                tracing::debug!(error = %e, "final tracker sync failed; the periodic announce will retry");
             }
         }
         let (last, source) = match self.last.take() {
@@ -418,6 +407,18 @@ impl Download {
             source,
         )
         .await;
+        // Announced only now that the last chunk is stored, so peers asking at once
+        // find it.
+        if !self.solo {
+            let mut req = self.swarm.tracker.request(self.key.clone());
+            req.layout = Some(self.layout);
+            req.have = ChunkBitmap::full(self.layout.chunk_count() as u32);
+            req.complete = true;
+            req.publish = std::mem::take(&mut self.publish);
+            if let Err(e) = self.swarm.tracker.sync(req).await {
+                tracing::debug!(error = %e, "final tracker sync failed; the periodic announce will retry");
+            }
+        }
     }
 
     /// Checks the whole-object digest a URL names before the last chunk is released.
