@@ -221,25 +221,9 @@ impl UploadLimits {
 }
 
 impl PeerOptions {
-    /// The options the agent's configuration asks for.
+    /// The options the agent's configuration asks for, plus a 2 s request-frame
+    /// deadline and a 5 s shutdown grace (not configurable).
     pub fn from_config(c: &PeerConfig) -> Self {
-        Self {
-            limits: UploadLimits {
-                max_uploads: c.max_uploads,
-                max_uploads_per_peer: c.max_uploads_per_peer,
-                upload_rate: c.upload_rate.as_u64(),
-            },
-            request_timeout: c.request_timeout,
-            idle_timeout: c.idle_timeout,
-            ..Self::default()
-        }
-    }
-}
-
-impl Default for PeerOptions {
-    /// As [`PeerConfig::default`], plus a 2 s request-frame deadline and a 5 s grace.
-    fn default() -> Self {
-        let c = PeerConfig::default();
         Self {
             limits: UploadLimits {
                 max_uploads: c.max_uploads,
@@ -251,6 +235,13 @@ impl Default for PeerOptions {
             request_frame_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
         }
+    }
+}
+
+impl Default for PeerOptions {
+    /// As [`PeerOptions::from_config`] of [`PeerConfig::default`].
+    fn default() -> Self {
+        Self::from_config(&PeerConfig::default())
     }
 }
 
