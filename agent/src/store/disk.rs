@@ -6,14 +6,27 @@
 //! complete. `tmp/` is on the same filesystem, so the rename is atomic: a reader or a
 //! restart sees the whole chunk or none of it.
 //!
+//! Chunk files are written with `O_DIRECT` where the filesystem allows it (Linux;
+//! anything else, or a filesystem that refuses the flag, falls back to buffered
+//! writes for the life of the process). Measured in the fleet benchmark, copying each
+//! received chunk into the page cache was the agent's single largest cost (13 % of
+//! the machine in S1, more than BLAKE3 and AES-GCM together), and the copy bought
+//! nothing: hot chunks are served from the memory cache, and every disk read is
+//! verified in user space, so `sendfile` is not an option anyway. Direct writes also
+//! keep a node agent from flushing other workloads' pages out of the host's page
+//! cache. Reads stay buffered, so a chunk read twice from disk is read from the device
+//! once.
+//!
 //! Chunk writes are not fsynced. After a power loss a renamed file may be short or
 //! zero-filled; that is caught when it is read (every disk read is BLAKE3-verified)
 //! and the file is then deleted. Syncing every chunk would cost far more than
 //! re-fetching the rare lost one.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use shoal_proto::id::ChunkId;
@@ -35,6 +48,9 @@ pub(crate) struct Layout {
     pub(crate) root: PathBuf,
     pub(crate) chunks: PathBuf,
     pub(crate) tmp: PathBuf,
+    /// Whether chunk files are still written with `O_DIRECT`; cleared (for every
+    /// clone) the first time the filesystem refuses it.
+    direct: Arc<AtomicBool>,
 }
 
 impl Layout {
@@ -43,6 +59,7 @@ impl Layout {
             root: root.to_path_buf(),
             chunks: root.join("chunks"),
             tmp: root.join("tmp"),
+            direct: Arc::new(AtomicBool::new(direct::SUPPORTED)),
         }
     }
 
@@ -114,16 +131,29 @@ impl Layout {
             let path = path.to_path_buf();
             move |source| StoreError::Write { path, source }
         };
-        let mut f = match File::create(tmp) {
+        let direct = self.direct.load(Ordering::Relaxed);
+        let f = match create(tmp, direct) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::create_dir_all(&self.tmp).map_err(werr(&self.tmp))?;
-                File::create(tmp)
+                create(tmp, direct)
+            }
+            r => r,
+        };
+        let written = match f {
+            Ok(mut f) if direct => direct::write(&mut f, bytes),
+            Ok(mut f) => f.write_all(bytes),
+            Err(e) => Err(e),
+        };
+        match written {
+            Err(e) if direct && e.raw_os_error() == Some(direct::REFUSED) => {
+                self.direct.store(false, Ordering::Relaxed);
+                tracing::info!(dir = %self.root.display(), error = %e,
+                    "filesystem refuses O_DIRECT; writing chunks through the page cache");
+                File::create(tmp).and_then(|mut f| f.write_all(bytes))
             }
             r => r,
         }
         .map_err(werr(tmp))?;
-        f.write_all(bytes).map_err(werr(tmp))?;
-        drop(f);
         let dst = self.chunk_path(id);
         match fs::rename(tmp, &dst) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -163,6 +193,89 @@ impl Layout {
     /// Deletes the chunk file; a missing file is fine, other errors are logged.
     pub(crate) fn remove(&self, id: &ChunkId) {
         delete(&self.chunk_path(id));
+    }
+}
+
+/// Creates (truncates) `path` for writing, with `O_DIRECT` if `direct`.
+fn create(path: &Path, direct: bool) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    if direct {
+        direct::flag(&mut o);
+    }
+    o.open(path)
+}
+
+/// `O_DIRECT` writes: the buffer address, the file offset and the length must be
+/// multiples of the device's logical block size, so the chunk is copied into a
+/// block-aligned, zero-padded buffer, written whole, and the file truncated to the
+/// chunk's length. Buffers are pooled: a fresh 1 MiB allocation per chunk costs page
+/// faults that a reused one does not.
+#[cfg(target_os = "linux")]
+mod direct {
+    use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::Mutex;
+
+    pub(super) const SUPPORTED: bool = true;
+    /// The error a filesystem (or a misaligned request) gives for `O_DIRECT`.
+    pub(super) const REFUSED: i32 = libc::EINVAL;
+    /// Covers 512-byte and 4 KiB logical blocks.
+    const ALIGN: usize = 4096;
+    /// Buffers kept for reuse; more concurrent writers allocate and drop their own.
+    const POOL_MAX: usize = 4;
+    static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+    pub(super) fn flag(o: &mut OpenOptions) {
+        o.custom_flags(libc::O_DIRECT);
+    }
+
+    pub(super) fn write(f: &mut File, bytes: &[u8]) -> io::Result<()> {
+        let padded = bytes.len().next_multiple_of(ALIGN);
+        let mut buf = take(padded + ALIGN);
+        let off = buf.as_ptr().align_offset(ALIGN);
+        let res = match buf.get_mut(off..off + padded) {
+            Some(block) => {
+                block[..bytes.len()].copy_from_slice(bytes);
+                block[bytes.len()..].fill(0);
+                f.write_all(block)
+                    .and_then(|()| f.set_len(bytes.len() as u64))
+            }
+            // `align_offset` may decline to align; write through the page cache then.
+            None => Err(io::Error::from_raw_os_error(REFUSED)),
+        };
+        give(buf);
+        res
+    }
+
+    fn take(len: usize) -> Vec<u8> {
+        let pooled = POOL.lock().map(|mut p| p.pop()).unwrap_or(None);
+        match pooled {
+            Some(b) if b.len() >= len => b,
+            _ => vec![0; len],
+        }
+    }
+
+    fn give(buf: Vec<u8>) {
+        if let Ok(mut p) = POOL.lock()
+            && p.len() < POOL_MAX
+        {
+            p.push(buf);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod direct {
+    use super::*;
+
+    pub(super) const SUPPORTED: bool = false;
+    pub(super) const REFUSED: i32 = 0;
+
+    pub(super) fn flag(_: &mut OpenOptions) {}
+
+    pub(super) fn write(f: &mut File, bytes: &[u8]) -> io::Result<()> {
+        f.write_all(bytes)
     }
 }
 

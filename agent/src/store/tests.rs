@@ -352,3 +352,33 @@ fn config_conversion() {
     assert_eq!(s.memory_size, c.memory_size.as_u64());
     assert_eq!(s.dir, c.dir);
 }
+
+/// Direct (`O_DIRECT`) writes pad to whole blocks and truncate: every length round-trips
+/// byte for byte and the file holds exactly the chunk, also when a pooled buffer from
+/// a longer chunk (with its tail of stale bytes) is reused for a shorter one.
+#[test]
+fn chunk_files_hold_exactly_the_bytes_at_any_length() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout::new(tmp.path());
+    layout.prepare().unwrap();
+    for (n, len) in [
+        (1u32, 1usize),
+        (2, 4095),
+        (3, 4096),
+        (4, 4097),
+        (5, 1024 * KIB + 3),
+        (6, 3),
+    ] {
+        let (id, bytes) = chunk(n, len);
+        layout.write(&id, &bytes, u64::from(n)).unwrap();
+        let path = layout.chunk_path(&id);
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            len as u64,
+            "length {len}"
+        );
+        assert_eq!(layout.read(&id).unwrap().unwrap(), bytes, "length {len}");
+    }
+    // Nothing left in tmp/.
+    assert_eq!(fs::read_dir(&layout.tmp).unwrap().count(), 0);
+}
