@@ -40,9 +40,14 @@ struct Args {
     /// Parent directory of the per-run work directory.
     #[arg(long, default_value = "/var/tmp")]
     workdir: PathBuf,
-    /// Keep the work directory (configs, logs) after the run.
+    /// Keep the work directory (configs, logs) after the run (on the existing
+    /// filesystem, not a fresh image).
     #[arg(long)]
     keep_workdir: bool,
+    /// Use the work directory's existing filesystem instead of a fresh ext4 image
+    /// mounted on a loop device for the run.
+    #[arg(long)]
+    no_fresh_fs: bool,
     /// Directory with shoal-agent and shoal-tracker (default: next to this binary).
     #[arg(long)]
     shoal_bin_dir: Option<PathBuf>,
@@ -108,6 +113,7 @@ fn main_inner(registry: &Registry) -> Result<u8> {
         keep_going: args.keep_going,
         workdir: args.workdir,
         keep_workdir: args.keep_workdir,
+        fresh_fs: !args.no_fresh_fs,
         shoal_bin_dir,
         install: !args.no_install,
         timeout: args.timeout.map(Duration::from_secs),

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::unistd::Pid;
 
+use super::disk::{Mount, unmount};
+
 /// Shared list of what to tear down.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
@@ -30,6 +32,7 @@ struct Inner {
     pids: BTreeSet<u32>,
     workdir: Option<PathBuf>,
     keep_workdir: bool,
+    mounts: Vec<Mount>,
 }
 
 /// What teardown could not remove.
@@ -37,11 +40,13 @@ struct Inner {
 pub struct Leftovers {
     pub namespaces: Vec<String>,
     pub pids: Vec<u32>,
+    /// Work directories still mounted.
+    pub mounts: Vec<PathBuf>,
 }
 
 impl Leftovers {
     pub fn is_clean(&self) -> bool {
-        self.namespaces.is_empty() && self.pids.is_empty()
+        self.namespaces.is_empty() && self.pids.is_empty() && self.mounts.is_empty()
     }
 }
 
@@ -66,6 +71,10 @@ impl Registry {
     /// Forget a pid once its process has been reaped (its number may be reused).
     pub fn forget_pid(&self, pid: u32) {
         self.lock().pids.remove(&pid);
+    }
+
+    pub fn add_mount(&self, m: Mount) {
+        self.lock().mounts.push(m);
     }
 
     pub fn set_workdir(&self, dir: PathBuf, keep: bool) {
@@ -99,8 +108,8 @@ impl Registry {
     }
 
     /// Kill every registered process and its descendants, then every process still in
-    /// a registered namespace, delete the namespaces and the work directory, and
-    /// return what is still there.
+    /// a registered namespace, delete the namespaces, unmount the work directory's
+    /// filesystem, delete the work directory, and return what is still there.
     pub fn teardown(&self) -> Leftovers {
         let mut inner = self.lock();
         let roots: Vec<u32> = inner.pids.iter().copied().collect();
@@ -130,6 +139,11 @@ impl Registry {
         let pids: Vec<u32> = victims.into_iter().filter(|&p| alive(p)).collect();
         inner.namespaces = namespaces.clone();
         inner.pids.clear();
+        let mounts: Vec<PathBuf> = std::mem::take(&mut inner.mounts)
+            .into_iter()
+            .filter(|m| !unmount(m))
+            .map(|m| m.dir)
+            .collect();
         if let Some(dir) = inner.workdir.take() {
             if inner.keep_workdir {
                 eprintln!("fleet: keeping work directory {}", dir.display());
@@ -137,7 +151,11 @@ impl Registry {
                 let _ = std::fs::remove_dir_all(&dir);
             }
         }
-        Leftovers { namespaces, pids }
+        Leftovers {
+            namespaces,
+            pids,
+            mounts,
+        }
     }
 }
 
@@ -151,8 +169,8 @@ impl Drop for Guard {
 fn report_leftovers(left: &Leftovers) {
     if !left.is_clean() {
         eprintln!(
-            "fleet: LEFT BEHIND namespaces {:?} pids {:?}",
-            left.namespaces, left.pids
+            "fleet: LEFT BEHIND namespaces {:?} pids {:?} mounts {:?}",
+            left.namespaces, left.pids, left.mounts
         );
     }
 }

@@ -15,6 +15,7 @@ pub mod cleanup;
 pub mod clients;
 pub mod cpu;
 pub mod direct;
+pub mod disk;
 pub mod netns;
 pub mod origin;
 pub mod plot;
@@ -95,6 +96,9 @@ pub struct Options {
     pub workdir: PathBuf,
     /// Leave the work directory in place (logs, configs) after the run.
     pub keep_workdir: bool,
+    /// Put the work directory on a fresh ext4 image (see [`disk`]); ignored with
+    /// `keep_workdir`, which needs the files to outlive the run.
+    pub fresh_fs: bool,
     /// Where `shoal-agent` and `shoal-tracker` are.
     pub shoal_bin_dir: PathBuf,
     /// Install missing Debian packages with apt-get.
@@ -259,6 +263,19 @@ pub fn run(opts: &Options, registry: &Registry) -> Result<Report> {
     let workdir = opts.workdir.join(&prefix);
     std::fs::create_dir_all(&workdir).with_context(|| format!("creating {}", workdir.display()))?;
     registry.set_workdir(workdir.clone(), opts.keep_workdir);
+    let fs_note = if opts.fresh_fs && !opts.keep_workdir {
+        // Every system leaves N copies of the object (caches, downloads) before they
+        // are deleted, and the www object and BitTorrent seed are there too.
+        let size = 3 * opts.scenario.nodes as u64 * opts.scenario.object_bytes + (4 << 30);
+        match disk::mount_fresh(&workdir, size, registry) {
+            Ok(()) => None,
+            Err(e) => Some(format!(
+                "work directory on the existing filesystem (fresh ext4 failed: {e:#})"
+            )),
+        }
+    } else {
+        Some("work directory on the existing filesystem".to_owned())
+    };
     eprintln!(
         "fleet: run {prefix}, scenario {}, work dir {}",
         opts.scenario.name,
@@ -276,6 +293,7 @@ pub fn run(opts: &Options, registry: &Registry) -> Result<Report> {
     ));
 
     let mut report = Report::new(&opts.scenario);
+    report.notes.extend(fs_note);
     let mut stop = false;
     for &system in &opts.systems {
         if stop {
@@ -306,6 +324,14 @@ pub fn run(opts: &Options, registry: &Registry) -> Result<Report> {
     Ok(report)
 }
 
+/// Writes back dirty pages before a system starts, so that the previous system's (or
+/// run's) gigabytes of writeback are not charged to this one's machine CPU.
+fn settle_disk() {
+    if let Err(e) = std::process::Command::new("sync").status() {
+        eprintln!("fleet: sync failed: {e}");
+    }
+}
+
 fn run_system(system: System, ctx: &Ctx<'_>, www: &Path) -> SystemResult {
     let mut result = SystemResult::empty(system, ctx.object);
     if let Err(e) = std::fs::create_dir_all(&ctx.dir) {
@@ -319,6 +345,7 @@ fn run_system(system: System, ctx: &Ctx<'_>, www: &Path) -> SystemResult {
             return result;
         }
     };
+    settle_disk();
     let tx0 = Fleet::tx_bytes(&ctx.fleet.origin).ok();
     let cpu0 = children_cpu_seconds();
     let monitor = cpu::Monitor::start();

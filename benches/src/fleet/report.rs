@@ -28,6 +28,8 @@ pub struct Report {
     pub systems: Vec<SystemResult>,
     /// Set after teardown: whether no namespace and no process was left behind.
     pub cleanup_clean: Option<bool>,
+    /// About the run as a whole (e.g. which filesystem held the work directory).
+    pub notes: Vec<String>,
 }
 
 /// Figures for one system. Times are seconds from the first client's start.
@@ -99,6 +101,7 @@ impl Report {
                 .unwrap_or(0),
             systems: Vec::new(),
             cleanup_clean: None,
+            notes: Vec::new(),
         }
     }
 
@@ -186,7 +189,7 @@ impl Report {
                 },
             );
         }
-        let mut notes = Vec::new();
+        let mut notes = self.notes.clone();
         for s in &self.systems {
             if let Some(e) = &s.error {
                 notes.push(format!("{}: error: {}", s.system, e.replace('\n', " / ")));
