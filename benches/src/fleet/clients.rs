@@ -67,7 +67,15 @@ pub fn launch(
 pub fn wait_exits(launch: &mut Launch, timeout: Duration) -> Vec<Option<f64>> {
     let deadline = Instant::now() + timeout;
     loop {
-        let done = launch.procs.iter_mut().all(|p| p.poll().is_some());
+        // Poll every process each round (no short-circuit): a process's completion
+        // time is when a poll first sees it exited.
+        let running = launch
+            .procs
+            .iter_mut()
+            .map(Proc::poll)
+            .filter(Option::is_none)
+            .count();
+        let done = running == 0;
         if done || Instant::now() >= deadline {
             break;
         }
