@@ -227,6 +227,74 @@ fn hints_ranked_by_proximity_then_load_then_freshness() {
     assert_eq!(hint_ids(&r), vec!["stale"]);
 }
 
+/// A chunk only far, loaded peers hold still gets a holder in the reply: otherwise the
+/// requester would see it as held by nobody and fetch it from the origin.
+#[test]
+fn capped_hints_cover_every_held_chunk() {
+    let t0 = Instant::now();
+    let mut c = cfg();
+    c.max_peers_per_reply = 4;
+    let mut reg = Registry::new(c, 1);
+    let k = key("a");
+    // Six near, idle peers hold chunks 0..2; two far, loaded ones alone hold 2 and 3.
+    for i in 0..6u16 {
+        let t = topo(&format!("n{i}"), "z1", "r");
+        reg.sync(
+            t0,
+            &id(&format!("near{i}")),
+            &sync_req(agent(i, t, 0), &k, 4, &[0, 1], 0),
+        )
+        .unwrap();
+    }
+    for (i, chunk) in [(10u16, 2u32), (11, 3)] {
+        let t = topo(&format!("n{i}"), "z9", "r9");
+        reg.sync(
+            t0,
+            &id(&format!("far{chunk}")),
+            &sync_req(agent(i, t, 50), &k, 4, &[chunk], 0),
+        )
+        .unwrap();
+    }
+    let me = topo("me", "z1", "r");
+    let r = reg
+        .sync(
+            t0,
+            &id("me"),
+            &sync_req(agent(99, me.clone(), 0), &k, 4, &[], 0),
+        )
+        .unwrap();
+    let got = hint_ids(&r);
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert!(
+        got.contains(&"far2".to_owned()) && got.contains(&"far3".to_owned()),
+        "{got:?}"
+    );
+    // Still ranked best first: the near peers lead.
+    assert!(
+        got[0].starts_with("near") && got[1].starts_with("near"),
+        "{got:?}"
+    );
+    for chunk in 0..4 {
+        assert!(
+            r.peers.iter().any(|p| p.has(chunk)),
+            "chunk {chunk} uncovered"
+        );
+    }
+    // A requester that already has 2 and 3 gets near peers only.
+    let r = reg
+        .sync(
+            t0,
+            &id("me"),
+            &sync_req(agent(99, me, 0), &k, 4, &[2, 3], 0),
+        )
+        .unwrap();
+    assert!(
+        hint_ids(&r).iter().all(|p| p.starts_with("near")),
+        "{:?}",
+        hint_ids(&r)
+    );
+}
+
 #[test]
 fn hints_capped_and_none_for_complete_requester() {
     let t0 = Instant::now();
