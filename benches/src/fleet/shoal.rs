@@ -69,7 +69,11 @@ pub fn run(ctx: &Ctx<'_>) -> Result<Run> {
     )?;
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
-    let env = [("RUST_LOG", "warn")];
+    // FLEET_SHOAL_LOG (a RUST_LOG filter) traces agents and tracker into logs/, e.g.
+    // `shoal_agent::swarm=debug` for every chunk stored with its source (keep the work
+    // directory to read them).
+    let filter = std::env::var("FLEET_SHOAL_LOG").unwrap_or_else(|_| "warn".into());
+    let env = [("RUST_LOG", filter.as_str())];
     let mut tracker_proc = Proc::spawn(
         ctx.registry,
         "shoal-tracker",
