@@ -64,6 +64,18 @@ impl Registry {
         self.lock().namespaces.push(name.to_owned());
     }
 
+    /// Kill what runs in `ns`, delete it, and forget it once it is gone.
+    pub fn remove_namespace(&self, ns: &str) {
+        let in_ns = netns_pids(ns);
+        if !in_ns.is_empty() {
+            terminate(&in_ns);
+        }
+        let _ = Command::new("ip").args(["netns", "delete", ns]).output();
+        if !list_netns().iter().any(|n| n == ns) {
+            self.lock().namespaces.retain(|n| n != ns);
+        }
+    }
+
     pub fn add_pid(&self, pid: u32) {
         self.lock().pids.insert(pid);
     }

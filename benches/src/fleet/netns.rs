@@ -114,6 +114,25 @@ impl Fleet {
         })
     }
 
+    /// Every namespace of this fleet, bridge first.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut all = vec![
+            self.bridge_ns.clone(),
+            self.origin.ns.clone(),
+            self.tracker.ns.clone(),
+        ];
+        all.extend(self.agents.iter().map(|n| n.ns.clone()));
+        all
+    }
+
+    /// Stops whatever still runs in the fleet's namespaces and deletes them (the
+    /// registry forgets them; what cannot be deleted stays registered for teardown).
+    pub fn destroy(self, registry: &Registry) {
+        for ns in self.namespaces() {
+            registry.remove_namespace(&ns);
+        }
+    }
+
     /// Bytes sent by `node`'s `eth0` so far (all headers included).
     pub fn tx_bytes(node: &Node) -> Result<u64> {
         let out = run(
