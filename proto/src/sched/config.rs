@@ -75,6 +75,11 @@ pub struct SchedConfig {
     /// Most duplicate requests (beyond the first per chunk) in flight at once across the
     /// download. Default 8. Duplicates spend other peers' upload; keep this small.
     pub max_duplicates: usize,
+    /// Most peer requests in flight while a leased chunk is being fetched from the
+    /// origin. Nobody else can send that chunk, and the origin fetch shares our
+    /// downlink with every peer transfer, so a full window of peer requests would
+    /// starve it and, with it, the swarm. Default 4.
+    pub peer_inflight_while_leased: usize,
     /// Breaks ties between equally near, equally loaded peers. Agents with the same view
     /// of the swarm would otherwise all pick the same peer and mostly hear `Busy`; set it
     /// from something unique to the agent (e.g. a hash of its own peer id). Default 0.
@@ -102,6 +107,7 @@ impl Default for SchedConfig {
             lease_ask_max: 64,
             max_copies: 2,
             max_duplicates: 8,
+            peer_inflight_while_leased: 4,
             salt: 0,
         }
     }
@@ -117,6 +123,7 @@ impl SchedConfig {
             &mut self.origin_inflight,
             &mut self.lease_ask_max,
             &mut self.max_copies,
+            &mut self.peer_inflight_while_leased,
         ] {
             *cap = (*cap).max(1);
         }

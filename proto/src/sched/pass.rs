@@ -110,6 +110,19 @@ impl Scheduler {
         self.reqs.len() >= self.cfg.max_inflight
     }
 
+    /// No room for another peer request: [`Self::full`], or a leased chunk is being
+    /// fetched from the origin and `peer_inflight_while_leased` peer requests are
+    /// already out (the origin fetch shares our downlink with them).
+    fn peers_full(&self) -> bool {
+        self.full()
+            || (self.reqs.len().saturating_sub(self.origin_inflight)
+                >= self.cfg.peer_inflight_while_leased
+                && self
+                    .reqs
+                    .values()
+                    .any(|r| r.source == Source::Origin(OriginReason::Lease)))
+    }
+
     /// Origin requests for leased and fallen-back chunks that no peer can serve.
     fn start_origin(&mut self, now: Instant, urgent: &[usize]) {
         while self.origin_inflight < self.cfg.origin_inflight && !self.full() {
@@ -138,7 +151,7 @@ impl Scheduler {
 
     /// First requests for chunks that peers can serve: urgent, then rarest, then lowest.
     fn start_peers(&mut self, now: Instant, urgent: &[usize]) {
-        while !self.full() {
+        while !self.peers_full() {
             let avail = self.available(now);
             if avail.is_empty() {
                 break;
@@ -165,7 +178,7 @@ impl Scheduler {
     fn start_duplicates(&mut self, now: Instant, urgent: &[usize]) {
         let remaining = self.chunks.len() - self.progress.done;
         let endgame = remaining > 0 && self.busy_chunks == remaining;
-        while !self.full()
+        while !self.peers_full()
             && self.reqs.len().saturating_sub(self.busy_chunks) < self.cfg.max_duplicates
         {
             let avail = self.available(now);

@@ -230,3 +230,27 @@ fn progress_restarts_the_fallback_clock() {
         [(1, OriginReason::Fallback)]
     );
 }
+
+/// While a leased chunk comes from the origin, peer requests stay at
+/// `peer_inflight_while_leased`; once it is stored the full window opens again.
+#[test]
+fn leased_origin_fetch_keeps_peer_requests_few() {
+    let mut h = H::new(20, cfg());
+    h.ids();
+    h.s.set_cursor(usize::MAX);
+    h.drain();
+    h.s.handle_leases(h.now, [0]).unwrap();
+    let origin = origin_fetches(&h.drain());
+    assert_eq!(origin.len(), 1);
+    for p in ["a", "b", "c", "d"] {
+        h.peer(p, Proximity::SameZone, 1..20);
+    }
+    let first = h.peer_fetches();
+    assert_eq!(first.len(), 4, "{:?}", pairs(&first));
+    h.result(first[0].0, Outcome::Ok);
+    assert_eq!(h.peer_fetches().len(), 1, "one out, one in");
+    h.result(origin[0].0, Outcome::Ok);
+    assert!(h.s.done(0));
+    // 4 per peer × 4 peers, less the 4 still in flight.
+    assert_eq!(h.peer_fetches().len(), 12);
+}
