@@ -85,6 +85,15 @@ struct Stat {
 }
 
 fn read_stat() -> Option<Stat> {
+    let (busy, _, total) = machine_ticks()?;
+    Some(Stat { busy, total })
+}
+
+/// (busy, interrupt, total) jiffies of all cores from `/proc/stat`'s `cpu` line:
+/// user nice system idle iowait irq softirq steal [guest guest_nice], guest time being
+/// already in user. Busy is everything but idle and iowait; interrupt (irq + softirq,
+/// loopback TCP processing among others) is part of busy.
+pub fn machine_ticks() -> Option<(u64, u64, u64)> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
     let line = text.lines().find(|l| l.starts_with("cpu "))?;
     let v: Vec<u64> = line
@@ -92,14 +101,9 @@ fn read_stat() -> Option<Stat> {
         .skip(1)
         .filter_map(|s| s.parse().ok())
         .collect();
-    // user nice system idle iowait irq softirq steal [guest guest_nice]; guest time
-    // is already included in user.
     let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    Some(Stat {
-        busy: total.saturating_sub(idle),
-        total,
-    })
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    Some((total.saturating_sub(at(3) + at(4)), at(5) + at(6), total))
 }
 
 /// Number of CPUs listed in `/proc/stat`.

@@ -20,6 +20,7 @@ use anyhow::{Context, Result, ensure};
 use shoal_agent::demo::origin::{Object, Origin, random_bytes};
 
 use crate::fleet::cleanup::Registry;
+use crate::fleet::cpu::machine_ticks;
 use crate::fleet::proc::usage;
 use load::Target;
 use report::{Measurement, Report, WrkRow};
@@ -61,21 +62,6 @@ struct Mark {
 
 fn self_cpu() -> f64 {
     usage(std::process::id()).map_or(0.0, |u| u.cpu_seconds)
-}
-
-/// (busy, interrupt, total) jiffies of all cores from `/proc/stat`; interrupt time
-/// (irq, softirq: loopback TCP processing among others) is part of busy.
-fn machine_ticks() -> Option<(u64, u64, u64)> {
-    let text = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = text.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    let total: u64 = v.iter().take(8).sum();
-    let at = |i: usize| v.get(i).copied().unwrap_or(0);
-    Some((total.saturating_sub(at(3) + at(4)), at(5) + at(6), total))
 }
 
 /// Bytes the process passed through `read()`-family calls (`rchar`), files and sockets.
