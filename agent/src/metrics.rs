@@ -60,6 +60,9 @@ pub struct Metrics {
     pub ssrf_blocked: IntCounter,
     /// `shoal_origin_requests_total{kind}`: `get`, `range`, `head`, `revalidate`, `pass`.
     pub origin_requests: IntCounterVec,
+    /// `shoal_origin_changed_total`: ranged origin responses refused because they are
+    /// not of the version being filled (validators or `Content-Range`); each ends its fill.
+    pub origin_changed: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -193,6 +196,10 @@ impl Metrics {
                 "Requests sent to origins, by kind.",
                 &["kind"],
             ),
+            origin_changed: counter(
+                "shoal_origin_changed_total",
+                "Ranged origin responses refused as not of the version being filled.",
+            ),
             registry,
         };
         for s in ["cache", "peer", "origin"] {
@@ -279,6 +286,7 @@ mod tests {
             "shoal_tracker_errors_total",
             "shoal_tracker_announce_duration_seconds",
             "shoal_ssrf_blocked_total",
+            "shoal_origin_changed_total",
         ] {
             assert!(text.contains(name), "missing {name}\n{text}");
         }

@@ -13,16 +13,9 @@ use shoal_proto::{ChunkId, Layout};
 use tokio::sync::watch;
 
 use crate::metrics::Source;
+use crate::object::error::FillError;
 use crate::object::meta::Repr;
 use crate::store::PinGuard;
-
-/// Why a fill stopped. Readers end their response with an error (a reset).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("fetch of {url} failed: {reason}")]
-pub struct FillFailed {
-    pub url: String,
-    pub reason: String,
-}
 
 /// A completed chunk as a reader sees it.
 #[derive(Debug, Clone)]
@@ -38,7 +31,7 @@ struct State {
     chunks: Vec<Option<(ChunkId, Source)>>,
     done: usize,
     held: HashMap<usize, Bytes>,
-    failed: Option<FillFailed>,
+    failed: Option<FillError>,
     pins: Vec<PinGuard>,
 }
 
@@ -107,15 +100,13 @@ impl Fill {
         self.tx.send_replace(());
     }
 
-    /// Stops the fill; waiting readers get the error.
-    pub fn fail(&self, reason: impl Into<String>) {
+    /// Stops the fill; waiting readers get the error (the first one, if called
+    /// again).
+    pub fn fail(&self, e: FillError) {
         {
             let mut s = self.lock();
             if s.failed.is_none() {
-                s.failed = Some(FillFailed {
-                    url: self.url.clone(),
-                    reason: reason.into(),
-                });
+                s.failed = Some(e);
             }
         }
         self.tx.send_replace(());
@@ -130,7 +121,7 @@ impl Fill {
         self.lock().done == self.layout.chunk_count()
     }
 
-    pub fn failed(&self) -> Option<FillFailed> {
+    pub fn failed(&self) -> Option<FillError> {
         self.lock().failed.clone()
     }
 
@@ -158,17 +149,17 @@ impl Fill {
     }
 
     /// Waits until chunk `index` is done (or the fill failed).
-    pub async fn wait(&self, index: usize) -> Result<Ready, FillFailed> {
+    pub async fn wait(&self, index: usize) -> Result<Ready, FillError> {
         let mut rx = self.tx.subscribe();
         loop {
             {
                 let s = self.lock();
                 match s.chunks.get(index) {
                     None => {
-                        return Err(FillFailed {
-                            url: self.url.clone(),
-                            reason: format!("no chunk {index}"),
-                        });
+                        return Err(FillError::Internal(format!(
+                            "no chunk {index} in a fill of {} chunks",
+                            s.chunks.len()
+                        )));
                     }
                     Some(Some((id, source))) => {
                         return Ok(Ready {
@@ -185,16 +176,13 @@ impl Fill {
             }
             if rx.changed().await.is_err() {
                 // The sender lives in self, so this cannot happen while we hold &self.
-                return Err(FillFailed {
-                    url: self.url.clone(),
-                    reason: "fill dropped".into(),
-                });
+                return Err(FillError::Internal("fill dropped".into()));
             }
         }
     }
 
     /// Waits until the fill is complete or failed.
-    pub async fn finished(&self) -> Result<(), FillFailed> {
+    pub async fn finished(&self) -> Result<(), FillError> {
         let mut rx = self.tx.subscribe();
         loop {
             {
@@ -207,10 +195,7 @@ impl Fill {
                 }
             }
             if rx.changed().await.is_err() {
-                return Err(FillFailed {
-                    url: self.url.clone(),
-                    reason: "fill dropped".into(),
-                });
+                return Err(FillError::Internal("fill dropped".into()));
             }
         }
     }
@@ -257,8 +242,13 @@ mod tests {
             tokio::spawn(async move { f.wait(1).await })
         };
         tokio::task::yield_now().await;
-        f.fail("origin reset");
-        assert_eq!(r.await.unwrap().unwrap_err().reason, "origin reset");
+        f.fail(FillError::Internal("origin reset".into()));
+        f.fail(FillError::Store("second".into()));
+        let e = r.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&e, FillError::Internal(w) if w == "origin reset"),
+            "{e}"
+        );
         assert!(f.wait(9).await.is_err());
     }
 }

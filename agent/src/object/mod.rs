@@ -14,10 +14,12 @@
 //! bytes are the origin's default representation in the identity encoding, and fit
 //! every client; an origin that varies it by request header says so with `Vary`.
 
+pub mod error;
 pub mod fill;
 pub mod meta;
 pub(crate) mod origin_fill;
 pub mod read;
+pub(crate) mod version;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -33,7 +35,8 @@ use crate::config::Mode;
 use crate::metrics::Metrics;
 use crate::origin::{OriginClient, OriginError};
 use crate::store::{ChunkStore, MetaStore};
-pub use fill::{Fill, FillFailed};
+pub use error::{Blame, FillError};
+pub use fill::Fill;
 pub use meta::{ObjectMeta, Repr};
 
 /// Settings of the object layer, from `[cache]`.
@@ -494,6 +497,19 @@ impl ObjectCache {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(m.url.clone(), m);
+    }
+
+    /// Ends a failed fill: nothing of it is recorded, the flight ends (so the next
+    /// request starts anew, and none joins this fill), and only then do its readers
+    /// get `e` (a reset). When the origin changed, the URL's cached version is
+    /// forgotten too: the origin no longer serves it.
+    pub(crate) async fn abort_fill(&self, fill: &Arc<Fill>, e: FillError) {
+        tracing::warn!(url = %fill.url, error = %e, blame = ?e.blame(), "fill failed");
+        if e.is_origin_changed() {
+            self.invalidate(&fill.url).await;
+        }
+        self.end_flight(&fill.url, fill);
+        fill.fail(e);
     }
 
     /// Removes the flight of `url` if it is `fill` (called when a fill ends).

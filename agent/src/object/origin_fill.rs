@@ -8,9 +8,9 @@ use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 use shoal_proto::{Chunk, Chunker, Manifest, ObjectKey};
 
-use super::{Fill, ObjectCache, ObjectMeta, meta};
+use super::{Fill, FillError, ObjectCache, ObjectMeta, meta};
 use crate::metrics::Source;
-use crate::origin::next_data;
+use crate::origin::{OriginError, next_data};
 
 /// Starts the fill task. It runs to the end even if every client leaves, so the
 /// object is cached for the next one.
@@ -22,14 +22,9 @@ pub(super) fn spawn(
     digest: Option<String>,
 ) {
     tokio::spawn(async move {
-        let url = fill.url.clone();
         match run(&cache, &fill, body, digest.as_deref()).await {
             Ok(last) => finish(&cache, &fill, key, digest, last, Source::Origin).await,
-            Err(reason) => {
-                tracing::warn!(%url, %reason, "origin fill failed");
-                fill.fail(reason);
-                cache.end_flight(&url, &fill);
-            }
+            Err(e) => cache.abort_fill(&fill, e).await,
         }
     });
 }
@@ -90,9 +85,15 @@ async fn run(
     fill: &Fill,
     mut body: Incoming,
     digest: Option<&str>,
-) -> Result<Vec<Chunk>, String> {
+) -> Result<Vec<Chunk>, FillError> {
     let inner = &cache.inner;
     let host = fill.url.clone();
+    let broke = |detail: String| {
+        FillError::from(OriginError::Upstream {
+            host: host.clone(),
+            detail,
+        })
+    };
     let size = fill.layout.size;
     let mut chunker = Chunker::new(fill.layout.chunk_size);
     let mut sha = digest.map(|_| Sha256::new());
@@ -101,14 +102,12 @@ async fn run(
     // the object before readers see the end.
     let mut pending: Option<Chunk> = None;
     loop {
-        let data = next_data(&mut body, inner.origin.read_timeout(), &host)
-            .await
-            .map_err(|e| e.to_string())?;
+        let data = next_data(&mut body, inner.origin.read_timeout(), &host).await?;
         let Some(data) = data else { break };
         if chunker.total() + data.len() as u64 > size {
-            return Err(format!(
+            return Err(broke(format!(
                 "origin sent more than its Content-Length of {size} bytes"
-            ));
+            )));
         }
         inner.metrics.fetched(Source::Origin, data.len() as u64);
         if let Some(s) = sha.as_mut() {
@@ -122,10 +121,10 @@ async fn run(
         }
     }
     if chunker.total() != size {
-        return Err(format!(
+        return Err(broke(format!(
             "origin closed after {} of {size} bytes",
             chunker.total()
-        ));
+        )));
     }
     let last = chunker.finish();
     if let (Some(s), Some(want)) = (sha, digest) {
@@ -136,7 +135,11 @@ async fn run(
                 .verify_failures
                 .with_label_values(&["origin"])
                 .inc();
-            return Err(format!("origin bytes hash to {got}, the URL names {want}"));
+            return Err(FillError::DigestMismatch {
+                from: Source::Origin,
+                got,
+                want: want.to_owned(),
+            });
         }
     }
     Ok(pending.into_iter().chain(last).collect())

@@ -3,9 +3,11 @@
 //! ahead, and streamed into the response body as it is ready.
 //!
 //! A chunk that is gone or corrupt on disk is fetched again from the origin with a
-//! `Range` request guarded by `If-Range`, and checked against the manifest's id; if
-//! that fails the response is cut (the client sees a reset, never a clean end of
-//! wrong bytes) and the object is forgotten so the next request fetches it anew.
+//! `Range` request guarded by `If-Range`; the answer must be of the cached version
+//! (see [`super::version`]) and match the manifest's id. If it is not, the response is
+//! cut (the client sees a reset, never a clean end of wrong bytes) and the object is
+//! forgotten so the next request fetches it anew. A manifest that does not fit its
+//! layout (metadata damaged on disk) also cuts the response and is forgotten.
 
 use std::io;
 use std::sync::Arc;
@@ -20,7 +22,8 @@ use http_body_util::combinators::BoxBody;
 use shoal_proto::{ByteRange, ChunkId, Layout};
 use tokio::sync::mpsc;
 
-use super::{Fill, FillFailed, ObjectCache, ObjectMeta, Repr};
+use super::version::{self, Changed};
+use super::{Fill, FillError, ObjectCache, ObjectMeta, Repr};
 use crate::metrics::Source;
 use crate::origin::{OriginError, next_data};
 
@@ -35,17 +38,6 @@ const READ_AHEAD: usize = 3;
 pub enum Serve {
     Object(Arc<ObjectMeta>),
     Fill(Arc<Fill>),
-}
-
-/// Why a chunk could not be produced.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error(transparent)]
-    Fill(#[from] FillFailed),
-    #[error("re-fetching a chunk: {0}")]
-    Origin(#[from] OriginError),
-    #[error("origin no longer has the cached version of {url}: {why}")]
-    OriginChanged { url: String, why: String },
 }
 
 impl Serve {
@@ -73,15 +65,16 @@ impl Serve {
 
 impl ObjectCache {
     /// The verified bytes of chunk `index` and where they came from.
-    pub async fn read_chunk(&self, s: &Serve, index: usize) -> Result<(Bytes, Source), ReadError> {
+    pub async fn read_chunk(&self, s: &Serve, index: usize) -> Result<(Bytes, Source), FillError> {
         let (id, source) = match s {
             Serve::Object(m) => match m.manifest.chunks.get(index) {
                 Some(id) => (*id, Source::Cache),
                 None => {
-                    return Err(ReadError::OriginChanged {
-                        url: m.url.clone(),
-                        why: format!("no chunk {index}"),
-                    });
+                    self.forget(s).await;
+                    return Err(FillError::Store(format!(
+                        "the manifest of {} has no chunk {index}",
+                        m.url
+                    )));
                 }
             },
             Serve::Fill(f) => {
@@ -99,12 +92,13 @@ impl ObjectCache {
         Ok((b, Source::Origin))
     }
 
-    /// Fetches chunk `index` again from the origin and checks it against `id`.
-    async fn repair(&self, s: &Serve, index: usize, id: ChunkId) -> Result<Bytes, ReadError> {
+    /// Fetches chunk `index` again from the origin and checks it against `id`. An
+    /// origin that no longer serves the version makes the object forgotten.
+    async fn repair(&self, s: &Serve, index: usize, id: ChunkId) -> Result<Bytes, FillError> {
         let bytes = match self.fetch_range(s.url(), s.repr(), s.layout(), index).await {
             Ok(b) => b,
             Err(e) => {
-                if matches!(e, ReadError::OriginChanged { .. }) {
+                if e.is_origin_changed() {
                     self.forget(s).await;
                 }
                 return Err(e);
@@ -117,10 +111,7 @@ impl ObjectCache {
                 .with_label_values(&["origin"])
                 .inc();
             self.forget(s).await;
-            return Err(ReadError::OriginChanged {
-                url: s.url().to_owned(),
-                why: format!("chunk {index} from the origin does not match the manifest"),
-            });
+            return Err(FillError::IdMismatch { index });
         }
         if let Err(e) = self.inner.store.put(id, bytes.clone()).await {
             tracing::debug!(error = %e, "repaired chunk not stored");
@@ -130,26 +121,28 @@ impl ObjectCache {
 
     /// Fetches the bytes of chunk `index` of the version `repr` of `url` with a `Range`
     /// request guarded by `If-Range`; counts them as fetched from the origin. The
-    /// caller verifies or hashes them.
+    /// answer must be of this version, exactly this range ([`version::check`]), else
+    /// it is [`FillError::OriginChanged`] (counted in `shoal_origin_changed_total`).
+    /// A `5xx` or `429` is a transient [`FillError::Origin`]. The caller verifies or
+    /// hashes the bytes.
     pub async fn fetch_range(
         &self,
         url: &str,
         repr: &Repr,
         layout: Layout,
         index: usize,
-    ) -> Result<Bytes, ReadError> {
-        let changed = |why: String| ReadError::OriginChanged {
-            url: url.to_owned(),
-            why,
-        };
-        let uri: Uri = url.parse().map_err(|_| changed("unparsable URL".into()))?;
+    ) -> Result<Bytes, FillError> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| FillError::Internal(format!("unparsable URL {url:?}")))?;
         let bounds = layout.chunk_bounds(index);
-        let len = (bounds.end - bounds.start) as usize;
+        let len = bounds.end - bounds.start;
         let mut h = HeaderMap::new();
         let range = format!("bytes={}-{}", bounds.start, bounds.end.saturating_sub(1));
         h.insert(
             header::RANGE,
-            HeaderValue::from_str(&range).map_err(|_| changed("bad range".into()))?,
+            HeaderValue::from_str(&range)
+                .map_err(|_| FillError::Internal(format!("bad range header {range:?}")))?,
         );
         h.insert(
             header::ACCEPT_ENCODING,
@@ -170,24 +163,36 @@ impl ObjectCache {
             .origin
             .send(Method::GET, &uri, h, "range")
             .await?;
-        if resp.status() != StatusCode::PARTIAL_CONTENT {
-            return Err(changed(format!("range request answered {}", resp.status())));
+        let status = resp.status();
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(OriginError::Upstream {
+                host: url.to_owned(),
+                detail: format!("range request answered {status}"),
+            }
+            .into());
         }
+        let changed = |why: Changed| {
+            self.inner.metrics.origin_changed.inc();
+            tracing::warn!(%url, chunk = index, %why, "origin changed during a fill");
+            FillError::OriginChanged { why }
+        };
+        version::check(status, resp.headers(), repr, bounds, layout.size).map_err(changed)?;
         let mut body = resp.into_body();
-        let mut buf = BytesMut::with_capacity(len);
+        let mut buf = BytesMut::with_capacity(len as usize);
         while let Some(d) = next_data(&mut body, self.inner.origin.read_timeout(), url).await? {
-            if buf.len() + d.len() > len {
-                return Err(changed("range response longer than asked".into()));
+            if buf.len() as u64 + d.len() as u64 > len {
+                return Err(changed(Changed::Longer(len)));
             }
             buf.extend_from_slice(&d);
         }
-        if buf.len() != len {
-            return Err(ReadError::Origin(OriginError::Upstream {
+        if buf.len() as u64 != len {
+            return Err(OriginError::Upstream {
                 host: url.to_owned(),
                 detail: format!("range response ended after {} of {len} bytes", buf.len()),
-            }));
+            }
+            .into());
         }
-        self.inner.metrics.fetched(Source::Origin, len as u64);
+        self.inner.metrics.fetched(Source::Origin, len);
         Ok(buf.freeze())
     }
 
@@ -207,11 +212,22 @@ impl ObjectCache {
             let layout = s.layout();
             let chunks = layout.chunks_for(range);
             let _pin = match &s {
-                Serve::Object(m) => Some(
-                    this.inner
-                        .store
-                        .pin(m.manifest.chunks[chunks.clone()].iter().copied()),
-                ),
+                Serve::Object(m) => match m.manifest.chunks.get(chunks.clone()) {
+                    Some(ids) => Some(this.inner.store.pin(ids.iter().copied())),
+                    None => {
+                        // Metadata damaged on disk: cut the response, fetch anew next time.
+                        let e = FillError::Store(format!(
+                            "the manifest of {} has {} chunk ids, its layout {}",
+                            m.url,
+                            m.manifest.chunks.len(),
+                            layout.chunk_count()
+                        ));
+                        tracing::warn!(url = s.url(), error = %e, "response cut");
+                        this.forget(&s).await;
+                        let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+                        return;
+                    }
+                },
                 Serve::Fill(_) => None,
             };
             let reads = futures_util::stream::iter(chunks)

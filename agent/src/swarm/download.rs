@@ -15,14 +15,13 @@ use super::Swarm;
 use crate::discovery::TrackerError;
 use crate::metrics::Source;
 use crate::object::origin_fill::{complete, finish};
-use crate::object::read::ReadError;
-use crate::object::{Fill, ObjectCache};
+use crate::object::{Fill, FillError, ObjectCache};
 use crate::transport::PeerError;
 
 /// What a fetch task brings back.
 enum Fetched {
     Peer(ChunkId, Result<Bytes, PeerError>),
-    Origin(Result<Bytes, ReadError>),
+    Origin(Result<Bytes, FillError>),
 }
 
 struct Download {
@@ -62,8 +61,8 @@ pub fn spawn(
         let sched = match Scheduler::new(now, fill.layout, swarm.sched.clone()) {
             Ok(s) => s,
             Err(e) => {
-                fill.fail(format!("cannot plan the download: {e}"));
-                cache.end_flight(&url, &fill);
+                let e = FillError::Internal(format!("cannot plan the download of {url}: {e}"));
+                cache.abort_fill(&fill, e).await;
                 return;
             }
         };
@@ -90,22 +89,21 @@ pub fn spawn(
         };
         match d.run().await {
             Ok(()) => d.finish(digest).await,
-            Err(reason) => {
-                tracing::warn!(%url, %reason, "swarm download failed");
+            Err(e) => {
+                // Nothing more is fetched, stored or published for this version.
                 d.tasks.abort_all();
-                d.fill.fail(reason);
-                d.cache.end_flight(&url, &d.fill);
+                d.cache.abort_fill(&d.fill, e).await;
             }
         }
     });
 }
 
 impl Download {
-    async fn run(&mut self) -> Result<(), String> {
+    async fn run(&mut self) -> Result<(), FillError> {
         let mut sync: Option<JoinHandle<Result<SyncResponse, TrackerError>>> = None;
         let mut sent: Vec<IndexedId> = Vec::new();
         loop {
-            self.drain().await?;
+            self.drain();
             if self.sched.is_complete() {
                 return Ok(());
             }
@@ -164,7 +162,7 @@ impl Download {
     }
 
     /// Performs every action the scheduler has ready.
-    async fn drain(&mut self) -> Result<(), String> {
+    fn drain(&mut self) {
         while let Some(a) = self.sched.poll_action() {
             match a {
                 Action::FetchPeer {
@@ -221,7 +219,6 @@ impl Download {
                 Action::ReleaseLeases { .. } => {}
             }
         }
-        Ok(())
     }
 
     fn on_sync(&mut self, resp: SyncResponse) {
@@ -299,7 +296,14 @@ impl Download {
         }
     }
 
-    async fn on_fetched(&mut self, req: RequestId, index: usize, f: Fetched) -> Result<(), String> {
+    /// Takes in one fetch's result. An origin that changed the object, or whose bytes
+    /// contradict the swarm's id, ends the download.
+    async fn on_fetched(
+        &mut self,
+        req: RequestId,
+        index: usize,
+        f: Fetched,
+    ) -> Result<(), FillError> {
         self.aborts.remove(&req);
         let outcome = match f {
             Fetched::Peer(id, Ok(bytes)) => {
@@ -327,9 +331,7 @@ impl Download {
                             .verify_failures
                             .with_label_values(&["origin"])
                             .inc();
-                        return Err(format!(
-                            "origin bytes of chunk {index} do not match the swarm's id"
-                        ));
+                        return Err(FillError::IdMismatch { index });
                     }
                     Some(_) => {}
                     None => {
@@ -345,13 +347,14 @@ impl Download {
                 self.accept(index, id, bytes, Source::Origin).await;
                 Outcome::Ok
             }
-            Fetched::Origin(Err(ReadError::OriginChanged { why, .. })) => {
-                return Err(format!("the origin no longer serves this version: {why}"));
-            }
-            Fetched::Origin(Err(e)) => {
+            // A transient origin failure: the scheduler retries (with back-off).
+            Fetched::Origin(Err(e @ FillError::Origin(_))) => {
                 tracing::debug!(chunk = index, error = %e, "origin range fetch failed");
                 Outcome::Failed
             }
+            // The origin changed (or we cannot ask it at all): nothing of this
+            // version is used any more.
+            Fetched::Origin(Err(e)) => return Err(e),
         };
         let _ = self.sched.handle_result(Instant::now(), req, outcome);
         Ok(())
@@ -383,14 +386,15 @@ impl Download {
     async fn finish(mut self, digest: Option<String>) {
         if let Some(d) = &digest {
             if let Err(e) = self.check_digest(d).await {
-                self.cache
-                    .inner
-                    .metrics
-                    .verify_failures
-                    .with_label_values(&["peer"])
-                    .inc();
-                self.fill.fail(e);
-                self.cache.end_flight(&self.fill.url.clone(), &self.fill);
+                if let FillError::DigestMismatch { from, .. } = &e {
+                    self.cache
+                        .inner
+                        .metrics
+                        .verify_failures
+                        .with_label_values(&[from.label()])
+                        .inc();
+                }
+                self.cache.abort_fill(&self.fill, e).await;
                 return;
             }
         }
@@ -422,14 +426,17 @@ impl Download {
     }
 
     /// Checks the whole-object digest a URL names before the last chunk is released.
-    async fn check_digest(&self, want: &str) -> Result<(), String> {
+    /// A mismatch is the origin's when every chunk came from it, else the swarm's
+    /// (a peer's bytes, or the ids their publisher gave the tracker).
+    async fn check_digest(&self, want: &str) -> Result<(), FillError> {
         let mut h = Sha256::new();
+        let mut all_origin = true;
         for i in 0..self.layout.chunk_count() {
-            let bytes = match &self.last {
-                Some((c, _)) if c.index == i => c.bytes.clone(),
+            let (bytes, source) = match &self.last {
+                Some((c, s)) if c.index == i => (c.bytes.clone(), *s),
                 _ => {
-                    let r = self.fill.wait(i).await.map_err(|e| e.to_string())?;
-                    match r.held {
+                    let r = self.fill.wait(i).await?;
+                    let bytes = match r.held {
                         Some(b) => b,
                         None => self
                             .cache
@@ -438,17 +445,30 @@ impl Download {
                             .await
                             .ok()
                             .flatten()
-                            .ok_or_else(|| format!("chunk {i} vanished before the digest check"))?,
-                    }
+                            .ok_or_else(|| {
+                                FillError::Store(format!(
+                                    "chunk {i} vanished before the digest check"
+                                ))
+                            })?,
+                    };
+                    (bytes, r.source)
                 }
             };
+            all_origin &= source == Source::Origin;
             h.update(&bytes);
         }
         let got = format!("sha256:{}", hex::encode(h.finalize()));
         if got == want {
-            Ok(())
-        } else {
-            Err(format!("swarm bytes hash to {got}, the URL names {want}"))
+            return Ok(());
         }
+        Err(FillError::DigestMismatch {
+            from: if all_origin {
+                Source::Origin
+            } else {
+                Source::Peer
+            },
+            got,
+            want: want.to_owned(),
+        })
     }
 }
