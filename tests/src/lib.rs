@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod client;
 pub mod swarm;
+pub mod version_origin;
 
 /// The origin lives in the agent crate, where the demo uses it too.
 pub use shoal_agent::demo::origin::{self, Object, Origin, random_bytes};
