@@ -37,6 +37,9 @@ pub enum OriginError {
     /// The origin was too slow.
     #[error("origin {host} did not answer within {after:?}")]
     Timeout { host: String, after: Duration },
+    /// Not the origin: the agent failed (a task panicked). Answered `500`.
+    #[error("agent failed: {0}")]
+    Internal(String),
 }
 
 impl OriginError {
@@ -47,6 +50,7 @@ impl OriginError {
             OriginError::BadUrl(..) => StatusCode::BAD_REQUEST,
             OriginError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             OriginError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            OriginError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -58,7 +58,9 @@ impl FillError {
         match self {
             FillError::OriginChanged { .. } | FillError::IdMismatch { .. } => Blame::Origin,
             FillError::Origin(e) => match **e {
-                OriginError::Denied(_) | OriginError::BadUrl(..) => Blame::Local,
+                OriginError::Denied(_) | OriginError::BadUrl(..) | OriginError::Internal(_) => {
+                    Blame::Local
+                }
                 OriginError::Upstream { .. } | OriginError::Timeout { .. } => Blame::Origin,
             },
             FillError::DigestMismatch { from, .. } => match from {
@@ -115,5 +117,9 @@ mod tests {
         );
         assert!(!FillError::Internal("bad range".into()).is_origin_changed());
         assert_eq!(FillError::Store("gone".into()).blame(), Blame::Local);
+        // A panicked task is ours (review (d)2): 500 and local, not 502 and origin.
+        let panicked = OriginError::Internal("task panicked".into());
+        assert_eq!(panicked.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(FillError::from(panicked).blame(), Blame::Local);
     }
 }

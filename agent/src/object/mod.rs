@@ -290,11 +290,9 @@ impl ObjectCache {
             Ok(r) => r,
             Err(e) => {
                 // The task panicked: drop its entry so waiters elect a new leader.
+                // Our bug, not the origin's: a 500, not a 502.
                 lock(&self.inner.flights).remove(&url_on_panic);
-                Err(OriginError::Upstream {
-                    host: "agent".into(),
-                    detail: format!("origin task failed: {e}"),
-                })
+                Err(OriginError::Internal(format!("origin task failed: {e}")))
             }
         }
     }
