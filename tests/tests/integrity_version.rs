@@ -56,16 +56,35 @@ fn changed(a: &RunningAgent) -> u64 {
 }
 
 /// Every id the tracker holds for `key` is the id of `want`'s chunk at that index.
-async fn tracker_ids_are(s: &TestSwarm, asker: usize, key: ObjectKey, want: &[ChunkId]) {
+/// Waits (up to 10 s) until it holds `at_least` of them; returns how many it holds.
+async fn tracker_ids_are(
+    s: &TestSwarm,
+    asker: usize,
+    key: ObjectKey,
+    want: &[ChunkId],
+    at_least: usize,
+) -> usize {
     let tracker = s.agent(asker).swarm().expect("swarm").tracker().clone();
-    let resp = tracker.sync(tracker.request(key)).await.unwrap();
-    for i in &resp.ids {
-        assert_eq!(
-            Some(&i.id),
-            want.get(i.index as usize),
-            "tracker holds a foreign id for chunk {}",
-            i.index
-        );
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = tracker.sync(tracker.request(key.clone())).await.unwrap();
+        for i in &resp.ids {
+            assert_eq!(
+                Some(&i.id),
+                want.get(i.index as usize),
+                "tracker holds a foreign id for chunk {}",
+                i.index
+            );
+        }
+        if resp.ids.len() >= at_least || tokio::time::Instant::now() > end {
+            assert!(
+                resp.ids.len() >= at_least,
+                "tracker holds {} ids",
+                resp.ids.len()
+            );
+            return resp.ids.len();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -111,10 +130,12 @@ async fn swarm_fill_stops_when_the_origin_changes() {
     let late = s.add_agent().await.unwrap();
     let v1_key =
         ObjectKey::versioned(&url, &Validator::ETag(v1.etag.clone()), SIZE as u64).unwrap();
-    tracker_ids_are(&s, late, v1_key, &ids(&v1.bytes)).await;
+    let n = tracker_ids_are(&s, late, v1_key, &ids(&v1.bytes), 0).await;
+    eprintln!("the tracker holds {n} ids (all v1's) for v1's key");
     let v2_key =
         ObjectKey::versioned(&url, &Validator::ETag(v2.etag.clone()), SIZE as u64).unwrap();
-    tracker_ids_are(&s, late, v2_key, &ids(&v2.bytes)).await;
+    let all = ids(&v2.bytes).len();
+    tracker_ids_are(&s, late, v2_key, &ids(&v2.bytes), all).await;
     let r = fetch(s.agent(late).proxy_addr(), &url).await.unwrap();
     assert_eq!(blake3::hash(&r.body), blake3::hash(&v2.bytes));
     s.shutdown().await;
@@ -157,12 +178,15 @@ async fn swarm_refuses(net: u8, how: Switch) {
     let late = s.add_agent().await.unwrap();
     let v1_key =
         ObjectKey::versioned(&url, &Validator::ETag(v1.etag.clone()), SIZE as u64).unwrap();
-    tracker_ids_are(&s, late, v1_key, &ids(&v1.bytes)).await;
+    let n = tracker_ids_are(&s, late, v1_key.clone(), &ids(&v1.bytes), 0).await;
+    eprintln!("{how:?}: the tracker holds {n} ids (all v1's) for v1's key");
 
-    // Fixed, the origin is filled from again, cleanly.
+    // Fixed, the origin is filled from again, cleanly, and every id is v1's.
     origin.honest();
     let r = fetch(a, &url).await.unwrap();
     assert_eq!(blake3::hash(&r.body), blake3::hash(&v1.bytes));
+    let all = ids(&v1.bytes).len();
+    tracker_ids_are(&s, late, v1_key, &ids(&v1.bytes), all).await;
     s.shutdown().await;
 }
 

@@ -1,4 +1,11 @@
 //! One object version's download through the swarm: the I/O around the scheduler.
+//!
+//! The download ends with a [`FillError`] when the origin no longer serves the version
+//! (a ranged answer of other validators or another range, see `object::version`), when
+//! origin bytes contradict the swarm's id for a chunk, or when a digest-named object
+//! hashes wrong; transient origin and peer failures are retried by the scheduler. Ids
+//! already published stay on the tracker (they were hashed from answers of this
+//! version); nothing later is published.
 
 use std::collections::HashMap;
 use std::sync::Arc;
