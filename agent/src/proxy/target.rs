@@ -94,12 +94,7 @@ fn normalize_percent(raw: &str) -> Result<String, PathError> {
     while i < b.len() {
         match b[i] {
             b'%' => {
-                let hex = b
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok());
-                let v = hex
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or(PathError::BadPercent(i))?;
+                let v = hex_at(b, i).ok_or(PathError::BadPercent(i))?;
                 if v == 0 {
                     return Err(PathError::Nul);
                 }
@@ -145,12 +140,7 @@ fn decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let hex = (b[i] == b'%')
-            .then(|| b.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match hex {
+        match hex_at(b, i) {
             Some(v) => {
                 out.push(v);
                 i += 3;
@@ -162,6 +152,21 @@ fn decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The byte that `%XY` at `b[i]` encodes, if there is one (two hex digits, no sign).
+fn hex_at(b: &[u8], i: usize) -> Option<u8> {
+    match b.get(i..i + 3)? {
+        [b'%', h, l] if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+            let digit = |c: u8| {
+                char::from(c)
+                    .to_digit(16)
+                    .and_then(|d| u8::try_from(d).ok())
+            };
+            Some(digit(*h)? * 16 + digit(*l)?)
+        }
+        _ => None,
+    }
 }
 
 /// RFC 3986 §2.3.
@@ -208,6 +213,7 @@ mod tests {
         assert_eq!(n("/a%"), Err(PathError::BadPercent(2)));
         assert_eq!(n("/a%4"), Err(PathError::BadPercent(2)));
         assert_eq!(n("/a%zz"), Err(PathError::BadPercent(2)));
+        assert_eq!(n("/a%+f"), Err(PathError::BadPercent(2)));
         assert_eq!(n("/a%00b"), Err(PathError::Nul));
     }
 
