@@ -7,9 +7,11 @@
 //! no content, so the framing of every request on a pooled connection is the one
 //! hyper writes. The `User-Agent` is the client's with `shoal/VERSION` appended.
 //!
-//! Cannot: stop hyper from reusing a connection after a response that carried both
-//! `Content-Length` and `Transfer-Encoding` (hyper reads it as chunked, as RFC 9112
-//! §6.3 says).
+//! A response with both `Content-Length` and `Transfer-Encoding` is read as chunked
+//! (RFC 9112 §6.3) and its `Content-Length` dropped, so it is relayed, not cached.
+//!
+//! Cannot: stop hyper from reusing the connection after such a response (RFC 9112
+//! suggests treating it as an error; hyper's pool gives no way to discard one).
 
 use std::time::Duration;
 
@@ -248,7 +250,17 @@ impl OriginClient {
         let after = self.cfg.connect_timeout + self.cfg.header_timeout;
         match tokio::time::timeout(after, self.client.request(req)).await {
             Err(_) => Err(OriginError::Timeout { host, after }),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(mut resp)) => {
+                // RFC 9112 §6.3: the chunked framing hyper read wins; an intermediary
+                // must drop the Content-Length before forwarding (it is not cached
+                // without one either).
+                if resp.headers().contains_key(header::TRANSFER_ENCODING)
+                    && resp.headers_mut().remove(header::CONTENT_LENGTH).is_some()
+                {
+                    tracing::debug!(%host, "origin sent Content-Length with Transfer-Encoding");
+                }
+                Ok(resp)
+            }
             Ok(Err(e)) => {
                 if let Some(d) = find_denied(&e) {
                     self.metrics.ssrf_blocked.inc();

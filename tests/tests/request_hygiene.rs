@@ -114,6 +114,15 @@ async fn serve(mut s: TcpStream, routes: Arc<HashMap<String, Bytes>>, log: Arc<M
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         log.lock().unwrap().push(head);
+        if path == "/clte" {
+            // Both framings: 5 by Content-Length, 12 by the chunked coding.
+            let resp = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\
+                        ETag: \"clte\"\r\n\r\nc\r\nchunked-body\r\n0\r\n\r\n";
+            if s.write_all(resp.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let (body, etag) = match routes.get(&path) {
             Some(b) => (b.clone(), format!("\"{}\"", blake3::hash(b).to_hex())),
             None => (Bytes::from_static(WRONG), "\"wrong\"".to_owned()),
@@ -481,5 +490,29 @@ async fn client_user_agent_is_kept_with_shoal_appended() {
     );
     get_with(proxy, &origin.url("/anon"), &[]).await.unwrap();
     assert_eq!(ua("/anon").0, vec![UA_TOKEN.to_owned()]);
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn origin_response_with_both_framings_is_relayed_chunked_not_cached() {
+    shoal_tests::logs();
+    let ip = "127.0.0.85";
+    let after = random_bytes(20_000, 91);
+    let routes = HashMap::from([("/after".to_owned(), after.clone())]);
+    let origin = EagerOrigin::start(ip, routes).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent::start(agent::config(ip, dir.path())).await.unwrap();
+    let proxy = a.proxy_addr();
+    for _ in 0..2 {
+        let r = get_with(proxy, &origin.url("/clte"), &[]).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(&r.body[..], b"chunked-body");
+        assert_eq!(r.header("content-length"), None);
+        assert_ne!(r.header("x-shoal-cache"), Some("hit"));
+    }
+    assert_eq!(origin.count("/clte"), 2, "never cached");
+    let r = get_with(proxy, &origin.url("/after"), &[]).await.unwrap();
+    assert_eq!(blake3::hash(&r.body), blake3::hash(&after));
+    assert!(a.cache().cached(&origin.url("/clte")).is_none());
     a.shutdown().await;
 }
