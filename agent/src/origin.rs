@@ -2,12 +2,21 @@
 //! resolver, rustls for HTTPS upstreams, and a deadline on every step.
 //!
 //! The client never follows redirects (the proxy hands them to its client, which
-//! comes back through the policy) and never sends hop-by-hop headers.
+//! comes back through the policy). Requests carry only the end-to-end headers of
+//! [`FORWARDED`] (never framing, `Host`, hop-by-hop, `Expect` or `Proxy-*` ones) and
+//! no content, so the framing of every request on a pooled connection is the one
+//! hyper writes. The `User-Agent` is the client's with `shoal/VERSION` appended.
+//!
+//! A response with both `Content-Length` and `Transfer-Encoding` is read as chunked
+//! (RFC 9112 §6.3) and its `Content-Length` dropped, so it is relayed, not cached.
+//!
+//! Cannot: stop hyper from reusing the connection after such a response (RFC 9112
+//! suggests treating it as an error; hyper's pool gives no way to discard one).
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
@@ -75,6 +84,59 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::UPGRADE,
 ];
+
+/// The end-to-end request headers sent to origins; every other header is dropped.
+/// `Accept-Encoding` only reaches the origin on pass-through requests: cached fills
+/// ask for `identity` themselves.
+pub const FORWARDED: [HeaderName; 17] = [
+    header::ACCEPT,
+    header::ACCEPT_CHARSET,
+    header::ACCEPT_ENCODING,
+    header::ACCEPT_LANGUAGE,
+    header::AUTHORIZATION,
+    header::CACHE_CONTROL,
+    header::COOKIE,
+    header::IF_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_NONE_MATCH,
+    header::IF_RANGE,
+    header::IF_UNMODIFIED_SINCE,
+    header::PRAGMA,
+    header::RANGE,
+    header::REFERER,
+    header::USER_AGENT,
+    HeaderName::from_static("x-requested-with"),
+];
+
+/// This agent's product token, appended to the client's `User-Agent`.
+pub const AGENT_TOKEN: &str = concat!("shoal/", env!("CARGO_PKG_VERSION"));
+
+/// The headers of `h` that may go to an origin: those in [`FORWARDED`] that no
+/// `Connection` header names as hop-by-hop, with `User-Agent` set by [`user_agent`].
+pub fn end_to_end(h: &HeaderMap) -> HeaderMap {
+    let mut hop = h.clone();
+    strip_hop_by_hop(&mut hop);
+    let mut out = HeaderMap::new();
+    for name in &FORWARDED {
+        for v in hop.get_all(name) {
+            out.append(name.clone(), v.clone());
+        }
+    }
+    let ua = user_agent(out.get(header::USER_AGENT));
+    out.insert(header::USER_AGENT, ua);
+    out
+}
+
+/// `CLIENT shoal/VERSION`, or `shoal/VERSION` alone when the client sent none.
+pub fn user_agent(client: Option<&HeaderValue>) -> HeaderValue {
+    match client.map(|v| v.as_bytes()).filter(|v| !v.is_empty()) {
+        Some(c) => {
+            let v = [c, b" ", AGENT_TOKEN.as_bytes()].concat();
+            HeaderValue::from_bytes(&v).unwrap_or(HeaderValue::from_static(AGENT_TOKEN))
+        }
+        None => HeaderValue::from_static(AGENT_TOKEN),
+    }
+}
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
@@ -151,13 +213,13 @@ impl OriginClient {
         self.cfg.read_timeout
     }
 
-    /// Sends `method uri` with `headers` (hop-by-hop ones are removed) and waits for
-    /// the response head. `kind` labels `shoal_origin_requests_total`.
+    /// Sends `method uri` without content, with the [`end_to_end`] part of `headers`,
+    /// and waits for the response head. `kind` labels `shoal_origin_requests_total`.
     pub async fn send(
         &self,
         method: Method,
         uri: &Uri,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         kind: &'static str,
     ) -> Result<Response<Incoming>, OriginError> {
         let host = uri
@@ -177,8 +239,7 @@ impl OriginClient {
             self.metrics.ssrf_blocked.inc();
             return Err(e.into());
         }
-        strip_hop_by_hop(&mut headers);
-        headers.remove(header::HOST);
+        let headers = end_to_end(&headers);
         let mut req = Request::builder().method(method).uri(uri.clone());
         if let Some(h) = req.headers_mut() {
             *h = headers;
@@ -193,7 +254,17 @@ impl OriginClient {
         let after = self.cfg.connect_timeout + self.cfg.header_timeout;
         match tokio::time::timeout(after, self.client.request(req)).await {
             Err(_) => Err(OriginError::Timeout { host, after }),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(mut resp)) => {
+                // RFC 9112 §6.3: the chunked framing hyper read wins; an intermediary
+                // must drop the Content-Length before forwarding (it is not cached
+                // without one either).
+                if resp.headers().contains_key(header::TRANSFER_ENCODING)
+                    && resp.headers_mut().remove(header::CONTENT_LENGTH).is_some()
+                {
+                    tracing::debug!(%host, "origin sent Content-Length with Transfer-Encoding");
+                }
+                Ok(resp)
+            }
             Ok(Err(e)) => {
                 if let Some(d) = find_denied(&e) {
                     self.metrics.ssrf_blocked.inc();
@@ -268,6 +339,45 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key(header::ACCEPT));
+    }
+
+    #[test]
+    fn only_end_to_end_headers_are_forwarded() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("host", "a"),
+            ("host", "b"),
+            ("content-length", "40"),
+            ("transfer-encoding", "chunked"),
+            ("connection", "keep-alive, cookie"),
+            ("cookie", "hop"),
+            ("expect", "100-continue"),
+            ("upgrade", "h2c"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("accept", "text/plain"),
+            ("accept", "application/json"),
+            ("authorization", "Bearer t"),
+            ("range", "bytes=0-1"),
+            ("user-agent", "curl/8.5.0"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let out = end_to_end(&h);
+        let names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["accept", "authorization", "range", "user-agent"]);
+        assert_eq!(out.get_all(header::ACCEPT).iter().count(), 2);
+        assert_eq!(
+            out[header::USER_AGENT],
+            format!("curl/8.5.0 shoal/{}", env!("CARGO_PKG_VERSION")).as_str()
+        );
+        assert_eq!(
+            end_to_end(&HeaderMap::new())[header::USER_AGENT],
+            AGENT_TOKEN
+        );
     }
 
     #[tokio::test]

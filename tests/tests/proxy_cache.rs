@@ -115,6 +115,7 @@ async fn first_bytes_arrive_before_the_origin_finishes() {
             .unwrap();
     tokio::spawn(conn);
     let req = http::Request::get(origin.url("/stream"))
+        .header(http::header::HOST, origin.addr().to_string())
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
     let resp = send.send_request(req).await.unwrap();

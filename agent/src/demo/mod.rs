@@ -207,7 +207,10 @@ async fn fetch(
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let req = http::Request::get(url)
+    let uri: http::Uri = url.parse().map_err(|e| format!("bad URL {url}: {e}"))?;
+    let host = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+    let req = http::Request::get(uri)
+        .header(http::header::HOST, host)
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let resp = send

@@ -10,9 +10,10 @@
 //! Only `200` responses with a length, a validator (strong ETag or Last-Modified, or a
 //! digest-named URL) and no `no-store`/`private`/`Set-Cookie`/`Vary` (other than
 //! `Accept-Encoding`) are cached; everything else passes through. Requests are sent to
-//! the origin without the client's headers (`Accept-Encoding: identity`), so cached
-//! bytes are the origin's default representation in the identity encoding, and fit
-//! every client; an origin that varies it by request header says so with `Vary`.
+//! the origin without the client's headers (`Accept-Encoding: identity`; only the
+//! leader's `User-Agent` is kept), so cached bytes are the origin's default
+//! representation in the identity encoding, and fit every client; an origin that
+//! varies it by request header says so with `Vary`.
 
 pub mod error;
 pub mod fill;
@@ -59,6 +60,9 @@ pub struct Want {
     pub min_size: u64,
     /// The client asked for revalidation (`Cache-Control: no-cache` / `max-age=0`).
     pub revalidate: bool,
+    /// The client's `User-Agent`, sent on the leader's origin requests (with
+    /// `shoal/VERSION` appended by the origin client).
+    pub user_agent: Option<HeaderValue>,
 }
 
 /// How to serve a GET. See the module docs.
@@ -321,7 +325,7 @@ impl ObjectCache {
         cached: Option<Arc<ObjectMeta>>,
         swarm: Arc<crate::swarm::Swarm>,
     ) -> Result<Lookup, OriginError> {
-        let h = origin_headers();
+        let h = origin_headers(want);
         let resp = self
             .inner
             .origin
@@ -366,7 +370,7 @@ impl ObjectCache {
         want: &Want,
         cached: Option<Arc<ObjectMeta>>,
     ) -> Result<Lookup, OriginError> {
-        let mut h = origin_headers();
+        let mut h = origin_headers(want);
         let kind = if cached.is_some() {
             "revalidate"
         } else {
@@ -521,14 +525,13 @@ impl ObjectCache {
     }
 }
 
-/// The headers of the agent's own origin requests: no client headers, identity
-/// encoding (see the module docs).
-fn origin_headers() -> HeaderMap {
+/// The headers of the agent's own origin requests: no client headers but the
+/// leader's `User-Agent`, identity encoding (see the module docs).
+fn origin_headers(want: &Want) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(
-        header::USER_AGENT,
-        HeaderValue::from_static(concat!("shoal/", env!("CARGO_PKG_VERSION"))),
-    );
+    if let Some(ua) = &want.user_agent {
+        h.insert(header::USER_AGENT, ua.clone());
+    }
     h.insert(
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),

@@ -3,21 +3,26 @@
 //! are cached), and `CONNECT` tunnels (never cached: the agent cannot see inside TLS).
 //!
 //! Only `GET` and `HEAD` are proxied (and `CONNECT`); other methods get `501`: the
-//! clients Shoal serves (package managers, image pulls, updaters) only read.
+//! clients Shoal serves (package managers, image pulls, updaters) only read. Before
+//! anything else a request must have one valid `Host` and no content
+//! ([`framing`]); its path is put in canonical form ([`target`]), which keeps mirror
+//! paths under their upstream prefix and gives one cache key per resource.
 //! Requests with `Authorization` or `Cookie`, or `Cache-Control: no-store`, and URLs
 //! whose rule says `pass`, are relayed uncached.
 
+mod framing;
 pub mod pass;
 pub mod respond;
 pub mod rules;
 mod server;
+pub mod target;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
@@ -27,8 +32,10 @@ use crate::metrics::Metrics;
 use crate::object::read::{ProxyBody, Serve};
 use crate::object::{Lookup, ObjectCache, Want};
 use crate::origin::OriginError;
+use framing::FramingError;
 pub use rules::Rules;
 pub use server::{ProxyServer, serve};
+use target::PathError;
 
 /// Request handling state shared by every connection.
 #[derive(Debug)]
@@ -52,6 +59,10 @@ enum ClientError {
     Method(Method),
     #[error("CONNECT needs host:port")]
     ConnectTarget,
+    #[error(transparent)]
+    Framing(#[from] FramingError),
+    #[error(transparent)]
+    Path(#[from] PathError),
 }
 
 impl Proxy {
@@ -92,7 +103,9 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
-        let (resp, mode) = match self.route(req).await {
+        // A body the agent does not read would be taken for the next request.
+        let mut close = framing::declares_content(req.headers());
+        let (mut resp, mode) = match self.route(req).await {
             Ok(r) => r,
             Err(e) => {
                 let (status, msg) = match &e {
@@ -104,6 +117,7 @@ impl Proxy {
                     RouteError::Client(ClientError::NoMirror(_)) => StatusCode::NOT_FOUND,
                     _ => status,
                 };
+                close |= matches!(e, RouteError::Client(ClientError::Framing(_)));
                 if status.is_server_error() {
                     tracing::warn!(%status, error = %msg, "request failed");
                 } else {
@@ -112,6 +126,10 @@ impl Proxy {
                 (respond::error(status, &msg), "error")
             }
         };
+        if close {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         self.metrics
             .requests
             .with_label_values(&[mode, resp.status().as_str()])
@@ -131,6 +149,7 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
     ) -> Result<(Response<ProxyBody>, &'static str), RouteError> {
+        framing::check(req.method(), req.version(), req.headers()).map_err(ClientError::from)?;
         if req.method() == Method::CONNECT {
             return self.connect(req).await.map(|r| (r, "connect"));
         }
@@ -156,6 +175,7 @@ impl Proxy {
             mode,
             min_size,
             revalidate: wants_revalidation(headers),
+            user_agent: headers.get(header::USER_AGENT).cloned(),
         };
         let resp = match self.cache.lookup(&want).await? {
             Lookup::Object(m) => respond::respond(&self.cache, &method, headers, Serve::Object(m)),
@@ -166,10 +186,10 @@ impl Proxy {
         Ok((resp, label))
     }
 
-    /// The absolute origin URL a request is for.
+    /// The absolute origin URL a request is for, in canonical form.
     fn target(&self, uri: &Uri) -> Result<Uri, ClientError> {
         if uri.scheme().is_some() && uri.authority().is_some() {
-            return normalize(uri).ok_or(ClientError::NotProxy);
+            return normalize(uri);
         }
         let path = uri.path();
         let Some(rest) = path.strip_prefix("/m/") else {
@@ -180,12 +200,15 @@ impl Proxy {
             .mirrors
             .get(name)
             .ok_or_else(|| ClientError::NoMirror(name.to_owned()))?;
+        let path = target::mirror_path(base.path(), tail)?;
         let q = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-        let s = format!("{}/{}{}", base.to_string().trim_end_matches('/'), tail, q);
-        s.parse::<Uri>()
-            .ok()
-            .and_then(|u| normalize(&u))
-            .ok_or(ClientError::NotProxy)
+        let (scheme, auth) = (base.scheme_str(), base.authority());
+        let s = format!(
+            "{}://{}{path}{q}",
+            scheme.unwrap_or("http"),
+            auth.map_or("", |a| a.as_str())
+        );
+        normalize(&s.parse::<Uri>().map_err(|_| ClientError::NotProxy)?)
     }
 
     async fn pass(
@@ -244,17 +267,24 @@ enum RouteError {
     Origin(#[from] OriginError),
 }
 
-/// Lower-cases scheme and host, drops the default port and any fragment.
-pub fn normalize(uri: &Uri) -> Option<Uri> {
-    let scheme = uri.scheme_str()?.to_ascii_lowercase();
-    let host = uri.host()?.to_ascii_lowercase();
+/// Lower-cases scheme and host, drops the default port, user info and any fragment,
+/// and puts the path in canonical form ([`target::normalize_path`]); the query is
+/// kept as is.
+fn normalize(uri: &Uri) -> Result<Uri, ClientError> {
+    let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+        return Err(ClientError::NotProxy);
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    let host = host.to_ascii_lowercase();
     let port = match (scheme.as_str(), uri.port_u16()) {
         ("http", Some(80)) | ("https", Some(443)) | (_, None) => String::new(),
         (_, Some(p)) => format!(":{p}"),
     };
-    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let pq = if pq.is_empty() { "/" } else { pq };
-    format!("{scheme}://{host}{port}{pq}").parse().ok()
+    let path = target::normalize_path(uri.path())?;
+    let q = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    format!("{scheme}://{host}{port}{path}{q}")
+        .parse()
+        .map_err(|_| ClientError::NotProxy)
 }
 
 /// Requests that carry credentials or forbid storing are never cached.
@@ -290,6 +320,13 @@ mod tests {
         assert_eq!(n("HTTP://Example.COM:80/a?b"), "http://example.com/a?b");
         assert_eq!(n("https://h:443"), "https://h/");
         assert_eq!(n("http://h:8080/x"), "http://h:8080/x");
+        assert_eq!(n("http://h/a/../b"), n("http://h/b"));
+        assert_eq!(n("http://h/%7e/./%2e%2e/b?%7e=.."), "http://h/b?%7e=..");
+        assert_eq!(n("http://h/a%2fb"), "http://h/a%2Fb");
+        assert!(matches!(
+            normalize(&"http://h/..%2f".parse().unwrap()),
+            Err(ClientError::Path(PathError::HiddenDots(_)))
+        ));
     }
 
     #[test]
