@@ -60,6 +60,15 @@ pub struct Metrics {
     pub ssrf_blocked: IntCounter,
     /// `shoal_origin_requests_total{kind}`: `get`, `range`, `head`, `revalidate`, `pass`.
     pub origin_requests: IntCounterVec,
+    /// `shoal_client_connections_shed_total{reason}`: client connections closed to
+    /// protect the others: `idle` (oldest idle shed for a new one), `pressure` (waited
+    /// for a head past the pressure deadline), `full` (nothing idle to shed).
+    pub clients_shed: IntCounterVec,
+    /// `shoal_client_refused_total`: connections from sources outside
+    /// `proxy.allow_clients` (answered 403).
+    pub clients_refused: IntCounter,
+    /// `shoal_tunnels`: `CONNECT` tunnels open.
+    pub tunnels: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -193,8 +202,21 @@ impl Metrics {
                 "Requests sent to origins, by kind.",
                 &["kind"],
             ),
+            clients_shed: counter_vec(
+                "shoal_client_connections_shed_total",
+                "Client connections closed to protect the others, by reason.",
+                &["reason"],
+            ),
+            clients_refused: counter(
+                "shoal_client_refused_total",
+                "Client connections from sources outside proxy.allow_clients.",
+            ),
+            tunnels: gauge("shoal_tunnels", "CONNECT tunnels open."),
             registry,
         };
+        for r in ["idle", "pressure", "full"] {
+            m.clients_shed.with_label_values(&[r]);
+        }
         for s in ["cache", "peer", "origin"] {
             m.bytes_served.with_label_values(&[s]);
         }
