@@ -43,6 +43,8 @@ pub struct Agent;
 #[derive(Debug)]
 pub struct RunningAgent {
     proxy_addr: SocketAddr,
+    /// `proxy.pod_listen`, resolved.
+    pod_addr: Option<SocketAddr>,
     admin_addr: SocketAddr,
     metrics: Metrics,
     cache: ObjectCache,
@@ -111,6 +113,14 @@ impl Agent {
                 .map_err(|source| StartError::Bind { what, addr, source })
         };
         let proxy_l = bind("proxy", cfg.proxy.listen).await?;
+        let pod_l = match cfg.proxy.pod_listen {
+            Some(a) => Some(bind("proxy.pod_listen", a).await?),
+            None => None,
+        };
+        let pod_addr = pod_l
+            .as_ref()
+            .zip(cfg.proxy.pod_listen)
+            .map(|(l, a)| local(l, a));
         let admin_l = bind("admin", cfg.admin.listen).await?;
         let proxy_addr = local(&proxy_l, cfg.proxy.listen);
         let admin_addr = local(&admin_l, cfg.admin.listen);
@@ -122,10 +132,22 @@ impl Agent {
         };
         let ready = Ready::default();
         let mut tasks = JoinSet::new();
+        // One connection table for both listeners: the caps are the node's.
+        let conns = proxy::conns::Conns::new(&cfg.proxy, metrics.clone());
+        if let Some(l) = pod_l {
+            tasks.spawn(proxy::serve(
+                l,
+                proxy.clone(),
+                cfg.proxy.clone(),
+                conns.clone(),
+                stopped(stop.subscribe()),
+            ));
+        }
         tasks.spawn(proxy::serve(
             proxy_l,
             proxy,
             cfg.proxy.clone(),
+            conns,
             stopped(stop.subscribe()),
         ));
         tasks.spawn(admin::serve(
@@ -147,6 +169,7 @@ impl Agent {
         tracing::info!(proxy = %proxy_addr, admin = %admin_addr, cache = %cfg.cache.dir.display(), "agent started");
         Ok(RunningAgent {
             proxy_addr,
+            pod_addr,
             admin_addr,
             metrics,
             cache,
@@ -180,6 +203,11 @@ fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
 impl RunningAgent {
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy_addr
+    }
+
+    /// The pod-facing proxy listener (`proxy.pod_listen`), if configured.
+    pub fn pod_addr(&self) -> Option<SocketAddr> {
+        self.pod_addr
     }
 
     pub fn admin_addr(&self) -> SocketAddr {

@@ -58,6 +58,36 @@ pub struct ProxyConfig {
     pub header_read_timeout: Duration,
     /// Largest request head (request line + headers). Default `64KiB`.
     pub max_header_size: ByteSize,
+    /// Concurrent connections from one source IP. Default 512. At the cap (or at
+    /// `max_connections`) a new connection sheds that source's (or anyone's) oldest
+    /// idle connection, one waiting for a request head; if none is idle, the new one
+    /// is closed. Node-local clients all come from loopback: keep it high.
+    pub max_connections_per_source: usize,
+    /// Above half of `max_connections` open, a connection waiting for a request head
+    /// (new, slow or idle keep-alive) is closed after this instead of
+    /// `header_read_timeout`. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout_under_pressure: Duration,
+    /// Source networks allowed to use the proxy (CIDRs). Default loopback only
+    /// (`127.0.0.0/8`, `::1/128`). Any other source gets `403` before any origin is
+    /// contacted (`shoal_client_refused_total`). Add the node's pod CIDR when
+    /// `pod_listen` is set; never a network beyond the node.
+    pub allow_clients: Vec<IpNet>,
+    /// A second proxy listener for pods on this node (e.g. the node's address from the
+    /// downward API, `HOST_IP:7480`). Default none. Guarded by `allow_clients` like
+    /// `listen`.
+    pub pod_listen: Option<SocketAddr>,
+    /// Ports `CONNECT` may tunnel to (as Squid's `SSL_ports`). Default `[443]`.
+    pub connect_ports: Vec<u16>,
+    /// `CONNECT` tunnels open at once; more get `503`. Default 256. A tunnel also
+    /// holds its client connection's slot for its whole life.
+    pub max_tunnels: usize,
+    /// A tunnel with no bytes either way for this long is closed. Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub tunnel_idle_timeout: Duration,
+    /// A tunnel is closed after this long whatever it carries. Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub tunnel_max_lifetime: Duration,
 }
 
 /// The admin listener: `/metrics`, `/live`, `/ready`.
@@ -244,6 +274,21 @@ impl Default for ProxyConfig {
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(10),
             max_header_size: ByteSize::kib(64),
+            max_connections_per_source: 512,
+            header_read_timeout_under_pressure: Duration::from_secs(1),
+            // Constant, valid prefixes.
+            allow_clients: vec![
+                IpNet::new_assert(
+                    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)),
+                    8,
+                ),
+                IpNet::new_assert(std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 128),
+            ],
+            pod_listen: None,
+            connect_ports: vec![443],
+            max_tunnels: 256,
+            tunnel_idle_timeout: Duration::from_secs(300),
+            tunnel_max_lifetime: Duration::from_secs(3600),
         }
     }
 }
@@ -383,6 +428,18 @@ impl Config {
         }
         if self.proxy.max_connections == 0 {
             return bad("proxy.max_connections must be at least 1".into());
+        }
+        let p = &self.proxy;
+        if p.max_connections_per_source == 0 || p.max_tunnels == 0 {
+            return bad(
+                "proxy.max_connections_per_source and proxy.max_tunnels must be at least 1".into(),
+            );
+        }
+        if p.header_read_timeout_under_pressure.is_zero()
+            || p.tunnel_idle_timeout.is_zero()
+            || p.tunnel_max_lifetime.is_zero()
+        {
+            return bad("proxy.header_read_timeout_under_pressure, proxy.tunnel_idle_timeout and proxy.tunnel_max_lifetime must be above zero".into());
         }
         for r in &self.rules {
             if let Err(e) = regex::Regex::new(&r.pattern) {

@@ -63,6 +63,15 @@ pub struct Metrics {
     /// `shoal_origin_changed_total`: ranged origin responses refused because they are
     /// not of the version being filled (validators or `Content-Range`); each ends its fill.
     pub origin_changed: IntCounter,
+    /// `shoal_client_connections_shed_total{reason}`: client connections closed to
+    /// protect the others: `idle` (oldest idle shed for a new one), `pressure` (waited
+    /// for a head past the pressure deadline), `full` (nothing idle to shed).
+    pub clients_shed: IntCounterVec,
+    /// `shoal_client_refused_total`: connections from sources outside
+    /// `proxy.allow_clients` (answered 403).
+    pub clients_refused: IntCounter,
+    /// `shoal_tunnels`: `CONNECT` tunnels open.
+    pub tunnels: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -200,8 +209,21 @@ impl Metrics {
                 "shoal_origin_changed_total",
                 "Ranged origin responses refused as not of the version being filled.",
             ),
+            clients_shed: counter_vec(
+                "shoal_client_connections_shed_total",
+                "Client connections closed to protect the others, by reason.",
+                &["reason"],
+            ),
+            clients_refused: counter(
+                "shoal_client_refused_total",
+                "Client connections from sources outside proxy.allow_clients.",
+            ),
+            tunnels: gauge("shoal_tunnels", "CONNECT tunnels open."),
             registry,
         };
+        for r in ["idle", "pressure", "full"] {
+            m.clients_shed.with_label_values(&[r]);
+        }
         for s in ["cache", "peer", "origin"] {
             m.bytes_served.with_label_values(&[s]);
         }

@@ -155,6 +155,10 @@ pub struct SyncResponse {
     /// Send this back in the next sync of this key.
     #[serde(default)]
     pub cursor: Option<Cursor>,
+    /// The tracker capped `ids` (its `max_ids_per_reply`): sync again at once with
+    /// `cursor` for the rest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
     /// At most the tracker's `max_peers_per_reply`, best first: same node, zone,
     /// region, other; then lower load; then more recently heard from. Only peers holding
     /// a chunk the requester lacks are listed.
@@ -395,6 +399,7 @@ impl SyncResponse {
             layout: None,
             ids: Vec::new(),
             cursor: None,
+            more: false,
             peers: Vec::new(),
             leases: Vec::new(),
             lease_ttl_ms,

@@ -526,9 +526,10 @@ async fn connect_tunnels_to_allowed_destinations() {
     let (origin, dir) = setup("127.0.0.24").await;
     let data = random_bytes(1000, 13);
     origin.put("/t", Object::new(data.clone()));
-    let a = agent::start(agent::config("127.0.0.24", dir.path()))
-        .await
-        .unwrap();
+    let mut cfg = agent::config("127.0.0.24", dir.path());
+    // The test origin is not on 443 (the default proxy.connect_ports).
+    cfg.proxy.connect_ports = vec![origin.addr().port()];
+    let a = agent::start(cfg).await.unwrap();
     let req = format!(
         "CONNECT {0} HTTP/1.1\r\nHost: {0}\r\n\r\nGET /t HTTP/1.1\r\nHost: {0}\r\nConnection: close\r\n\r\n",
         origin.addr()

@@ -2,7 +2,8 @@
 //! [`Registry`]. See `docs/tracker-api.md` for the wire contract.
 //!
 //! Order of checks for each request: route (404/405) → per-agent rate limit (429) →
-//! body size (413) → JSON (400) → announced address (403) → registry (400 on an
+//! declared body size (413, before reading) → body within size (413) and
+//! `limits.body_timeout` (408) → JSON (400) → announced address (403) → registry (400 on an
 //! invalid layout or index). The agent's identity ([`ClientInfo`]) was established by
 //! the TLS layer before any of this; the body never names it.
 //!
@@ -47,6 +48,7 @@ pub struct Api {
     limiter: Mutex<RateLimiter>,
     metrics: Metrics,
     max_body: usize,
+    body_timeout: Duration,
 }
 
 /// Per-agent token buckets. Pure: callers pass `now`.
@@ -84,6 +86,7 @@ impl Api {
             metrics,
             // A body larger than the address space cannot be buffered anyway.
             max_body: usize::try_from(l.max_body_size.as_u64()).unwrap_or(usize::MAX),
+            body_timeout: l.body_timeout,
         }
     }
 
@@ -105,6 +108,14 @@ impl Api {
                 self.metrics.reject(why);
                 tracing::debug!(peer = %client.peer, source = %client.source, %status, reason = %msg, "request refused");
                 let mut r = json(status, &ErrorBody { error: msg });
+                if matches!(why, Reject::TooLarge | Reject::BodyTimeout) {
+                    // The body was not read (or not all of it): the connection's
+                    // framing is unknown, so it is not reused.
+                    r.headers_mut().insert(
+                        header::CONNECTION,
+                        header::HeaderValue::from_static("close"),
+                    );
+                }
                 if status == StatusCode::TOO_MANY_REQUESTS {
                     r.headers_mut()
                         .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
@@ -188,19 +199,38 @@ impl Api {
         }
     }
 
+    /// The whole body, within `max_body` bytes and `body_timeout`. A declared
+    /// `Content-Length` above the limit is refused before anything is read.
     async fn read_body<B>(&self, req: Request<B>) -> Result<Bytes, Refusal>
     where
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        match Limited::new(req.into_body(), self.max_body).collect().await {
-            Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err((
+        let too_large = || {
+            (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 Reject::TooLarge,
                 format!("body larger than {} bytes", self.max_body),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body as u64) {
+            return Err(too_large());
+        }
+        let read = Limited::new(req.into_body(), self.max_body).collect();
+        match tokio::time::timeout(self.body_timeout, read).await {
+            Err(_) => Err((
+                StatusCode::REQUEST_TIMEOUT,
+                Reject::BodyTimeout,
+                format!("body not received within {:?}", self.body_timeout),
             )),
-            Err(e) => Err((
+            Ok(Ok(c)) => Ok(c.to_bytes()),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+            Ok(Err(e)) => Err((
                 StatusCode::BAD_REQUEST,
                 Reject::BadRequest,
                 format!("reading body: {e}"),

@@ -5,10 +5,11 @@
 //! trackers this way. Dropping a `RunningTracker` stops it in the background;
 //! [`RunningTracker::shutdown`] stops it and waits.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use shoal_proto::tracker::ALPN;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
@@ -63,6 +64,10 @@ pub struct RunningTracker {
 #[derive(Debug, Clone)]
 struct ConnLimits {
     header_read_timeout: Duration,
+    handshake_timeout: Duration,
+    max_connections: usize,
+    max_handshakes: usize,
+    max_connections_per_source: usize,
 }
 
 impl Tracker {
@@ -97,8 +102,13 @@ impl Tracker {
             .map_or(0, |d| d.as_nanos() as u64);
         let api = Arc::new(Api::new(&cfg, metrics.clone(), seed));
         let (stop, stop_rx) = watch::channel(false);
+        let l = &cfg.limits;
         let limits = ConnLimits {
-            header_read_timeout: cfg.limits.header_read_timeout,
+            header_read_timeout: l.header_read_timeout,
+            handshake_timeout: l.handshake_timeout,
+            max_connections: l.max_connections,
+            max_handshakes: l.max_handshakes,
+            max_connections_per_source: l.max_connections_per_source,
         };
         let tasks = vec![
             tokio::spawn(serve(
@@ -106,7 +116,6 @@ impl Tracker {
                 acceptor,
                 api.clone(),
                 limits,
-                cfg.limits.max_connections,
                 stop_rx.clone(),
             )),
             tokio::spawn(serve_admin(admin, metrics.clone(), stop_rx.clone())),
@@ -154,22 +163,22 @@ impl RunningTracker {
 }
 
 /// Accepts agent connections until `stop`.
+///
+/// The loop never waits for a free slot: a connection over a cap is closed at once
+/// (and counted), so silent or slow clients cannot fill the accept queue in front of
+/// real agents. Caps, in the order they are checked: per source IP (before any TLS),
+/// all connections, concurrent handshakes; a handshake must finish within
+/// `limits.handshake_timeout`.
 async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     api: Arc<Api>,
     limits: ConnLimits,
-    max_connections: usize,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let gate = Arc::new(Gate::new(&limits));
     let mut conns = JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p,
-            _ = stop.changed() => break,
-        };
-        let Ok(permit) = permit else { break };
         let (tcp, source) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -183,14 +192,102 @@ async fn serve(
             _ = stop.changed() => break,
         };
         while conns.try_join_next().is_some() {}
+        let admitted = match gate.admit(source.ip()) {
+            Ok(a) => a,
+            Err(why) => {
+                api.metrics().reject(why);
+                tracing::debug!(%source, reason = why.label(), "connection shed at accept");
+                drop(tcp);
+                continue;
+            }
+        };
         let (acceptor, api, limits, stop) =
             (acceptor.clone(), api.clone(), limits.clone(), stop.clone());
         conns.spawn(async move {
-            connection(tcp, source, acceptor, api, limits, stop).await;
-            drop(permit);
+            connection(tcp, source, acceptor, api, limits, admitted, stop).await;
         });
     }
     drain(conns).await;
+}
+
+/// Admission control at accept: see [`serve`].
+#[derive(Debug)]
+struct Gate {
+    conns: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
+    per_source: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    max_per_source: usize,
+}
+
+/// What an admitted connection holds; dropping it gives every slot back.
+#[derive(Debug)]
+struct Admitted {
+    _conn: OwnedSemaphorePermit,
+    handshake: Option<OwnedSemaphorePermit>,
+    _source: SourceSlot,
+}
+
+#[derive(Debug)]
+struct SourceSlot {
+    ip: IpAddr,
+    map: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Gate {
+    fn new(l: &ConnLimits) -> Self {
+        Self {
+            conns: Arc::new(Semaphore::new(l.max_connections)),
+            handshakes: Arc::new(Semaphore::new(l.max_handshakes)),
+            per_source: Arc::default(),
+            max_per_source: l.max_connections_per_source,
+        }
+    }
+
+    fn admit(&self, ip: IpAddr) -> Result<Admitted, Reject> {
+        let ip = ip.to_canonical();
+        let source = {
+            let mut m = self
+                .per_source
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let n = m.entry(ip).or_insert(0);
+            if *n >= self.max_per_source {
+                return Err(Reject::PerSource);
+            }
+            *n += 1;
+            SourceSlot {
+                ip,
+                map: self.per_source.clone(),
+            }
+        };
+        let conn = self
+            .conns
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Reject::Shed)?;
+        let handshake = self
+            .handshakes
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Reject::Shed)?;
+        Ok(Admitted {
+            _conn: conn,
+            handshake: Some(handshake),
+            _source: source,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// One agent connection: TLS handshake, identity from the certificate, HTTP/1.1.
@@ -200,17 +297,20 @@ async fn connection(
     acceptor: TlsAcceptor,
     api: Arc<Api>,
     limits: ConnLimits,
+    mut admitted: Admitted,
     mut stop: watch::Receiver<bool>,
 ) {
     let refuse = |why: String| {
         api.metrics().reject(Reject::Handshake);
         tracing::debug!(%source, reason = %why, "connection refused");
     };
-    let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return refuse(format!("TLS handshake: {e}")),
         Err(_) => return refuse("TLS handshake timed out".into()),
     };
+    // Authenticated (or about to be refused): the handshake slot is free again.
+    admitted.handshake = None;
     // The verifier requires a client certificate, so one is present after a handshake.
     let Some(cert) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
         return refuse("no client certificate".into());
@@ -244,6 +344,7 @@ async fn connection(
             let _ = conn.await;
         }
     }
+    drop(admitted);
 }
 
 /// `/metrics`, `/live`, `/ready` in plain HTTP, until `stop`.

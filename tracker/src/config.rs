@@ -89,6 +89,17 @@ pub struct RegistryConfig {
     pub max_leases_per_object: u32,
     /// Peer hints per sync reply. Default 32.
     pub max_peers_per_reply: usize,
+    /// Chunk ids per sync reply; a reply that stops short says `more` and the agent
+    /// asks again at once with the new cursor. Default 8192 (about 0.6 MB of JSON).
+    pub max_ids_per_reply: usize,
+    /// Bytes of peer `have` bitmaps per sync reply (before base64). Peers past the
+    /// budget are left out (at least one is always listed). Default `256KiB`.
+    pub max_hint_bytes_per_reply: ByteSize,
+    /// Chunk ids one agent may have first-published and still live in the registry,
+    /// over all objects; publishes past it are ignored (and counted). Default 262144
+    /// (256 GiB of content at 1 MiB chunks). A real agent publishes only what it hashed
+    /// from origins within `object_ttl`; raise it for agents that fill more than that.
+    pub max_published_per_agent: u64,
 }
 
 /// Protection against overload and misbehaving agents.
@@ -102,13 +113,30 @@ pub struct LimitsConfig {
     pub burst: u32,
     /// Largest request body; larger gets 413. Default `4MiB`.
     pub max_body_size: ByteSize,
-    /// Time a client has for the TLS handshake and then for each request head.
-    /// Default `10s`.
+    /// Time a client has for each request head. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// Concurrent connections; more wait in the accept queue. Default 8192; keep it
-    /// above the number of agents that use this replica (they keep connections open).
+    /// Time a client has for the TLS handshake, from the accept. Default `3s` (a
+    /// handshake takes one or two round trips); keep it below the agents'
+    /// `tracker.timeout`.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Time a client has to send a whole request body once its head is read; slower
+    /// clients get `408` and the connection is closed. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Concurrent connections, handshaking or established. A connection accepted above
+    /// it is closed at once (counted as `shed`), so the accept queue never backs up
+    /// behind silent clients. Default 8192; keep it above the number of agents that use
+    /// this replica (they keep connections open).
     pub max_connections: usize,
+    /// Concurrent TLS handshakes; more are closed at once (`shed`). Default 256.
+    /// Unauthenticated clients hold only these, for at most `handshake_timeout`.
+    pub max_handshakes: usize,
+    /// Concurrent connections from one source IP, checked before TLS; more are closed
+    /// at once (`per_source`). Default 64; an agent uses one or two. Raise it when many
+    /// agents reach the tracker through one NAT address.
+    pub max_connections_per_source: usize,
 }
 
 impl Default for ServerConfig {
@@ -136,6 +164,9 @@ impl Default for RegistryConfig {
             max_leases_per_agent: 2,
             max_leases_per_object: 8,
             max_peers_per_reply: 32,
+            max_ids_per_reply: 8192,
+            max_hint_bytes_per_reply: ByteSize::kib(256),
+            max_published_per_agent: 262_144,
         }
     }
 }
@@ -147,7 +178,11 @@ impl Default for LimitsConfig {
             burst: 100,
             max_body_size: ByteSize::mib(4),
             header_read_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(3),
+            body_timeout: Duration::from_secs(10),
             max_connections: 8192,
+            max_handshakes: 256,
+            max_connections_per_source: 64,
         }
     }
 }
@@ -212,8 +247,16 @@ impl Config {
         if l.burst == 0 {
             return bad("limits.burst must be at least 1");
         }
-        if l.max_connections == 0 {
-            return bad("limits.max_connections must be at least 1");
+        if l.max_connections == 0 || l.max_handshakes == 0 || l.max_connections_per_source == 0 {
+            return bad(
+                "limits.max_connections, limits.max_handshakes and limits.max_connections_per_source must be at least 1",
+            );
+        }
+        if l.handshake_timeout.is_zero() || l.body_timeout.is_zero() {
+            return bad("limits.handshake_timeout and limits.body_timeout must be above zero");
+        }
+        if r.max_ids_per_reply == 0 {
+            return bad("registry.max_ids_per_reply must be at least 1");
         }
         if l.max_body_size.as_u64() < 1024 {
             return bad("limits.max_body_size must be at least 1KiB");

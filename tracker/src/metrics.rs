@@ -25,6 +25,12 @@ pub enum Reject {
     NotFound,
     /// TLS handshake failed or timed out (no client certificate, wrong CA, …).
     Handshake,
+    /// Closed at accept: `limits.max_connections` or `limits.max_handshakes` reached.
+    Shed,
+    /// Closed at accept: `limits.max_connections_per_source` reached for its IP.
+    PerSource,
+    /// The request body did not arrive within `limits.body_timeout` (408).
+    BodyTimeout,
 }
 
 impl Reject {
@@ -36,16 +42,22 @@ impl Reject {
             Reject::TooLarge => "too_large",
             Reject::NotFound => "not_found",
             Reject::Handshake => "handshake",
+            Reject::Shed => "shed",
+            Reject::PerSource => "per_source",
+            Reject::BodyTimeout => "body_timeout",
         }
     }
 
-    const ALL: [Reject; 6] = [
+    const ALL: [Reject; 9] = [
         Reject::Spoofed,
         Reject::RateLimited,
         Reject::BadRequest,
         Reject::TooLarge,
         Reject::NotFound,
         Reject::Handshake,
+        Reject::Shed,
+        Reject::PerSource,
+        Reject::BodyTimeout,
     ];
 }
 
@@ -66,6 +78,9 @@ pub struct Metrics {
     pub leases_expired: IntCounter,
     /// `shoal_tracker_conflicts_total`: chunk ids or layouts contradicting the first.
     pub conflicts: IntCounter,
+    /// `shoal_tracker_publishes_refused_total`: chunk ids ignored because their agent
+    /// was over `registry.max_published_per_agent`.
+    pub publishes_refused: IntCounter,
     /// `shoal_tracker_rejected_total{reason}`: see [`Reject`].
     pub rejected: IntCounterVec,
     /// `shoal_tracker_request_duration_seconds{endpoint}`: `sync`, `announce`, `other`.
@@ -118,6 +133,10 @@ impl Metrics {
                 "shoal_tracker_conflicts_total",
                 "Chunk ids or layouts that contradicted the first recorded.",
             ),
+            publishes_refused: counter(
+                "shoal_tracker_publishes_refused_total",
+                "Published chunk ids ignored: the agent was over its publish budget.",
+            ),
             rejected: reg(
                 r,
                 IntCounterVec::new(
@@ -159,6 +178,7 @@ impl Metrics {
         self.leases_granted.inc_by(ev.leases_granted);
         self.leases_expired.inc_by(ev.leases_expired);
         self.conflicts.inc_by(ev.conflicts);
+        self.publishes_refused.inc_by(ev.publishes_refused);
         self.objects.set(objects as i64);
         self.peers.set(peers as i64);
     }
@@ -200,6 +220,7 @@ mod tests {
                 leases_expired: 1,
                 conflicts: 2,
                 conflict_log: Vec::new(),
+                publishes_refused: 6,
             },
             4,
             5,
@@ -216,6 +237,7 @@ mod tests {
             "shoal_tracker_leases_granted_total 3",
             "shoal_tracker_leases_expired_total 1",
             "shoal_tracker_conflicts_total 2",
+            "shoal_tracker_publishes_refused_total 6",
             "shoal_tracker_rejected_total{reason=\"spoofed\"} 1",
             "shoal_tracker_rejected_total{reason=\"rate_limited\"} 0",
             "shoal_tracker_request_duration_seconds_bucket{endpoint=\"sync\"",

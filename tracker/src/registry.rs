@@ -73,6 +73,9 @@ pub struct Events {
     pub conflicts: u64,
     /// The first few conflicts, for logging.
     pub conflict_log: Vec<Conflict>,
+    /// Published chunk ids ignored because their agent was over
+    /// `max_published_per_agent`.
+    pub publishes_refused: u64,
 }
 
 /// The directory. See the module docs.
@@ -84,6 +87,9 @@ pub struct Registry {
     next_epoch: u64,
     next_sweep: Option<Instant>,
     events: Events,
+    /// Live chunk ids each agent first-published, over all objects (the budget of
+    /// `max_published_per_agent`); given back when their object expires.
+    published: HashMap<PeerId, u64>,
 }
 
 #[derive(Debug)]
@@ -109,6 +115,8 @@ struct Object {
     held_dirty: bool,
     leases: BTreeMap<u32, Lease>,
     last_active: Instant,
+    /// How many of `ids` each agent published first.
+    publishers: HashMap<PeerId, u64>,
 }
 
 #[derive(Debug)]
@@ -124,6 +132,13 @@ struct Requester<'a> {
     id: &'a PeerId,
     topology: &'a Topology,
     have: &'a ChunkBitmap,
+}
+
+/// An agent's allowance of first publications (`max_published_per_agent`).
+#[derive(Debug)]
+struct Budget<'a> {
+    used: &'a mut HashMap<PeerId, u64>,
+    max: u64,
 }
 
 #[derive(Debug)]
@@ -143,6 +158,7 @@ impl Registry {
             next_epoch: epoch_seed,
             next_sweep: None,
             events: Events::default(),
+            published: HashMap::new(),
         }
     }
 
@@ -182,7 +198,11 @@ impl Registry {
         let mut granted = 0;
         if agrees {
             check_indices(obj.count, &req.have, &req.publish)?;
-            obj.publish(key, peer, &req.publish, &mut self.events);
+            let budget = Budget {
+                used: &mut self.published,
+                max: self.cfg.max_published_per_agent,
+            };
+            obj.publish(key, peer, &req.publish, budget, &mut self.events);
             let complete = req.complete || req.have.is_full(obj.count);
             obj.hold(now, peer, &req.have, complete);
             // Expire only after recording what the agent holds: a chunk reported at
@@ -224,11 +244,12 @@ impl Registry {
             };
             rank(now, &self.peers, obj, &me, &self.cfg)
         };
-        let (ids, cursor) = obj.ids_since(req.cursor);
+        let (ids, cursor, more) = obj.ids_since(req.cursor, self.cfg.max_ids_per_reply);
         Ok(SyncResponse {
             layout: Some(obj.layout),
             ids,
             cursor: Some(cursor),
+            more,
             peers,
             leases: obj.leases_of(peer),
             lease_ttl_ms,
@@ -296,7 +317,11 @@ impl Registry {
             ));
         }
         obj.last_active = now;
-        obj.publish(&held.key, peer, &held.publish, &mut self.events);
+        let budget = Budget {
+            used: &mut self.published,
+            max: self.cfg.max_published_per_agent,
+        };
+        obj.publish(&held.key, peer, &held.publish, budget, &mut self.events);
         let complete = held.complete || held.have.is_full(obj.count);
         obj.hold(now, peer, &held.have, complete);
         self.events.leases_expired += obj.expire_leases(now);
@@ -316,6 +341,7 @@ impl Registry {
         self.peers.retain(|_, p| live(p.last_seen));
         let object_ttl = self.cfg.object_ttl;
         let mut expired = 0;
+        let published = &mut self.published;
         self.objects.retain(|_, o| {
             let before = o.holders.len();
             o.holders.retain(|_, h| live(h.last_seen));
@@ -324,6 +350,14 @@ impl Registry {
             let keep = now.saturating_duration_since(o.last_active) < object_ttl;
             if !keep {
                 expired += o.leases.len() as u64;
+                for (p, n) in &o.publishers {
+                    if let Some(used) = published.get_mut(p) {
+                        *used = used.saturating_sub(*n);
+                        if *used == 0 {
+                            published.remove(p);
+                        }
+                    }
+                }
             }
             keep
         });
@@ -402,16 +436,30 @@ impl Object {
             held_dirty: false,
             leases: BTreeMap::new(),
             last_active: now,
+            publishers: HashMap::new(),
         }
     }
 
-    /// Records first publications; counts different ids for known indices.
-    fn publish(&mut self, key: &ObjectKey, by: &PeerId, ids: &[IndexedId], events: &mut Events) {
+    /// Records first publications within `by`'s budget; counts different ids for
+    /// known indices.
+    fn publish(
+        &mut self,
+        key: &ObjectKey,
+        by: &PeerId,
+        ids: &[IndexedId],
+        budget: Budget<'_>,
+        events: &mut Events,
+    ) {
+        let mut used = budget.used.get(by).copied().unwrap_or(0);
+        let mut first = 0;
         for p in ids {
             match self.ids.entry(p.index) {
+                Entry::Vacant(_) if used >= budget.max => events.publishes_refused += 1,
                 Entry::Vacant(v) => {
                     v.insert(p.id);
                     self.log.push(p.index);
+                    used += 1;
+                    first += 1;
                 }
                 Entry::Occupied(o) if *o.get() != p.id => events.conflict(Conflict::ChunkId {
                     key: key.clone(),
@@ -422,6 +470,10 @@ impl Object {
                 }),
                 Entry::Occupied(_) => {}
             }
+        }
+        if first > 0 {
+            budget.used.insert(by.clone(), used);
+            *self.publishers.entry(by.clone()).or_insert(0) += first;
         }
     }
 
@@ -529,23 +581,26 @@ impl Object {
             .collect()
     }
 
-    fn ids_since(&self, cursor: Option<Cursor>) -> (Vec<IndexedId>, Cursor) {
+    /// At most `max` ids published after `cursor`, the cursor to send next, and
+    /// whether more remain after them.
+    fn ids_since(&self, cursor: Option<Cursor>, max: usize) -> (Vec<IndexedId>, Cursor, bool) {
         let start = match cursor {
             Some(c) if c.epoch == self.epoch && (c.pos as usize) <= self.log.len() => {
                 c.pos as usize
             }
             _ => 0,
         };
-        let ids = self.log[start..]
+        let end = start.saturating_add(max).min(self.log.len());
+        let ids = self.log[start..end]
             .iter()
             .filter_map(|i| self.ids.get(i).map(|id| IndexedId { index: *i, id: *id }))
             .collect();
         let cursor = Cursor {
             epoch: self.epoch,
-            // log.len() ≤ count ≤ 2^26.
-            pos: self.log.len() as u32,
+            // end ≤ log.len() ≤ count ≤ 2^26.
+            pos: end as u32,
         };
-        (ids, cursor)
+        (ids, cursor, end < self.log.len())
     }
 }
 
@@ -606,10 +661,26 @@ fn rank(
     cands.sort_unstable_by_key(|c| c.0);
     let holdings: Vec<&Holding> = cands.iter().map(|c| c.2).collect();
     let chosen = choose(&holdings, me.have, obj.count, max);
+    // The reply stays small for any object: bitmaps past the byte budget are left out
+    // (the best-ranked chosen peer is always listed).
+    let budget = usize::try_from(cfg.max_hint_bytes_per_reply.as_u64()).unwrap_or(usize::MAX);
+    let mut spent = 0usize;
     cands
         .into_iter()
         .zip(chosen)
         .filter_map(|(c, keep)| keep.then_some(c))
+        .filter(|c| {
+            let bytes = if c.2.complete {
+                0
+            } else {
+                c.2.have.as_bytes().len()
+            };
+            let fits = spent == 0 || spent.saturating_add(bytes) <= budget;
+            if fits {
+                spent = spent.saturating_add(bytes.max(1));
+            }
+            fits
+        })
         .map(|((proximity, ..), id, h, p)| PeerHint {
             id: id.clone(),
             addr: p.addr,

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -61,7 +62,25 @@ async fn post(
     path: &str,
     body: Vec<u8>,
 ) -> Result<(StatusCode, http::HeaderMap, Bytes), String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    post_from(LOCAL, addr, tls, path, body).await
+}
+
+/// A TCP connection to `addr` from the local address `src` (any 127.0.0.x).
+async fn connect_from(src: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(src, 0))?;
+    sock.connect(addr).await
+}
+
+/// As [`post`], from the local address `src`.
+async fn post_from(
+    src: IpAddr,
+    addr: SocketAddr,
+    tls: rustls::ClientConfig,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(StatusCode, http::HeaderMap, Bytes), String> {
+    let tcp = connect_from(src, addr).await.map_err(|e| e.to_string())?;
     let stream = TlsConnector::from(Arc::new(tls))
         .connect(ServerName::IpAddress(LOCAL.into()), tcp)
         .await
@@ -373,4 +392,171 @@ async fn shutdown_closes_the_listener() {
     f.tracker.shutdown().await;
     let body = serde_json::to_vec(&sync_req("127.0.0.1:7000", &[], 0)).unwrap();
     assert!(post(addr, tls, SYNC_PATH, body).await.is_err());
+}
+
+/// A mutual-TLS stream as agent `agent`, from `src`, for hand-written requests.
+async fn tls_stream(
+    f: &Fixture,
+    agent: usize,
+    src: IpAddr,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = connect_from(src, f.tracker.local_addr()).await.unwrap();
+    TlsConnector::from(Arc::new(tls_for(f, agent)))
+        .connect(ServerName::IpAddress(LOCAL.into()), tcp)
+        .await
+        .unwrap()
+}
+
+/// Reads until the end of a response head (or EOF) within `limit`; the head as text.
+async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S, limit: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let read = async {
+        let mut b = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&b[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limit, read).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn silent_connection_flood_does_not_stall_agents() {
+    // Before: the accept loop waited for a free slot, so silent clients above
+    // max_connections left real agents in the kernel's queue until a handshake
+    // timed out (15,000 silent connections: 3 of 3 agent syncs past 5 s).
+    let mut cfg = Config::default();
+    cfg.limits.max_connections = 256;
+    cfg.limits.max_connections_per_source = 32;
+    cfg.limits.handshake_timeout = Duration::from_secs(30);
+    cfg.limits.header_read_timeout = Duration::from_secs(30);
+    let f = start(cfg).await;
+    let addr = f.tracker.local_addr();
+    let flooder: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..400 {
+        if let Ok(s) = connect_from(flooder, addr).await {
+            silent.push(s);
+        }
+    }
+    // A real agent on another address syncs at once, within the agents' timeout.
+    let agent: IpAddr = "127.0.0.2".parse().unwrap();
+    let body = serde_json::to_vec(&sync_req("0.0.0.0:7000", &[0], 0)).unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        post_from(agent, addr, tls_for(&f, 1), SYNC_PATH, body),
+    )
+    .await
+    .expect("sync stalled behind the flood")
+    .unwrap();
+    assert_eq!(r.0, StatusCode::OK);
+    let text = admin_get(f.tracker.admin_addr(), "/metrics").await;
+    let shed = text
+        .lines()
+        .find(|l| l.starts_with("shoal_tracker_rejected_total{reason=\"per_source\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(shed >= 300.0, "per-source refusals: {shed}\n{text}");
+    drop(silent);
+}
+
+#[tokio::test]
+async fn many_sources_hold_only_handshake_slots_for_the_handshake_timeout() {
+    let mut cfg = Config::default();
+    cfg.limits.max_handshakes = 16;
+    cfg.limits.handshake_timeout = Duration::from_millis(300);
+    let f = start(cfg).await;
+    let addr = f.tracker.local_addr();
+    // 64 silent clients from 8 addresses: 16 take the handshake slots, the rest are
+    // closed at once, and the 16 are closed after the handshake timeout.
+    let mut silent = Vec::new();
+    for i in 0..64u8 {
+        let src: IpAddr = format!("127.0.1.{}", 1 + i % 8).parse().unwrap();
+        silent.push(connect_from(src, addr).await.unwrap());
+    }
+    for s in &mut silent {
+        let head = read_head(s, Duration::from_secs(5)).await;
+        assert!(
+            head.is_empty(),
+            "no bytes for a client that never handshakes"
+        );
+    }
+    // Every silent connection has been closed by now (EOF read above); an agent
+    // handshakes and syncs.
+    let body = serde_json::to_vec(&sync_req("0.0.0.0:7000", &[], 0)).unwrap();
+    let r = post_from(
+        "127.0.0.3".parse().unwrap(),
+        addr,
+        tls_for(&f, 1),
+        SYNC_PATH,
+        body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.0, StatusCode::OK);
+    let text = admin_get(f.tracker.admin_addr(), "/metrics").await;
+    let count = |reason: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "shoal_tracker_rejected_total{{reason=\"{reason}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Every silent client was either shed at accept or timed out in the handshake;
+    // at most 16 held a handshake slot at once, so most were shed.
+    assert_eq!(count("shed") + count("handshake"), 64.0, "{text}");
+    assert!(count("shed") >= 16.0, "{text}");
+}
+
+#[tokio::test]
+async fn declared_body_over_the_limit_gets_413_at_once() {
+    use tokio::io::AsyncWriteExt;
+    // Before: the tracker waited for a body that never came (no answer in 15 s).
+    let f = start(Config::default()).await;
+    let mut s = tls_stream(&f, 1, "127.0.0.4".parse().unwrap()).await;
+    s.write_all(
+        format!(
+            "POST {SYNC_PATH} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            100u64 << 20
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut s, Duration::from_secs(5)).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head:?}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_never_finishes_gets_408() {
+    use tokio::io::AsyncWriteExt;
+    // Before: no body deadline (a connection was still open after 45 s).
+    let mut cfg = Config::default();
+    cfg.limits.body_timeout = Duration::from_millis(300);
+    let f = start(cfg).await;
+    let mut s = tls_stream(&f, 1, "127.0.0.5".parse().unwrap()).await;
+    s.write_all(
+        format!("POST {SYNC_PATH} HTTP/1.1\r\nhost: t\r\ncontent-length: 100\r\n\r\n{{\"agent\"")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut s, Duration::from_secs(5)).await;
+    assert!(head.starts_with("HTTP/1.1 408"), "{head:?}");
+    // And the connection is closed after it.
+    let rest = read_head(&mut s, Duration::from_secs(5)).await;
+    assert!(!rest.starts_with("HTTP/1.1"), "{rest:?}");
 }

@@ -11,6 +11,7 @@
 //! whose rule says `pass`, are relayed uncached.
 
 mod framing;
+pub mod conns;
 pub mod pass;
 pub mod respond;
 pub mod rules;
@@ -46,6 +47,9 @@ pub struct Proxy {
     policy: EgressPolicy,
     metrics: Metrics,
     connect_timeout: std::time::Duration,
+    connect_ports: Vec<u16>,
+    tunnels: Arc<tokio::sync::Semaphore>,
+    tunnel_limits: pass::TunnelLimits,
 }
 
 /// Why a request was refused before reaching an origin: the client's fault.
@@ -63,6 +67,10 @@ enum ClientError {
     Framing(#[from] FramingError),
     #[error(transparent)]
     Path(#[from] PathError),
+    #[error("CONNECT to port {0} is not allowed (proxy.connect_ports)")]
+    ConnectPort(u16),
+    #[error("too many CONNECT tunnels open (proxy.max_tunnels); try again later")]
+    Tunnels,
 }
 
 impl Proxy {
@@ -90,7 +98,17 @@ impl Proxy {
             policy,
             metrics,
             connect_timeout: cfg.origin.connect_timeout,
+            connect_ports: cfg.proxy.connect_ports.clone(),
+            tunnels: Arc::new(tokio::sync::Semaphore::new(cfg.proxy.max_tunnels)),
+            tunnel_limits: pass::TunnelLimits {
+                idle: cfg.proxy.tunnel_idle_timeout,
+                lifetime: cfg.proxy.tunnel_max_lifetime,
+            },
         }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn cache(&self) -> &ObjectCache {
@@ -115,6 +133,8 @@ impl Proxy {
                 let status = match &e {
                     RouteError::Client(ClientError::Method(_)) => StatusCode::NOT_IMPLEMENTED,
                     RouteError::Client(ClientError::NoMirror(_)) => StatusCode::NOT_FOUND,
+                    RouteError::Client(ClientError::ConnectPort(_)) => StatusCode::FORBIDDEN,
+                    RouteError::Client(ClientError::Tunnels) => StatusCode::SERVICE_UNAVAILABLE,
                     _ => status,
                 };
                 close |= matches!(e, RouteError::Client(ClientError::Framing(_)));
@@ -242,6 +262,19 @@ impl Proxy {
             .cloned()
             .ok_or(ClientError::ConnectTarget)?;
         let port = auth.port_u16().ok_or(ClientError::ConnectTarget)?;
+        if !self.connect_ports.contains(&port) {
+            return Err(ClientError::ConnectPort(port).into());
+        }
+        // The tunnel holds its own slot and its connection's for its whole life.
+        let permit = self
+            .tunnels
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ClientError::Tunnels)?;
+        let busy = req
+            .extensions()
+            .get::<Arc<conns::Slot>>()
+            .map(conns::Slot::busy);
         let upstream =
             match pass::connect_upstream(&self.policy, auth.host(), port, self.connect_timeout)
                 .await
@@ -254,7 +287,17 @@ impl Proxy {
                     return Err(e.into());
                 }
             };
-        pass::tunnel(hyper::upgrade::on(&mut req), upstream);
+        let hold = pass::TunnelHold {
+            permit,
+            busy,
+            gauge: self.metrics.tunnels.clone(),
+        };
+        pass::tunnel(
+            hyper::upgrade::on(&mut req),
+            upstream,
+            self.tunnel_limits,
+            hold,
+        );
         Ok(pass::connect_ok())
     }
 }

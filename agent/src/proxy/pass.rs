@@ -1,6 +1,11 @@
-//! Pass-through: relaying an origin response uncached, and `CONNECT` tunnels.
+//! Pass-through: relaying an origin response uncached, and `CONNECT` tunnels (with
+//! an idle timeout and a maximum lifetime; caps and ports are checked by the caller).
 
 use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,6 +15,7 @@ use http_body_util::StreamBody;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -102,19 +108,124 @@ pub async fn connect_upstream(
     Err(upstream_err(last))
 }
 
-/// Splices the upgraded client connection and `upstream` until either side closes.
-pub fn tunnel(upgrade: hyper::upgrade::OnUpgrade, mut upstream: TcpStream) {
+/// Deadlines of one `CONNECT` tunnel.
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelLimits {
+    /// No bytes either way for this long: closed.
+    pub idle: Duration,
+    /// Closed after this long, whatever it carries.
+    pub lifetime: Duration,
+}
+
+/// What a tunnel holds while open: its `proxy.max_tunnels` slot and its client
+/// connection's slot (marked busy, so it is never shed as idle).
+#[derive(Debug)]
+pub struct TunnelHold {
+    pub permit: tokio::sync::OwnedSemaphorePermit,
+    pub busy: Option<super::conns::Busy>,
+    /// `shoal_tunnels`, raised while the tunnel is open.
+    pub gauge: prometheus::IntGauge,
+}
+
+/// Splices the upgraded client connection and `upstream` until either side closes,
+/// nothing moves for `limits.idle`, or `limits.lifetime` has passed.
+pub fn tunnel(
+    upgrade: hyper::upgrade::OnUpgrade,
+    upstream: TcpStream,
+    limits: TunnelLimits,
+    hold: TunnelHold,
+) {
     tokio::spawn(async move {
-        match upgrade.await {
-            Ok(up) => {
-                let mut client = TokioIo::new(up);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    tracing::debug!(error = %e, "tunnel closed");
+        hold.gauge.inc();
+        let up = match upgrade.await {
+            Ok(up) => up,
+            Err(e) => {
+                tracing::debug!(error = %e, "CONNECT upgrade failed");
+                hold.gauge.dec();
+                return;
+            }
+        };
+        let start = tokio::time::Instant::now();
+        let last = Arc::new(AtomicU64::new(0));
+        let mut client = Activity::new(TokioIo::new(up), last.clone(), start);
+        let mut upstream = Activity::new(upstream, last.clone(), start);
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        tokio::pin!(copy);
+        let end = tokio::time::sleep(limits.lifetime);
+        tokio::pin!(end);
+        let mut check = tokio::time::interval((limits.idle / 4).max(Duration::from_millis(10)));
+        loop {
+            tokio::select! {
+                r = &mut copy => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "tunnel closed");
+                    }
+                    break;
+                }
+                _ = &mut end => {
+                    tracing::debug!(after = ?limits.lifetime, "tunnel closed at its maximum lifetime");
+                    break;
+                }
+                _ = check.tick() => {
+                    let idle_ms = (start.elapsed().as_millis() as u64)
+                        .saturating_sub(last.load(Ordering::Relaxed));
+                    if idle_ms >= limits.idle.as_millis() as u64 {
+                        tracing::debug!(after = ?limits.idle, "idle tunnel closed");
+                        break;
+                    }
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
         }
+        hold.gauge.dec();
+        drop(hold);
     });
+}
+
+pin_project_lite::pin_project! {
+    /// A stream that records, in milliseconds after `start`, when it last read bytes.
+    struct Activity<S> {
+        #[pin]
+        inner: S,
+        last: Arc<AtomicU64>,
+        start: tokio::time::Instant,
+    }
+}
+
+impl<S> Activity<S> {
+    fn new(inner: S, last: Arc<AtomicU64>, start: tokio::time::Instant) -> Self {
+        Self { inner, last, start }
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for Activity<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.last
+                .store(this.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for Activity<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, b)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
 }
 
 /// 200 for a CONNECT that will be tunnelled.

@@ -290,6 +290,10 @@ impl Download {
             .sched
             .handle_leases(now, resp.leases.iter().map(|&i| i as usize));
         self.cursor = resp.cursor;
+        if resp.more {
+            // The tracker capped the ids; page on at once.
+            self.next_sync = now;
+        }
     }
 
     fn on_tracker_error(&mut self, e: TrackerError) {

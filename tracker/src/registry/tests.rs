@@ -16,6 +16,9 @@ fn cfg() -> RegistryConfig {
         max_leases_per_agent: 2,
         max_leases_per_object: 8,
         max_peers_per_reply: 32,
+        max_ids_per_reply: 8192,
+        max_hint_bytes_per_reply: bytesize::ByteSize::kib(256),
+        max_published_per_agent: 262_144,
     }
 }
 
@@ -711,4 +714,130 @@ fn renewed_leases_outlive_the_ttl_and_the_object_cap_holds() {
         .sync(t1, &id("a"), &sync_req(a(), &k, 8, &[], 2))
         .unwrap();
     assert_eq!(r.leases, vec![0], "a keeps 0; the cap of 3 leaves no room");
+}
+
+fn publish_all(n: u32) -> Vec<IndexedId> {
+    (0..n)
+        .map(|i| IndexedId {
+            index: i,
+            id: chunk_id(i),
+        })
+        .collect()
+}
+
+#[test]
+fn sync_replies_are_paged_by_cursor() {
+    let t0 = Instant::now();
+    let mut reg = Registry::new(
+        RegistryConfig {
+            max_ids_per_reply: 3,
+            ..cfg()
+        },
+        1,
+    );
+    let k = key("a");
+    let mut req = sync_req(agent(1, Topology::default(), 0), &k, 8, &[], 0);
+    req.publish = publish_all(8);
+    reg.sync(t0, &id("a"), &req).unwrap();
+    let mut reader = sync_req(agent(2, Topology::default(), 0), &k, 8, &[], 0);
+    let mut got = Vec::new();
+    let mut pages = 0;
+    loop {
+        let r = reg.sync(t0, &id("b"), &reader).unwrap();
+        assert!(r.ids.len() <= 3, "{} ids in one reply", r.ids.len());
+        got.extend(r.ids.iter().map(|i| i.index));
+        reader.cursor = r.cursor;
+        pages += 1;
+        if !r.more {
+            break;
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..8).collect::<Vec<_>>());
+    assert_eq!(pages, 3);
+}
+
+#[test]
+fn publishes_past_the_agent_budget_are_ignored_and_given_back_on_expiry() {
+    let t0 = Instant::now();
+    let mut reg = Registry::new(
+        RegistryConfig {
+            max_published_per_agent: 5,
+            ..cfg()
+        },
+        1,
+    );
+    // One agent floods two keys with ids; only its budget is kept.
+    for name in ["a", "b"] {
+        let mut req = sync_req(agent(1, Topology::default(), 0), &key(name), 4, &[], 0);
+        req.publish = publish_all(4);
+        reg.sync(t0, &id("evil"), &req).unwrap();
+    }
+    let ev = reg.drain_events();
+    assert_eq!(ev.publishes_refused, 3);
+    let kept: usize = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let r = reg
+                .sync(
+                    t0,
+                    &id("reader"),
+                    &sync_req(agent(2, Topology::default(), 0), &key(n), 4, &[], 0),
+                )
+                .unwrap();
+            r.ids.len()
+        })
+        .sum();
+    assert_eq!(kept, 5);
+    // Another agent has its own budget.
+    let mut req = sync_req(agent(3, Topology::default(), 0), &key("b"), 4, &[], 0);
+    req.publish = publish_all(4);
+    reg.sync(t0, &id("good"), &req).unwrap();
+    assert_eq!(reg.drain_events().publishes_refused, 0);
+    // When the objects expire, the budget comes back.
+    let later = t0 + Duration::from_secs(601);
+    reg.sweep(later);
+    assert_eq!(reg.object_count(), 0);
+    let mut req = sync_req(agent(1, Topology::default(), 0), &key("c"), 4, &[], 0);
+    req.publish = publish_all(4);
+    reg.sync(later, &id("evil"), &req).unwrap();
+    assert_eq!(reg.drain_events().publishes_refused, 0);
+}
+
+#[test]
+fn hint_bitmaps_stay_within_the_reply_budget() {
+    let t0 = Instant::now();
+    // 80,000 chunks: each partial holder's bitmap is ~10 KB.
+    let chunks = 80_000;
+    let mut reg = Registry::new(
+        RegistryConfig {
+            max_hint_bytes_per_reply: bytesize::ByteSize::kib(32),
+            ..cfg()
+        },
+        1,
+    );
+    let k = key("big");
+    for p in 0..20u16 {
+        // Every holder lacks chunk 0 so none is complete; each has a distinct tail chunk.
+        let mut have: Vec<u32> = (1..chunks - 20).collect();
+        have.push(chunks - 20 + u32::from(p));
+        reg.sync(
+            t0,
+            &id(&format!("p{p}")),
+            &sync_req(agent(100 + p, Topology::default(), 0), &k, chunks, &have, 0),
+        )
+        .unwrap();
+    }
+    let r = reg
+        .sync(
+            t0,
+            &id("new"),
+            &sync_req(agent(1, Topology::default(), 0), &k, chunks, &[], 0),
+        )
+        .unwrap();
+    let bytes: usize = r.peers.iter().map(|p| p.have.as_bytes().len()).sum();
+    assert!(!r.peers.is_empty());
+    assert!(bytes <= 32 * 1024, "{bytes} bytes of bitmaps");
+    assert!(r.peers.len() < 20, "{} peers", r.peers.len());
 }
