@@ -156,6 +156,7 @@ impl Proxy {
             mode,
             min_size,
             revalidate: wants_revalidation(headers),
+            immutable: self.rules.immutable(&url.to_string()),
         };
         let resp = match self.cache.lookup(&want).await? {
             Lookup::Object(m) => respond::respond(&self.cache, &method, headers, Serve::Object(m)),
