@@ -174,6 +174,15 @@ pub struct Rule {
     /// Responses smaller than this are passed through instead. Default 0.
     #[serde(default)]
     pub min_size: ByteSize,
+    /// The bytes behind a matching URL never change (Debian `pool/`, versioned
+    /// release files): cached without a validator, keyed by URL and length, shared
+    /// through the swarm, never revalidated (not even for a client's
+    /// `Cache-Control: no-cache` / `max-age=0`), and checked against a
+    /// `Repr-Digest: sha-256=…` the origin sends. Default false. Set it only for paths
+    /// the origin never rewrites: a changed file under the same URL and length is not
+    /// noticed (it is never served mixed, but fills of it fail).
+    #[serde(default)]
+    pub immutable: bool,
 }
 
 /// A named upstream: `http://AGENT/m/NAME/rest` fetches `UPSTREAM/rest`.
@@ -526,6 +535,20 @@ mod tests {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/agent.toml");
         let c = Config::load_from_env(Some(&p), &[], Some(HashMap::new())).unwrap();
         assert_eq!(c.cache.max_size, ByteSize::gib(10));
+    }
+
+    #[test]
+    fn immutable_rule_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(
+            &p,
+            "[[rules]]\npattern = '/pool/'\nmode = \"cache\"\nimmutable = true\n\n[[rules]]\npattern = 'x'\nmode = \"pass\"\n",
+        )
+        .unwrap();
+        let c = Config::load_from_env(Some(&p), &[], Some(HashMap::new())).unwrap();
+        assert!(c.rules[0].immutable);
+        assert!(!c.rules[1].immutable);
     }
 
     #[test]

@@ -1,9 +1,17 @@
 //! Object keys: what names one version of one URL's bytes.
 //!
 //! A key is built from the normalised URL plus the origin's validators (strong ETag,
-//! else Last-Modified) and the length, or, for URLs that name their own digest (OCI
-//! `blobs/sha256:…`, apt `by-hash`), from that digest alone. The key is opaque to the
-//! tracker: it only compares keys for equality.
+//! else Last-Modified) and the length ([`ObjectKey::versioned`]); for URLs that name
+//! their own digest (OCI `blobs/sha256:…`, apt `by-hash`), from that digest alone
+//! ([`ObjectKey::immutable`]); for URLs an operator's rule declares immutable (Debian
+//! `pool/`), from the URL and the length ([`ObjectKey::immutable_url`]). The key is
+//! opaque to the tracker: it only compares keys for equality.
+//!
+//! An immutable URL's key trusts the operator: if the bytes behind such a URL change
+//! without changing length, old and new versions share one key. Wrong bytes are still
+//! never served (every chunk is checked against its id, and the whole object against
+//! a digest where one is known), but fills of that URL can fail. Use it only where
+//! the origin never rewrites a URL.
 
 use std::fmt;
 
@@ -61,6 +69,19 @@ impl ObjectKey {
     /// The key of an immutable object named by its own digest (e.g. `sha256:…`).
     pub fn immutable(digest: &str, size: u64) -> Result<Self, InvalidKey> {
         Self::try_from(format!("d1 {digest} {size}"))
+    }
+
+    /// The key of an object whose URL never changes its bytes (an operator's
+    /// `immutable` rule): the URL and the length, whatever validators the origin sends
+    /// (mirrors behind one name often send different ETags for the same file).
+    pub fn immutable_url(url: &str, size: u64) -> Result<Self, InvalidKey> {
+        Self::try_from(format!("u1 {url} {size}"))
+    }
+
+    /// Whether this key names bytes that never change: a digest or an immutable URL.
+    /// Such a version is never revalidated.
+    pub fn is_immutable(&self) -> bool {
+        self.0.starts_with("d1 ") || self.0.starts_with("u1 ")
     }
 
     /// The canonical string form.
@@ -123,7 +144,34 @@ mod tests {
         let c = ObjectKey::versioned("http://h/x", &Validator::ETag("\"1\"".into()), 11).unwrap();
         assert_ne!(a, b);
         assert_ne!(a, c);
+        assert!(!a.is_immutable());
         assert!(ObjectKey::try_from("a\nb".to_string()).is_err());
         assert!(ObjectKey::try_from("x".repeat(5000)).is_err());
+    }
+
+    #[test]
+    fn immutable_url_keys() {
+        let a = ObjectKey::immutable_url("http://h/pool/f.deb", 10).unwrap();
+        let b = ObjectKey::immutable_url("http://h/pool/f.deb", 11).unwrap();
+        let c = ObjectKey::immutable_url("http://h/pool/g.deb", 10).unwrap();
+        assert_eq!(
+            a,
+            ObjectKey::immutable_url("http://h/pool/f.deb", 10).unwrap()
+        );
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.as_str(), "u1 http://h/pool/f.deb 10");
+        assert!(a.is_immutable());
+        // Never equal to a versioned or digest key of the same URL.
+        let v = ObjectKey::versioned("http://h/pool/f.deb", &Validator::ETag("\"1\"".into()), 10)
+            .unwrap();
+        assert_ne!(a, v);
+        assert!(
+            ObjectKey::immutable("sha256:ab", 10)
+                .unwrap()
+                .is_immutable()
+        );
+        assert!(ObjectKey::immutable_url(&"x".repeat(5000), 1).is_err());
+        assert!(ObjectKey::immutable_url("http://h/a\nb", 1).is_err());
     }
 }

@@ -153,8 +153,9 @@ async fn ranges_match_the_origin_byte_for_byte() {
         "bytes=5-1",
         "bytes=abc",
         "items=0-5",
-        "bytes=0-1,5-6",
         "bytes=-0",
+        // Several ranges: the test origin answers 200, the agent multipart 206
+        // (tests/tests/http_semantics.rs).
     ];
     // Cold (the first request is a range) and warm.
     for round in 0..2 {

@@ -221,7 +221,8 @@ impl Origin {
         let mut st = StatusCode::OK;
         if let (Some(r), true) = (hv(header::RANGE), if_range_ok) {
             match shoal_proto::range::parse_range_header(r, size) {
-                shoal_proto::RangeDecision::Full => {}
+                // Several ranges: the whole object, which RFC 9110 allows.
+                shoal_proto::RangeDecision::Full | shoal_proto::RangeDecision::Multi(_) => {}
                 shoal_proto::RangeDecision::Partial(br) => {
                     st = StatusCode::PARTIAL_CONTENT;
                     resp = resp.header(header::CONTENT_RANGE, br.content_range(size));

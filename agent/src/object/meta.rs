@@ -84,9 +84,15 @@ impl ObjectMeta {
         blake3::hash(url.as_bytes()).to_hex().to_string()
     }
 
+    /// Whether this version's bytes never change (a digest-named URL, or a URL under
+    /// an `immutable` rule when it was filled): never revalidated.
+    pub fn is_immutable(&self) -> bool {
+        self.immutable || self.manifest.key.is_immutable()
+    }
+
     /// Whether this version may be served without asking the origin.
     pub fn is_fresh(&self, now: SystemTime, freshness: Duration) -> bool {
-        if self.immutable {
+        if self.is_immutable() {
             return true;
         }
         unix_ms(now).saturating_sub(self.validated_at_ms) < freshness.as_millis() as u64
@@ -121,6 +127,24 @@ pub fn digest_in_path(path: &str) -> Option<String> {
     None
 }
 
+/// The `sha-256` of an RFC 9530 `Repr-Digest` field (`sha-256=:<base64>:`, other
+/// algorithms and members ignored), as `sha256:<hex>`. We ask origins for the
+/// identity encoding, so the representation digest is the digest of the body.
+pub fn repr_digest(h: &HeaderMap) -> Option<String> {
+    use base64::Engine as _;
+    h.get_all("repr-digest")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|m| m.split_once('='))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("sha-256"))
+        .find_map(|(_, v)| {
+            let b64 = v.trim().strip_prefix(':')?.strip_suffix(':')?;
+            let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+            (raw.len() == 32).then(|| format!("sha256:{}", hex::encode(raw)))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +176,31 @@ mod tests {
         assert_eq!(out.get(header::ETAG).unwrap(), "\"e\"");
         assert_eq!(out.get(header::CONTENT_TYPE).unwrap(), "text/plain");
         assert!(out.get(header::SET_COOKIE).is_none());
+    }
+
+    #[test]
+    fn repr_digests() {
+        let mut h = HeaderMap::new();
+        assert_eq!(repr_digest(&h), None);
+        // sha256 of "hello": 2cf24dba…
+        h.insert(
+            "repr-digest",
+            "sha-512=:AAAA:, sha-256=:LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=:"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            repr_digest(&h).as_deref(),
+            Some("sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
+        );
+        h.insert("repr-digest", "sha-256=:dG9vc2hvcnQ=:".parse().unwrap());
+        assert_eq!(repr_digest(&h), None, "not 32 bytes");
+        h.insert(
+            "repr-digest",
+            "sha-256=LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ="
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(repr_digest(&h), None, "not a byte sequence");
     }
 }

@@ -7,13 +7,17 @@
 //! (in a task of its own, so its client hanging up cancels nothing) and the others
 //! wait for its outcome.
 //!
-//! Only `200` responses with a length, a validator (strong ETag or Last-Modified, or a
-//! digest-named URL) and no `no-store`/`private`/`Set-Cookie`/`Vary` (other than
-//! `Accept-Encoding`) are cached; everything else passes through. Requests are sent to
-//! the origin without the client's headers (`Accept-Encoding: identity`; only the
-//! leader's `User-Agent` is kept), so cached bytes are the origin's default
-//! representation in the identity encoding, and fit every client; an origin that
-//! varies it by request header says so with `Vary`.
+//! Only `200` responses with a length, a validator (strong ETag or Last-Modified, a
+//! digest-named URL, or a URL under an `immutable` rule) and no
+//! `no-store`/`private`/`Set-Cookie`/`Vary` (other than `Accept-Encoding`) are
+//! cached; everything else passes through. Immutable versions (digest-named URLs,
+//! `immutable` rules) are served from the cache whatever the client's
+//! `Cache-Control`: their bytes cannot change, and a digest, where known, was
+//! checked when they were filled. Requests are sent to the origin without the
+//! client's headers (`Accept-Encoding: identity`; only the leader's `User-Agent` is
+//! kept), so cached bytes are the origin's default representation in the identity
+//! encoding, and fit every client; an origin that varies it by request header says
+//! so with `Vary`.
 
 pub mod error;
 pub mod fill;
@@ -59,10 +63,13 @@ pub struct Want {
     /// Smaller responses are passed through.
     pub min_size: u64,
     /// The client asked for revalidation (`Cache-Control: no-cache` / `max-age=0`).
+    /// Ignored for immutable versions.
     pub revalidate: bool,
     /// The client's `User-Agent`, sent on the leader's origin requests (with
     /// `shoal/VERSION` appended by the origin client).
     pub user_agent: Option<HeaderValue>,
+    /// The URL's rule says its bytes never change (`Rule::immutable`).
+    pub immutable: bool,
 }
 
 /// How to serve a GET. See the module docs.
@@ -234,9 +241,15 @@ impl ObjectCache {
                     None => {
                         let cached = self.cached(&url);
                         if let Some(m) = &cached {
-                            if !want.revalidate
-                                && m.is_fresh(SystemTime::now(), self.inner.settings.freshness)
-                            {
+                            // An immutable version is never revalidated, whatever the
+                            // client asks (apt sends `max-age=0` for every file).
+                            let serve = if m.is_immutable() || want.immutable {
+                                true
+                            } else {
+                                !want.revalidate
+                                    && m.is_fresh(SystemTime::now(), self.inner.settings.freshness)
+                            };
+                            if serve {
                                 return Ok(Lookup::Object(m.clone()));
                             }
                         }
@@ -466,16 +479,7 @@ impl ObjectCache {
             return None;
         }
         let layout = Layout::new(size, self.inner.settings.chunk_size).ok()?;
-        let url = want.url.to_string();
-        let digest = meta::digest_in_path(want.url.path());
-        let key = match &digest {
-            Some(d) => ObjectKey::immutable(d, size).ok()?,
-            None => {
-                let etag = h.get(header::ETAG).and_then(|v| v.to_str().ok());
-                let lm = h.get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok());
-                ObjectKey::versioned(&url, &Validator::from_headers(etag, lm)?, size).ok()?
-            }
-        };
+        let (key, digest) = version_key(&want.url, want.immutable, h, size)?;
         Some((layout, key, digest))
     }
 
@@ -525,6 +529,36 @@ impl ObjectCache {
     }
 }
 
+/// The key of the version a `200` with headers `h` and length `size` is of `url`,
+/// and the whole-object digest its bytes must have (`sha256:<hex>`), if known:
+///
+/// - a digest-named URL: keyed by that digest, which is checked;
+/// - a URL under an `immutable` rule: keyed by URL and length whatever the
+///   validators (see [`ObjectKey::immutable_url`]), checked against the origin's
+///   `Repr-Digest: sha-256` if it sends one;
+/// - else by URL, validator and length; no validator: `None`, not cached.
+fn version_key(
+    url: &Uri,
+    immutable: bool,
+    h: &HeaderMap,
+    size: u64,
+) -> Option<(ObjectKey, Option<String>)> {
+    if let Some(d) = meta::digest_in_path(url.path()) {
+        return Some((ObjectKey::immutable(&d, size).ok()?, Some(d)));
+    }
+    let url = url.to_string();
+    if immutable {
+        return Some((
+            ObjectKey::immutable_url(&url, size).ok()?,
+            meta::repr_digest(h),
+        ));
+    }
+    let etag = h.get(header::ETAG).and_then(|v| v.to_str().ok());
+    let lm = h.get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok());
+    let v = Validator::from_headers(etag, lm)?;
+    Some((ObjectKey::versioned(&url, &v, size).ok()?, None))
+}
+
 /// The headers of the agent's own origin requests: no client headers but the
 /// leader's `User-Agent`, identity encoding (see the module docs).
 fn origin_headers(want: &Want) -> HeaderMap {
@@ -537,4 +571,57 @@ fn origin_headers(want: &Want) -> HeaderMap {
         HeaderValue::from_static("identity"),
     );
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn version_keys() {
+        let hex = "ab".repeat(32);
+        let by_hash: Uri = format!("http://h/debian/dists/x/by-hash/SHA256/{hex}")
+            .parse()
+            .unwrap();
+        let pool: Uri = "http://h/debian/pool/main/f/foo.deb".parse().unwrap();
+        let none = headers(&[]);
+        let etag = headers(&[("etag", "\"e1\"")]);
+        let digest = Some(format!("sha256:{hex}"));
+
+        // A digest in the URL: keyed and checked by it, validators or not.
+        let (k, d) = version_key(&by_hash, false, &none, 10).unwrap();
+        assert_eq!(
+            k,
+            ObjectKey::immutable(&format!("sha256:{hex}"), 10).unwrap()
+        );
+        assert_eq!(d, digest);
+        assert_eq!(version_key(&by_hash, true, &etag, 10).unwrap().0, k);
+
+        // No validator, no rule: not cached.
+        assert!(version_key(&pool, false, &none, 10).is_none());
+        // An immutable rule: URL and length, whatever the validators.
+        let (k, d) = version_key(&pool, true, &none, 10).unwrap();
+        assert_eq!(k, ObjectKey::immutable_url(&pool.to_string(), 10).unwrap());
+        assert_eq!(d, None);
+        assert_eq!(version_key(&pool, true, &etag, 10).unwrap().0, k);
+        assert!(k.is_immutable());
+        // ...checked against the origin's Repr-Digest when it sends one.
+        let rd = headers(&[(
+            "repr-digest",
+            "sha-256=:q6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s=:",
+        )]);
+        assert_eq!(version_key(&pool, true, &rd, 10).unwrap().1, digest);
+        // Without the rule: the validator's key, never immutable.
+        let (k, d) = version_key(&pool, false, &etag, 10).unwrap();
+        assert!(!k.is_immutable());
+        assert_eq!(d, None);
+    }
 }

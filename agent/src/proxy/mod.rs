@@ -196,6 +196,7 @@ impl Proxy {
             min_size,
             revalidate: wants_revalidation(headers),
             user_agent: headers.get(header::USER_AGENT).cloned(),
+            immutable: self.rules.immutable(&url.to_string()),
         };
         let resp = match self.cache.lookup(&want).await? {
             Lookup::Object(m) => respond::respond(&self.cache, &method, headers, Serve::Object(m)),
