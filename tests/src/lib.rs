@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod fault_origin;
 pub mod swarm;
 
 /// The origin lives in the agent crate, where the demo uses it too.
