@@ -298,6 +298,7 @@ impl ChunkStore {
         if res.as_ref().is_err_and(StoreError::is_no_space) {
             // The filesystem is fuller than we knew: look again, evict, retry once.
             self.index().release(len);
+            self.inner.metrics.cache_write_errors.inc();
             tracing::debug!(chunk = %id, "ENOSPC; reading free space again and evicting");
             let limit = self.shrink().await;
             self.reserve(len, limit, "no_space").await?;

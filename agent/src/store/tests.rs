@@ -586,3 +586,68 @@ async fn unwritable_dir_serves_the_chunks_it_holds() {
     );
     assert_eq!(s.usage().chunks, 3);
 }
+
+/// A source that claims a huge empty disk, whatever the truth.
+#[derive(Debug)]
+struct LyingDisk;
+
+impl SpaceSource for LyingDisk {
+    fn space(&self, _dir: &Path) -> std::io::Result<Space> {
+        Ok(Space {
+            total: 1 << 40,
+            available: 1 << 40,
+        })
+    }
+}
+
+/// `ENOSPC` evicts and caching goes on: on a real 2 MiB tmpfs whose free space the
+/// store is lied to about (so the quota cannot prevent it), every write that meets
+/// `ENOSPC` lowers the quota to what the store holds, evicts and retries; the store
+/// never turns unwritable and the newest chunks are on disk. Needs root (mount);
+/// skipped otherwise.
+#[tokio::test]
+async fn enospc_evicts_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(tmp.path())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        eprintln!("SKIP enospc_evicts_and_resumes: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0)
+                .status();
+        }
+    }
+    let _guard = Unmount(tmp.path());
+    let m = Metrics::default();
+    let s = ChunkStore::open_with(
+        cfg(tmp.path(), 10 << 30, 0),
+        m.clone(),
+        RETRY_INTERVAL,
+        Arc::new(LyingDisk),
+    )
+    .await;
+    let chunks: Vec<_> = (0..64).map(|n| chunk(n, 64 * KIB)).collect();
+    let mut stored = 0;
+    for (id, b) in &chunks {
+        if s.put(*id, b.clone()).await.is_ok() {
+            stored += 1;
+        }
+        assert!(s.writable(), "ENOSPC must not switch the disk off");
+    }
+    let (last, _) = chunks[63];
+    assert!(s.chunk_len(&last).is_some(), "the newest chunk is on disk");
+    assert!(m.cache_evictions.get() > 0);
+    assert!(m.cache_write_errors.get() > 0, "ENOSPC was met");
+    assert!(stored >= 60, "stored {stored} of 64");
+    assert!(s.usage().bytes <= 2 << 20);
+    drop(s);
+}
