@@ -45,6 +45,8 @@ pub struct Statvfs;
 
 impl SpaceSource for Statvfs {
     #[cfg(target_os = "linux")]
+    // `fsblkcnt_t` and `c_ulong` are 32 bits on some targets, 64 on this one.
+    #[allow(clippy::useless_conversion)]
     fn space(&self, dir: &Path) -> io::Result<Space> {
         let s = nix::sys::statvfs::statvfs(dir).map_err(io::Error::from)?;
         let frag = u64::from(s.fragment_size());
