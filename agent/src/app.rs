@@ -80,6 +80,7 @@ impl Agent {
             // Validated to be within 16KiB..=16MiB by Config::validate.
             chunk_size: cfg.cache.chunk_size.as_u64() as u32,
             freshness: cfg.cache.freshness,
+            stale_if_error: cfg.cache.stale_if_error,
         };
         let cache = ObjectCache::open(store.clone(), meta, origin, metrics.clone(), settings).await;
         let swarm = if cfg.swarm_enabled() {

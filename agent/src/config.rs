@@ -120,6 +120,14 @@ pub struct CacheConfig {
     /// Digest-named (immutable) URLs are never revalidated.
     #[serde(with = "humantime_serde")]
     pub freshness: Duration,
+    /// Stale-if-error (RFC 5861): when revalidating a stale object gets a 5xx, a
+    /// timeout or a refused connection, the stale copy is served (with `Age`) for up
+    /// to this long past its freshness; the origin's `Cache-Control:
+    /// stale-if-error=N` overrides it, `must-revalidate`/`proxy-revalidate`/`no-cache`
+    /// forbid it. Default `5m`; `0s` turns it off. Raise it to ride out long origin
+    /// outages with content that may be out of date.
+    #[serde(with = "humantime_serde")]
+    pub stale_if_error: Duration,
 }
 
 /// Which origins may be fetched from.
@@ -320,6 +328,7 @@ impl Default for CacheConfig {
             memory_size: ByteSize::mib(256),
             chunk_size: ByteSize::mib(1),
             freshness: Duration::from_secs(60),
+            stale_if_error: Duration::from_secs(300),
         }
     }
 }
@@ -535,6 +544,7 @@ mod tests {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/agent.toml");
         let c = Config::load_from_env(Some(&p), &[], Some(HashMap::new())).unwrap();
         assert_eq!(c.cache.max_size, ByteSize::gib(10));
+        assert_eq!(c.cache.stale_if_error, Duration::from_secs(300));
     }
 
     #[test]

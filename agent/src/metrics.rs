@@ -72,6 +72,19 @@ pub struct Metrics {
     pub clients_refused: IntCounter,
     /// `shoal_tunnels`: `CONNECT` tunnels open.
     pub tunnels: IntGauge,
+    /// `shoal_cache_write_skipped_total{reason}`: chunks kept in memory only, not
+    /// written: `full` (quota held by pinned chunks and writes in progress),
+    /// `no_space` (`ENOSPC` even after eviction), `read_only`, `unwritable`.
+    pub cache_write_skipped: IntCounterVec,
+    /// `shoal_cache_quota_bytes`: the effective chunk quota (configured, or less when
+    /// the disk has less room).
+    pub cache_quota_bytes: IntGauge,
+    /// `shoal_cache_too_large_total`: responses streamed through uncached because the
+    /// object is larger than the effective quota.
+    pub cache_too_large: IntCounter,
+    /// `shoal_stale_served_total`: stale objects served because revalidation failed
+    /// (RFC 5861 `stale-if-error`).
+    pub stale_served: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -219,6 +232,23 @@ impl Metrics {
                 "Client connections from sources outside proxy.allow_clients.",
             ),
             tunnels: gauge("shoal_tunnels", "CONNECT tunnels open."),
+            cache_write_skipped: counter_vec(
+                "shoal_cache_write_skipped_total",
+                "Chunks not written to disk (kept in memory only), by reason.",
+                &["reason"],
+            ),
+            cache_quota_bytes: gauge(
+                "shoal_cache_quota_bytes",
+                "Effective chunk quota: configured, or less when the disk has less room.",
+            ),
+            cache_too_large: counter(
+                "shoal_cache_too_large_total",
+                "Responses streamed through uncached: larger than the effective quota.",
+            ),
+            stale_served: counter(
+                "shoal_stale_served_total",
+                "Stale objects served because revalidation failed (stale-if-error).",
+            ),
             registry,
         };
         for r in ["idle", "pressure", "full"] {
@@ -232,6 +262,9 @@ impl Metrics {
         }
         for s in ["disk", "peer", "origin"] {
             m.verify_failures.with_label_values(&[s]);
+        }
+        for r in ["full", "no_space", "read_only", "unwritable"] {
+            m.cache_write_skipped.with_label_values(&[r]);
         }
         m
     }
@@ -309,6 +342,10 @@ mod tests {
             "shoal_tracker_announce_duration_seconds",
             "shoal_ssrf_blocked_total",
             "shoal_origin_changed_total",
+            "shoal_cache_write_skipped_total{reason=\"no_space\"} 0",
+            "shoal_cache_quota_bytes",
+            "shoal_cache_too_large_total",
+            "shoal_stale_served_total",
         ] {
             assert!(text.contains(name), "missing {name}\n{text}");
         }

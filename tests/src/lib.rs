@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod fault_origin;
 pub mod swarm;
 pub mod version_origin;
 

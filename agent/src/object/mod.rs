@@ -24,6 +24,7 @@ pub mod fill;
 pub mod meta;
 pub(crate) mod origin_fill;
 pub mod read;
+mod stale;
 pub(crate) mod version;
 
 use std::collections::HashMap;
@@ -51,6 +52,9 @@ pub struct CacheSettings {
     pub chunk_size: u32,
     /// Serve without revalidating for this long.
     pub freshness: Duration,
+    /// Serve a stale copy this long past its freshness when revalidation fails on
+    /// the origin's side (`stale.rs`); zero turns it off.
+    pub stale_if_error: Duration,
 }
 
 /// What one client GET wants.
@@ -81,12 +85,16 @@ pub enum Lookup {
     Pass(Response<Incoming>),
     /// Another client's origin response was not cacheable: make your own request.
     Retry,
+    /// A stale version, served because revalidating it failed on the origin's side
+    /// (stale-if-error): answer with an `Age` header.
+    Stale(Arc<ObjectMeta>),
 }
 
 #[derive(Debug, Clone)]
 enum Outcome {
     Object(Arc<ObjectMeta>),
     Fill(Arc<Fill>),
+    Stale(Arc<ObjectMeta>),
     Uncacheable,
 }
 
@@ -231,6 +239,14 @@ impl ObjectCache {
 
     /// Decides how to serve a GET; see [`Lookup`].
     pub async fn lookup(&self, want: &Want) -> Result<Lookup, OriginError> {
+        let res = self.lookup_flight(want).await;
+        if let Ok(Lookup::Stale(_)) = &res {
+            self.inner.metrics.stale_served.inc();
+        }
+        res
+    }
+
+    async fn lookup_flight(&self, want: &Want) -> Result<Lookup, OriginError> {
         let url = want.url.to_string();
         loop {
             let step = {
@@ -270,6 +286,7 @@ impl ObjectCache {
                     match outcome {
                         Some(Outcome::Fill(f)) => return Ok(Lookup::Fill(f)),
                         Some(Outcome::Object(m)) => return Ok(Lookup::Object(m)),
+                        Some(Outcome::Stale(m)) => return Ok(Lookup::Stale(m)),
                         Some(Outcome::Uncacheable) => return Ok(Lookup::Retry),
                         // The leader task ended without an outcome: look again.
                         None => continue,
@@ -294,6 +311,7 @@ impl ObjectCache {
             let outcome = match &res {
                 Ok(Lookup::Fill(f)) => Outcome::Fill(f.clone()),
                 Ok(Lookup::Object(m)) => Outcome::Object(m.clone()),
+                Ok(Lookup::Stale(m)) => Outcome::Stale(m.clone()),
                 _ => Outcome::Uncacheable,
             };
             if !matches!(outcome, Outcome::Fill(_)) {
@@ -339,11 +357,20 @@ impl ObjectCache {
         swarm: Arc<crate::swarm::Swarm>,
     ) -> Result<Lookup, OriginError> {
         let h = origin_headers(want);
-        let resp = self
+        let resp = match self
             .inner
             .origin
             .send(Method::HEAD, &want.url, h, "head")
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return match self.stale(&cached, &stale::Failure::Error(&e)) {
+                    Some(m) => Ok(Lookup::Stale(m)),
+                    None => Err(e),
+                };
+            }
+        };
         // Peers and leases fetch chunk ranges: an origin that does not advertise
         // byte ranges is fetched whole instead.
         let ranges = resp
@@ -359,13 +386,17 @@ impl ObjectCache {
             tracing::debug!(url = %want.url, status = %resp.status(), "not shareable through the swarm; plain GET");
             return self.fetch_get(want, cached).await;
         };
-        if let Some(m) = cached.filter(|m| m.manifest.key == key) {
+        if let Some(m) = cached.as_ref().filter(|m| m.manifest.key == key) {
             // Same version as cached: the HEAD revalidated it.
-            let mut m = (*m).clone();
+            let mut m = ObjectMeta::clone(m);
             m.validated_at_ms = meta::unix_ms(SystemTime::now());
             let m = Arc::new(m);
             self.remember(m.clone()).await;
             return Ok(Lookup::Object(m));
+        }
+        if !self.inner.store.fits(layout.size).await {
+            // The plain GET path streams it through uncached.
+            return self.fetch_get(want, cached).await;
         }
         let fill = Arc::new(Fill::new(
             want.url.to_string(),
@@ -396,11 +427,23 @@ impl ObjectCache {
                 h.insert(header::IF_MODIFIED_SINCE, v);
             }
         }
-        let resp = self
+        let resp = match self
             .inner
             .origin
             .send(Method::GET, &want.url, h, kind)
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return match self.stale(&cached, &stale::Failure::Error(&e)) {
+                    Some(m) => Ok(Lookup::Stale(m)),
+                    None => Err(e),
+                };
+            }
+        };
+        if let Some(m) = self.stale(&cached, &stale::Failure::Status(resp.status())) {
+            return Ok(Lookup::Stale(m));
+        }
         if resp.status() == StatusCode::NOT_MODIFIED {
             if let Some(m) = cached {
                 let mut m = (*m).clone();
@@ -411,6 +454,13 @@ impl ObjectCache {
             }
         }
         match self.cacheable(want, &resp) {
+            Some((layout, _, _)) if !self.inner.store.fits(layout.size).await => {
+                // Cached in part it would cost origin `Range` requests on every hit.
+                tracing::info!(url = %want.url, size = layout.size, quota = self.inner.store.quota(),
+                    "object larger than the cache quota; streaming it through uncached");
+                self.inner.metrics.cache_too_large.inc();
+                Ok(Lookup::Pass(resp))
+            }
             Some((layout, key, digest)) => {
                 let fill = Arc::new(Fill::new(
                     want.url.to_string(),
@@ -425,6 +475,23 @@ impl ObjectCache {
             }
             None => Ok(Lookup::Pass(resp)),
         }
+    }
+
+    /// The stale `cached` version, if revalidating it failed with `failure` and
+    /// stale-if-error allows serving it (`stale.rs`).
+    fn stale(
+        &self,
+        cached: &Option<Arc<ObjectMeta>>,
+        failure: &stale::Failure<'_>,
+    ) -> Option<Arc<ObjectMeta>> {
+        let m = cached.as_ref()?;
+        let s = &self.inner.settings;
+        if !m.serve_stale(failure, SystemTime::now(), s.freshness, s.stale_if_error) {
+            return None;
+        }
+        tracing::warn!(url = %m.url, reason = %failure, age_s = m.age_secs(SystemTime::now()),
+            "revalidation failed; serving the stale copy (stale-if-error)");
+        Some(m.clone())
     }
 
     /// Layout, key and URL digest of a cacheable response; `None` to pass it through.

@@ -53,10 +53,15 @@ pub(crate) async fn finish(
         }
     }
     let ids: Option<Vec<_>> = ids.into_iter().collect();
-    let all_stored = held.iter().all(|(_, s)| *s);
+    // Remembered only if the disk holds every chunk (the fill pins them): an object
+    // the disk kept in part would cost origin `Range` repairs on every later "hit".
+    let on_disk = |m: &Manifest| {
+        m.chunks
+            .iter()
+            .all(|id| cache.inner.store.chunk_len(id).is_some())
+    };
     match ids.map(|ids| Manifest::new(key, fill.layout, ids, digest.clone())) {
-        // An object whose chunks the disk could not keep is not remembered.
-        Some(Ok(manifest)) if all_stored || cache.inner.store.writable() => {
+        Some(Ok(manifest)) if on_disk(&manifest) => {
             let m = ObjectMeta {
                 url: url.clone(),
                 manifest,
@@ -67,7 +72,10 @@ pub(crate) async fn finish(
             cache.remember(Arc::new(m)).await;
         }
         Some(Err(e)) => tracing::error!(%url, error = %e, "manifest rejected"),
-        _ => {}
+        Some(Ok(_)) => {
+            tracing::info!(%url, "object served but not cached: the disk did not keep all its chunks")
+        }
+        None => {}
     }
     cache.end_flight(&url, fill);
     for (c, stored) in held {

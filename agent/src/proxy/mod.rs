@@ -203,6 +203,15 @@ impl Proxy {
             Lookup::Fill(f) => respond::respond(&self.cache, &method, headers, Serve::Fill(f)),
             Lookup::Pass(resp) => return Ok((self.relay(resp, &url), "pass")),
             Lookup::Retry => return Ok((self.pass(method, &url, headers.clone()).await?, "pass")),
+            Lookup::Stale(m) => {
+                // Stale-if-error: say how old it is (RFC 9111 §5.1).
+                let age = m.age_secs(std::time::SystemTime::now());
+                let mut r = respond::respond(&self.cache, &method, headers, Serve::Object(m));
+                let h = r.headers_mut();
+                h.insert(header::AGE, http::HeaderValue::from(age));
+                h.insert("x-shoal-cache", http::HeaderValue::from_static("stale"));
+                r
+            }
         };
         Ok((resp, label))
     }

@@ -86,11 +86,17 @@ impl Layout {
         })
     }
 
-    /// Empties `tmp/` and lists every valid chunk file, deleting anything else under
-    /// `chunks/`: names that are not a lowercase id in its right subdirectory, empty
-    /// files, files over [`MAX_CHUNK_SIZE`], symlinks and stray directories. Does not
-    /// hash: a corrupt chunk is caught when it is read.
-    pub(crate) fn scan(&self) -> Vec<Found> {
+    /// Lists every valid chunk file. With `tidy`, also empties `tmp/` and deletes
+    /// anything else under `chunks/`: names that are not a lowercase id in its right
+    /// subdirectory, empty files, files over [`MAX_CHUNK_SIZE`], symlinks and stray
+    /// directories. Without it (a read-only disk) nothing is touched. Does not hash: a
+    /// corrupt chunk is caught when it is read.
+    pub(crate) fn scan(&self, tidy: bool) -> Vec<Found> {
+        let delete = |p: &Path| {
+            if tidy {
+                delete(p);
+            }
+        };
         for e in read_dir(&self.tmp) {
             delete(&e.path());
         }

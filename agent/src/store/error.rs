@@ -26,8 +26,15 @@ pub enum StoreError {
     /// The directory failed recently; the write was not attempted (memory only).
     #[error("chunk store: {} is not writable; keeping chunks in memory only", dir.display())]
     Unwritable { dir: PathBuf },
-    /// Pinned chunks fill the quota; the chunk was kept in memory only.
-    #[error("chunk store: no room for {len} bytes: quota of {max} bytes is pinned")]
+    /// The directory is on a read-only filesystem: its chunks are served, new ones
+    /// are kept in memory only; the write was not attempted.
+    #[error("chunk store: {} is read-only; keeping new chunks in memory only", dir.display())]
+    ReadOnly { dir: PathBuf },
+    /// Pinned chunks and writes in progress fill the (effective) quota, or the disk
+    /// had no room even after eviction; the chunk was kept in memory only.
+    #[error(
+        "chunk store: no room for {len} bytes: the quota of {max} bytes is held by pinned chunks and writes in progress"
+    )]
     Full { len: u64, max: u64 },
     /// Caller bug: a chunk must be 1..=16 MiB.
     #[error("chunk store: chunk of {len} bytes is outside 1..={MAX_CHUNK_SIZE}")]
@@ -38,4 +45,24 @@ pub enum StoreError {
     /// A blocking file task panicked or was cancelled at shutdown.
     #[error("chunk store: file task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+impl StoreError {
+    /// A write failed because the filesystem (or the user's disk quota) is full.
+    pub fn is_no_space(&self) -> bool {
+        let StoreError::Write { source, .. } = self else {
+            return false;
+        };
+        #[cfg(target_os = "linux")]
+        if source.raw_os_error() == Some(libc::EDQUOT) {
+            return true;
+        }
+        source.kind() == std::io::ErrorKind::StorageFull
+    }
+
+    /// A write failed because the filesystem is mounted read-only.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, StoreError::Write { source, .. }
+            if source.kind() == std::io::ErrorKind::ReadOnlyFilesystem)
+    }
 }

@@ -1,4 +1,12 @@
-//! The in-memory index of chunks on disk: sizes, recency and pins. No I/O.
+//! The in-memory index of chunks on disk: sizes, recency, pins and the quota
+//! accounting. No I/O.
+//!
+//! Quota accounting: [`Index::committed`] is the bytes indexed, plus bytes reserved
+//! by writes in progress ([`Index::reserve`], turned into an entry by
+//! [`Index::commit`] or given back by [`Index::release`]), plus bytes of evicted
+//! chunks whose files are still being deleted ([`Index::deleted`]). A write reserves
+//! before it touches the disk and the check and the reservation happen under one
+//! lock, so concurrent writers never take the store past its quota.
 //!
 //! Recency is a monotonically increasing tick per access; `lru` maps tick → id so the
 //! least recently used chunk is the first key. Every operation is O(log n) except
@@ -26,6 +34,12 @@ pub(crate) struct Index {
     pins: HashMap<ChunkId, u32>,
     tick: u64,
     bytes: u64,
+    /// Bytes reserved by writes in progress.
+    reserved: u64,
+    /// Bytes of evicted chunks whose files are not deleted yet.
+    deleting: u64,
+    /// The highest [`Index::committed`] ever granted by [`Index::reserve`].
+    peak: u64,
 }
 
 impl Index {
@@ -100,28 +114,77 @@ impl Index {
         self.pins.contains_key(id)
     }
 
-    /// Removes least recently used, unpinned chunks until at most `target` bytes
-    /// remain (or only pinned chunks are left). Returns the removed ids; the caller
-    /// deletes their files.
-    pub(crate) fn evict(&mut self, target: u64) -> Vec<ChunkId> {
+    /// Indexed, reserved and still-being-deleted bytes: what counts against the quota.
+    pub(crate) fn committed(&self) -> u64 {
+        self.bytes + self.reserved + self.deleting
+    }
+
+    /// Bytes of chunk files on disk: indexed, or evicted and still being deleted.
+    pub(crate) fn on_disk(&self) -> u64 {
+        self.bytes + self.deleting
+    }
+
+    /// The highest committed figure a reservation ever reached.
+    #[cfg(test)]
+    pub(crate) fn peak(&self) -> u64 {
+        self.peak
+    }
+
+    /// Reserves `len` bytes for a write if that keeps [`Index::committed`] within
+    /// `limit`; returns whether it did.
+    pub(crate) fn reserve(&mut self, len: u64, limit: u64) -> bool {
+        let after = self.committed().saturating_add(len);
+        if after > limit {
+            return false;
+        }
+        self.reserved += len;
+        self.peak = self.peak.max(after);
+        true
+    }
+
+    /// Gives back a reservation of `len` bytes (the write failed).
+    pub(crate) fn release(&mut self, len: u64) {
+        self.reserved = self.reserved.saturating_sub(len);
+    }
+
+    /// Turns a reservation of `len` bytes into the entry of `id` (the write
+    /// succeeded). A chunk written twice at once is counted once.
+    pub(crate) fn commit(&mut self, id: ChunkId, len: u64) {
+        self.release(len);
+        self.insert(id, len);
+    }
+
+    /// The files of evicted chunks of `len` bytes in all are gone.
+    pub(crate) fn deleted(&mut self, len: u64) {
+        self.deleting = self.deleting.saturating_sub(len);
+    }
+
+    /// Removes least recently used, unpinned chunks until [`Index::committed`] is at
+    /// most `target` (or only pinned chunks are left). Returns the removed ids and
+    /// their total length, which counts as "deleting" until the caller has deleted
+    /// the files and called [`Index::deleted`].
+    pub(crate) fn evict(&mut self, target: u64) -> (Vec<ChunkId>, u64) {
         let mut victims = Vec::new();
-        let mut bytes = self.bytes;
+        let mut committed = self.committed();
+        let mut freed = 0;
         for id in self.lru.values() {
-            if bytes <= target {
+            if committed <= target {
                 break;
             }
             if self.is_pinned(id) {
                 continue;
             }
             if let Some(e) = self.entries.get(id) {
-                bytes -= e.len;
+                committed -= e.len;
+                freed += e.len;
                 victims.push(*id);
             }
         }
         for id in &victims {
             self.remove(id);
         }
-        victims
+        self.deleting += freed;
+        (victims, freed)
     }
 
     fn next_tick(&mut self) -> u64 {
@@ -151,7 +214,8 @@ mod tests {
         ix.pin(id(2));
         ix.unpin(&id(2));
         // Order now (cold → hot): 2 (pinned), 3, 4, 0, 1.
-        assert_eq!(ix.evict(25), vec![id(3), id(4), id(0)]);
+        assert_eq!(ix.evict(25), (vec![id(3), id(4), id(0)], 30));
+        ix.deleted(30);
         assert_eq!(
             ix.usage(),
             Usage {
@@ -162,8 +226,31 @@ mod tests {
         assert!(ix.contains(&id(2)) && ix.contains(&id(1)));
         ix.unpin(&id(2));
         assert!(!ix.is_pinned(&id(2)));
-        assert_eq!(ix.evict(0), vec![id(2), id(1)]);
+        assert_eq!(ix.evict(0), (vec![id(2), id(1)], 20));
         assert_eq!(ix.usage(), Usage::default());
+        assert_eq!(ix.committed(), 20, "deleting until the files are gone");
+        ix.deleted(20);
+        assert_eq!(ix.committed(), 0);
+    }
+
+    #[test]
+    fn reservations_count_against_the_limit() {
+        let mut ix = Index::default();
+        assert!(ix.reserve(10, 25));
+        assert!(ix.reserve(10, 25));
+        assert!(!ix.reserve(10, 25), "30 > 25");
+        ix.commit(id(0), 10);
+        ix.release(10);
+        assert_eq!(ix.committed(), 10);
+        assert!(ix.reserve(10, 25));
+        ix.commit(id(0), 10); // the same chunk again: counted once
+        assert_eq!((ix.committed(), ix.usage().chunks), (10, 1));
+        // Evicted bytes still count until their files are deleted.
+        assert_eq!(ix.evict(0), (vec![id(0)], 10));
+        assert!(!ix.reserve(20, 25));
+        ix.deleted(10);
+        assert!(ix.reserve(20, 25));
+        assert_eq!(ix.peak(), 20);
     }
 
     #[test]
@@ -171,7 +258,7 @@ mod tests {
         let mut ix = Index::default();
         ix.insert(id(0), 10);
         ix.pin(id(0));
-        assert!(ix.evict(0).is_empty());
+        assert!(ix.evict(0).0.is_empty());
         assert_eq!(ix.remove(&id(0)), Some(10));
         assert_eq!(ix.remove(&id(0)), None);
     }

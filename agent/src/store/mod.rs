@@ -11,10 +11,22 @@
 //! modification times, i.e. write order. A disk quota with high/low watermarks evicts
 //! least-recently-used chunks that no [`PinGuard`] holds.
 //!
+//! The quota: the effective quota ([`ChunkStore::quota`]) is the configured one or
+//! less when the filesystem has less room (`space.rs`). Every write reserves its
+//! bytes in the index before it touches the disk (released if it fails), evicting
+//! first when the reservation would pass the high watermark, so concurrent writes
+//! never take the store past the quota. A write that still meets `ENOSPC` re-reads
+//! the free space, evicts and tries once more; if there is still no room that chunk
+//! is skipped (memory only) and caching goes on with the next one.
+//!
 //! Failure policy: the store never stops the agent from serving. If the directory
-//! cannot be created or written, chunks are kept in memory only,
-//! [`ChunkStore::writable`] is false, and a write is attempted again at most every
-//! 30 s. `disk.rs` documents the layout and why chunks are not fsynced.
+//! cannot be created or written (other than `ENOSPC`), new chunks are kept in memory
+//! only, [`ChunkStore::writable`] is false, and a write is attempted again at most
+//! every 30 s. A directory that cannot be written at start (a read-only mount) is
+//! still indexed, without deleting anything, and its chunks are served (verified on
+//! read as always). Skipped writes are counted in
+//! `shoal_cache_write_skipped_total{reason}`. `disk.rs` documents the layout and why
+//! chunks are not fsynced.
 //!
 //! Non-goals: one agent per cache directory (two would delete each other's temporary
 //! files at start); deduplication across directories; persistence of the LRU order.
@@ -25,6 +37,7 @@ mod disk;
 mod error;
 mod index;
 mod meta;
+pub mod space;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +55,7 @@ use index::Index;
 
 pub use error::StoreError;
 pub use meta::{MetaStore, is_record_name};
+use space::{SpaceSource, Statvfs};
 
 /// How long the store waits after a failed write before it tries the disk again.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(30);
@@ -76,15 +90,24 @@ pub struct ChunkStore {
 
 struct Inner {
     layout: Layout,
+    /// The configured quota (`cache.max_size`).
     max_size: u64,
-    high: u64,
-    low: u64,
+    /// Watermarks as shares (0..=1) of the effective quota.
+    high_share: f64,
+    low_share: f64,
+    /// The effective quota, bytes: `max_size` or less when the disk has less room.
+    limit: AtomicU64,
+    /// When `limit` was last computed from the filesystem's free space.
+    space_at: Mutex<Option<Instant>>,
+    space: Arc<dyn SpaceSource>,
     metrics: Metrics,
     index: Mutex<Index>,
     memory: Option<moka::sync::Cache<ChunkId, Bytes>>,
     /// False after a failed open or write, until a write succeeds again.
     writable: AtomicBool,
-    /// Directories exist and were scanned into the index.
+    /// The last failure was a read-only filesystem: files are left alone.
+    read_only: AtomicBool,
+    /// Directories exist and were scanned (tidied) into the index.
     prepared: AtomicBool,
     /// While unwritable: no write is attempted before this instant.
     retry_at: Mutex<Option<Instant>>,
@@ -118,12 +141,16 @@ impl ChunkStore {
     /// deleting temporary files and anything that is not a plausible chunk. Never
     /// fails: an unusable directory is logged and the store runs memory-only.
     pub async fn open(cfg: StoreConfig, metrics: Metrics) -> Self {
-        Self::open_with(cfg, metrics, RETRY_INTERVAL).await
+        Self::open_with(cfg, metrics, RETRY_INTERVAL, Arc::new(Statvfs)).await
     }
 
-    async fn open_with(cfg: StoreConfig, metrics: Metrics, retry_interval: Duration) -> Self {
-        let share = |w: f64| (cfg.max_size as f64 * w.clamp(0.0, 1.0)) as u64;
-        let high = share(cfg.high_watermark);
+    async fn open_with(
+        cfg: StoreConfig,
+        metrics: Metrics,
+        retry_interval: Duration,
+        space: Arc<dyn SpaceSource>,
+    ) -> Self {
+        let high_share = cfg.high_watermark.clamp(0.0, 1.0);
         let memory = (cfg.memory_size > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(cfg.memory_size)
@@ -134,18 +161,23 @@ impl ChunkStore {
             inner: Arc::new(Inner {
                 layout: Layout::new(&cfg.dir),
                 max_size: cfg.max_size,
-                high,
-                low: share(cfg.low_watermark).min(high),
+                high_share,
+                low_share: cfg.low_watermark.clamp(0.0, high_share),
+                limit: AtomicU64::new(cfg.max_size),
+                space_at: Mutex::new(None),
+                space,
                 metrics,
                 index: Mutex::new(Index::default()),
                 memory,
                 writable: AtomicBool::new(false),
+                read_only: AtomicBool::new(false),
                 prepared: AtomicBool::new(false),
                 retry_at: Mutex::new(None),
                 retry_interval,
                 seq: AtomicU64::new(0),
             }),
         };
+        store.refresh().await;
         store.prepare().await;
         store
     }
@@ -153,6 +185,17 @@ impl ChunkStore {
     /// Whether chunks currently reach the disk.
     pub fn writable(&self) -> bool {
         self.inner.writable.load(Ordering::Acquire)
+    }
+
+    /// The effective quota in bytes, as last computed (see the module docs).
+    pub fn quota(&self) -> u64 {
+        self.inner.limit.load(Ordering::Relaxed)
+    }
+
+    /// Whether an object of `size` bytes can be kept whole: at most the effective
+    /// quota. One that cannot is better streamed through than cached in part.
+    pub async fn fits(&self, size: u64) -> bool {
+        size <= self.limit(false).await
     }
 
     /// Whether the chunk is on disk (indexed) or in memory.
@@ -224,9 +267,10 @@ impl ChunkStore {
     }
 
     /// Stores a chunk the caller has verified (`id == BLAKE3(bytes)`): into memory at
-    /// once, then to disk (temporary file, rename), evicting down to the low watermark
-    /// when usage passes the high one. On `Err` the chunk is still in memory (if the
-    /// memory cache is on) and the caller should serve its own copy.
+    /// once, then to disk (temporary file, rename) under a reservation of its bytes,
+    /// evicting down to the low watermark first when the reservation would pass the
+    /// high one. On `Err` the chunk is still in memory (if the memory cache is on) and
+    /// the caller should serve its own copy.
     pub async fn put(&self, id: ChunkId, bytes: Bytes) -> Result<(), StoreError> {
         debug_assert!(id.verifies(&bytes), "put of unverified chunk {id}");
         let len = bytes.len();
@@ -239,44 +283,44 @@ impl ChunkStore {
         if self.index().touch(&id) {
             return Ok(());
         }
-        if !self.write_allowed() || !self.prepare().await {
-            return Err(StoreError::Unwritable {
-                dir: self.inner.layout.root.clone(),
+        if !self.ready_to_write().await {
+            let dir = self.inner.layout.root.clone();
+            return Err(if self.inner.read_only.load(Ordering::Acquire) {
+                self.skipped("read_only", StoreError::ReadOnly { dir })
+            } else {
+                self.skipped("unwritable", StoreError::Unwritable { dir })
             });
         }
         let len = len as u64;
-        let max = self.inner.max_size;
-        if self.usage().bytes + len > max {
-            self.evict_to(self.inner.low.min(max.saturating_sub(len)))
-                .await;
-            if self.usage().bytes + len > max {
-                return Err(StoreError::Full { len, max });
-            }
-        }
-        let layout = self.inner.layout.clone();
-        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
-        let res = tokio::task::spawn_blocking(move || layout.write(&id, &bytes, seq))
-            .await
-            .map_err(StoreError::from)
-            .and_then(|r| r);
-        if let Err(e) = res {
+        let limit = self.limit(false).await;
+        self.reserve(len, limit, "full").await?;
+        let mut res = self.write(id, &bytes).await;
+        if res.as_ref().is_err_and(StoreError::is_no_space) {
+            // The filesystem is fuller than we knew: look again, evict, retry once.
+            self.index().release(len);
             self.inner.metrics.cache_write_errors.inc();
-            self.mark_unwritable();
+            tracing::debug!(chunk = %id, "ENOSPC; reading free space again and evicting");
+            let limit = self.shrink().await;
+            self.reserve(len, limit, "no_space").await?;
+            res = self.write(id, &bytes).await;
+        }
+        if let Err(e) = res {
+            self.index().release(len);
+            self.inner.metrics.cache_write_errors.inc();
+            if e.is_no_space() {
+                tracing::warn!(chunk = %id, error = %e, "no room on the cache disk even after eviction; chunk kept in memory only");
+                return Err(self.skipped("no_space", e));
+            }
+            self.mark_unwritable(e.is_read_only());
             tracing::warn!(chunk = %id, error = %e, "chunk write failed; caching in memory only for now");
             return Err(e);
         }
         if !self.inner.writable.swap(true, Ordering::AcqRel) {
             tracing::info!(dir = %self.inner.layout.root.display(), "cache directory is writable again");
         }
-        let over = {
-            let mut ix = self.index();
-            ix.insert(id, len);
-            self.publish(&ix);
-            ix.usage().bytes > self.inner.high
-        };
-        if over {
-            self.evict_to(self.inner.low).await;
-        }
+        let mut ix = self.index();
+        ix.commit(id, len);
+        self.publish(&ix);
         Ok(())
     }
 
@@ -334,49 +378,184 @@ impl ChunkStore {
             .set(i64::try_from(u.chunks).unwrap_or(i64::MAX));
     }
 
-    /// Creates the directories and scans them into the index, once. Returns whether
-    /// the disk is usable; on failure marks the store unwritable.
-    async fn prepare(&self) -> bool {
-        if self.inner.prepared.load(Ordering::Acquire) {
-            return true;
-        }
+    /// Counts a skipped chunk write and passes its error on.
+    fn skipped(&self, reason: &'static str, e: StoreError) -> StoreError {
+        self.inner
+            .metrics
+            .cache_write_skipped
+            .with_label_values(&[reason])
+            .inc();
+        e
+    }
+
+    async fn write(&self, id: ChunkId, bytes: &Bytes) -> Result<(), StoreError> {
         let layout = self.inner.layout.clone();
-        let res = tokio::task::spawn_blocking(move || layout.prepare().map(|()| layout.scan()))
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        let bytes = bytes.clone();
+        tokio::task::spawn_blocking(move || layout.write(&id, &bytes, seq))
             .await
             .map_err(StoreError::from)
-            .and_then(|r| r);
-        let dir = self.inner.layout.root.display();
-        let mut found = match res {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(%dir, error = %e, "cache directory unusable; caching in memory only");
-                self.mark_unwritable();
-                return false;
-            }
-        };
-        found.sort_by_key(|f| f.modified);
-        let (usage, over) = {
-            let mut ix = self.index();
-            for f in found {
-                ix.insert(f.id, f.len);
-            }
-            self.publish(&ix);
-            (ix.usage(), ix.usage().bytes > self.inner.high)
-        };
-        self.inner.prepared.store(true, Ordering::Release);
-        self.inner.writable.store(true, Ordering::Release);
-        tracing::info!(%dir, chunks = usage.chunks, bytes = usage.bytes, "chunk store opened");
-        if over {
-            self.evict_to(self.inner.low).await;
+            .and_then(|r| r)
+    }
+
+    /// Reserves `len` bytes under `limit`, evicting first if the high watermark
+    /// would be passed. A refusal is counted as a skip for `reason`.
+    async fn reserve(&self, len: u64, limit: u64, reason: &'static str) -> Result<(), StoreError> {
+        let (high, low) = self.watermarks(limit);
+        if self.index().committed().saturating_add(len) > high {
+            self.evict_to(low.saturating_sub(len)).await;
         }
-        true
+        if self.index().reserve(len, limit) {
+            Ok(())
+        } else {
+            Err(self.skipped(reason, StoreError::Full { len, max: limit }))
+        }
+    }
+
+    /// High and low watermarks of `limit`, bytes.
+    fn watermarks(&self, limit: u64) -> (u64, u64) {
+        let share = |w: f64| (limit as f64 * w) as u64;
+        let high = share(self.inner.high_share);
+        (high, share(self.inner.low_share).min(high))
+    }
+
+    /// The effective quota, read again from the filesystem when older than
+    /// [`space::REFRESH`] (or `force`).
+    async fn limit(&self, force: bool) -> u64 {
+        let due = force || {
+            let at = self
+                .inner
+                .space_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            at.is_none_or(|t| t.elapsed() >= space::REFRESH)
+        };
+        if due {
+            self.refresh().await;
+        }
+        self.quota()
+    }
+
+    /// Recomputes the effective quota from the filesystem; `None` (and the
+    /// configured quota) when its free space cannot be read.
+    async fn refresh(&self) -> Option<u64> {
+        *self
+            .inner
+            .space_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        let src = Arc::clone(&self.inner.space);
+        let dir = self.inner.layout.root.clone();
+        let res = tokio::task::spawn_blocking(move || src.space(&dir)).await;
+        let limit = match res {
+            Ok(Ok(space)) => {
+                let ours = self.index().on_disk();
+                Some(space::effective(self.inner.max_size, ours, space))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot read the cache disk's free space; using cache.max_size");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "free space task failed");
+                None
+            }
+        };
+        self.set_limit(limit.unwrap_or(self.inner.max_size));
+        limit
+    }
+
+    /// After `ENOSPC`: the quota becomes at most what the store holds now (the disk
+    /// says it is full, whatever its figures claimed), so the retry evicts.
+    async fn shrink(&self) -> u64 {
+        let fresh = self.refresh().await.unwrap_or(self.inner.max_size);
+        let limit = fresh.min(self.index().on_disk());
+        self.set_limit(limit);
+        limit
+    }
+
+    fn set_limit(&self, limit: u64) {
+        let old = self.inner.limit.swap(limit, Ordering::Relaxed);
+        if old != limit {
+            tracing::debug!(quota = limit, "effective cache quota");
+        }
+        self.inner
+            .metrics
+            .cache_quota_bytes
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
+
+    /// Whether a write may be attempted now: the disk is writable, or a retry is
+    /// due and the directory proves writable.
+    async fn ready_to_write(&self) -> bool {
+        self.writable() || (self.retry_due() && self.prepare().await)
+    }
+
+    /// Creates the directories and proves a file can be written; the first time it
+    /// succeeds, also tidies and scans the directory into the index. Returns whether
+    /// the disk is usable; on failure marks the store unwritable, and the first
+    /// time indexes the chunks already there without touching any file, so a
+    /// read-only disk is still served.
+    async fn prepare(&self) -> bool {
+        let first = !self.inner.prepared.load(Ordering::Acquire);
+        let layout = self.inner.layout.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            layout.prepare().map(|()| first.then(|| layout.scan(true)))
+        })
+        .await
+        .map_err(StoreError::from)
+        .and_then(|r| r);
+        let dir = self.inner.layout.root.display();
+        match res {
+            Ok(found) => {
+                self.inner.read_only.store(false, Ordering::Release);
+                if let Some(found) = found {
+                    let usage = self.index_found(found);
+                    self.inner.prepared.store(true, Ordering::Release);
+                    tracing::info!(%dir, chunks = usage.chunks, bytes = usage.bytes, "chunk store opened");
+                } else {
+                    tracing::info!(%dir, "cache directory is writable again");
+                }
+                self.inner.writable.store(true, Ordering::Release);
+                let limit = self.limit(true).await;
+                let (high, low) = self.watermarks(limit);
+                if self.index().committed() > high {
+                    self.evict_to(low).await;
+                }
+                true
+            }
+            Err(e) => {
+                let read_only = e.is_read_only();
+                self.mark_unwritable(read_only);
+                if first && self.usage().chunks == 0 {
+                    let layout = self.inner.layout.clone();
+                    let found = tokio::task::spawn_blocking(move || layout.scan(false))
+                        .await
+                        .unwrap_or_default();
+                    let usage = self.index_found(found);
+                    tracing::warn!(%dir, error = %e, chunks = usage.chunks, bytes = usage.bytes,
+                        "cache directory cannot be written; serving the chunks it holds, new chunks in memory only");
+                } else {
+                    tracing::debug!(%dir, error = %e, "cache directory still cannot be written");
+                }
+                false
+            }
+        }
+    }
+
+    /// Indexes scanned chunk files, oldest first; returns the usage after.
+    fn index_found(&self, mut found: Vec<disk::Found>) -> Usage {
+        found.sort_by_key(|f| f.modified);
+        let mut ix = self.index();
+        for f in found {
+            ix.insert(f.id, f.len);
+        }
+        self.publish(&ix);
+        ix.usage()
     }
 
     /// While unwritable, allows one write attempt per retry interval.
-    fn write_allowed(&self) -> bool {
-        if self.writable() {
-            return true;
-        }
+    fn retry_due(&self) -> bool {
         let mut at = self
             .inner
             .retry_at
@@ -392,8 +571,9 @@ impl ChunkStore {
         }
     }
 
-    fn mark_unwritable(&self) {
+    fn mark_unwritable(&self, read_only: bool) {
         self.inner.writable.store(false, Ordering::Release);
+        self.inner.read_only.store(read_only, Ordering::Release);
         *self
             .inner
             .retry_at
@@ -402,9 +582,10 @@ impl ChunkStore {
             Some(Instant::now() + self.inner.retry_interval);
     }
 
-    /// Evicts unpinned chunks, least recently used first, down to `target` bytes.
+    /// Evicts unpinned chunks, least recently used first, down to `target` bytes
+    /// committed.
     async fn evict_to(&self, target: u64) {
-        let victims = {
+        let (victims, freed) = {
             let mut ix = self.index();
             let v = ix.evict(target);
             self.publish(&ix);
@@ -425,16 +606,21 @@ impl ChunkStore {
             }
         })
         .await;
+        self.index().deleted(freed);
         if let Err(e) = res {
             tracing::warn!(error = %e, "deleting evicted chunk files failed");
         }
     }
 
+    /// Forgets the chunk and deletes its file (left alone on a read-only disk).
     async fn forget_and_delete(&self, id: &ChunkId) {
         {
             let mut ix = self.index();
             ix.remove(id);
             self.publish(&ix);
+        }
+        if self.inner.read_only.load(Ordering::Acquire) {
+            return;
         }
         let layout = self.inner.layout.clone();
         let id = *id;

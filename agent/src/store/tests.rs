@@ -1,6 +1,7 @@
 use std::fs;
 use std::path::Path;
 
+use super::space::Space;
 use super::*;
 
 const KIB: usize = 1024;
@@ -273,6 +274,7 @@ async fn unusable_dir_runs_from_memory_and_recovers() {
         cfg(&dir, 1 << 30, 1 << 20),
         m.clone(),
         Duration::from_secs(3600),
+        Arc::new(Statvfs),
     )
     .await;
     assert!(!s.writable());
@@ -287,7 +289,13 @@ async fn unusable_dir_runs_from_memory_and_recovers() {
 
     // With a zero retry interval the next put tries again and, once the path is
     // usable, scans the directory and writes.
-    let s = ChunkStore::open_with(cfg(&dir, 1 << 30, 1 << 20), m.clone(), Duration::ZERO).await;
+    let s = ChunkStore::open_with(
+        cfg(&dir, 1 << 30, 1 << 20),
+        m.clone(),
+        Duration::ZERO,
+        Arc::new(Statvfs),
+    )
+    .await;
     assert!(s.put(id, b.clone()).await.is_err());
     fs::remove_file(&blocker).unwrap();
     s.put(id, b.clone()).await.unwrap();
@@ -299,8 +307,13 @@ async fn unusable_dir_runs_from_memory_and_recovers() {
 async fn write_error_marks_unwritable_until_retry() {
     let tmp = tempfile::tempdir().unwrap();
     let m = Metrics::default();
-    let s =
-        ChunkStore::open_with(cfg(tmp.path(), 1 << 30, 1 << 20), m.clone(), Duration::ZERO).await;
+    let s = ChunkStore::open_with(
+        cfg(tmp.path(), 1 << 30, 1 << 20),
+        m.clone(),
+        Duration::ZERO,
+        Arc::new(Statvfs),
+    )
+    .await;
     assert!(s.writable());
     // Replace tmp/ by a file: creating a temporary file now fails (ENOTDIR).
     let tmp_dir = tmp.path().join("tmp");
@@ -327,6 +340,7 @@ async fn write_error_marks_unwritable_until_retry() {
         cfg(tmp.path(), 1 << 30, 0),
         m.clone(),
         Duration::from_secs(3600),
+        Arc::new(Statvfs),
     )
     .await;
     fs::remove_dir(&tmp_dir).unwrap();
@@ -381,4 +395,259 @@ fn chunk_files_hold_exactly_the_bytes_at_any_length() {
     }
     // Nothing left in tmp/.
     assert_eq!(fs::read_dir(&layout.tmp).unwrap().count(), 0);
+}
+
+/// A disk of `free` bytes (for us) beside a huge filesystem: `available` is what is
+/// left after the chunk files in the store and the bytes `others` took.
+#[derive(Debug)]
+struct FakeDisk {
+    free: u64,
+    others: AtomicU64,
+}
+
+const FAKE_TOTAL: u64 = 100 << 20;
+
+impl FakeDisk {
+    fn new(free: u64) -> Arc<Self> {
+        Arc::new(Self {
+            free,
+            others: AtomicU64::new(0),
+        })
+    }
+}
+
+impl SpaceSource for FakeDisk {
+    fn space(&self, dir: &Path) -> std::io::Result<Space> {
+        let used = chunk_file_bytes(dir) + self.others.load(Ordering::Relaxed);
+        Ok(Space {
+            total: FAKE_TOTAL,
+            available: self.free.saturating_sub(used),
+        })
+    }
+}
+
+/// Sum of the sizes of the files under `dir/chunks`.
+fn chunk_file_bytes(dir: &Path) -> u64 {
+    let mut n = 0;
+    for sub in fs::read_dir(dir.join("chunks"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for f in fs::read_dir(sub.path()).into_iter().flatten().flatten() {
+            n += f.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    n
+}
+
+/// The quota follows the disk: a 10 GiB configured quota on a disk with 640 KiB to
+/// spare (beyond the reserve) keeps usage under 640 KiB by evicting, every chunk is
+/// still written (caching goes on), and when another program takes half of it, the
+/// next write evicts down to the new quota. Objects larger than it do not `fit`.
+#[tokio::test]
+async fn quota_follows_free_space() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reserve = space::reserve(FAKE_TOTAL);
+    let disk = FakeDisk::new(reserve + 640 * KIB as u64);
+    let m = Metrics::default();
+    let s = ChunkStore::open_with(
+        cfg(tmp.path(), 10 << 30, 0),
+        m.clone(),
+        RETRY_INTERVAL,
+        disk.clone(),
+    )
+    .await;
+    assert_eq!(s.quota(), 640 * KIB as u64);
+    assert_eq!(m.cache_quota_bytes.get(), 640 * KIB as i64);
+    let chunks: Vec<_> = (0..30).map(|n| chunk(n, 64 * KIB)).collect();
+    for (id, b) in &chunks {
+        s.put(*id, b.clone()).await.unwrap();
+        assert!(s.chunk_len(id).is_some(), "just written");
+        assert!(s.usage().bytes <= s.quota());
+        assert!(chunk_file_bytes(tmp.path()) <= 640 * KIB as u64);
+    }
+    assert!(m.cache_evictions.get() > 0);
+    assert!(s.writable());
+    assert!(s.fits(640 * KIB as u64).await);
+    assert!(!s.fits(640 * KIB as u64 + 1).await);
+
+    // Another program takes 320 KiB: the quota halves and the next write evicts.
+    disk.others.store(320 * KIB as u64, Ordering::Relaxed);
+    assert_eq!(s.limit(true).await, 320 * KIB as u64);
+    let (id, b) = chunk(99, 64 * KIB);
+    s.put(id, b).await.unwrap();
+    assert!(s.usage().bytes <= 320 * KIB as u64, "{:?}", s.usage());
+    assert!(s.chunk_len(&id).is_some());
+    assert_eq!(m.cache_write_skipped.with_label_values(&["full"]).get(), 0);
+}
+
+/// Many writers at once never take the store past its quota: every byte is reserved
+/// before it is written, so the index (indexed + reserved + being deleted) and the
+/// files on disk stay within 64 KiB at every point, sampled while 64 tasks put 4 KiB
+/// chunks; a write that finds the quota held by writes in progress is skipped as
+/// `full`, never over-committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_puts_never_exceed_the_quota() {
+    let tmp = tempfile::tempdir().unwrap();
+    let quota = 64 * KIB as u64;
+    let (s, m) = open(tmp.path(), quota, 0).await;
+    assert_eq!(s.quota(), quota);
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (s, done, dir) = (s.clone(), done.clone(), tmp.path().to_path_buf());
+        tokio::spawn(async move {
+            let mut samples = 0u64;
+            while !done.load(Ordering::Acquire) {
+                let committed = s.index().committed();
+                assert!(committed <= quota, "committed {committed} > {quota}");
+                assert!(s.usage().bytes <= quota);
+                let on_disk = chunk_file_bytes(&dir);
+                assert!(on_disk <= quota, "files {on_disk} > {quota}");
+                samples += 1;
+                tokio::task::yield_now().await;
+            }
+            samples
+        })
+    };
+    for round in 0..4u32 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..64u32 {
+            let s = s.clone();
+            tasks.spawn(async move {
+                let (id, b) = chunk(round * 1000 + n, 4 * KIB);
+                match s.put(id, b).await {
+                    Ok(()) => true,
+                    Err(StoreError::Full { .. }) => false,
+                    Err(e) => panic!("unexpected {e}"),
+                }
+            });
+        }
+        let stored = tasks.join_all().await.into_iter().filter(|ok| *ok).count();
+        assert!(stored > 0, "round {round}: nothing stored");
+    }
+    done.store(true, Ordering::Release);
+    assert!(sampler.await.unwrap() > 0);
+    let peak = s.index().peak();
+    assert!(peak <= quota, "peak {peak} > {quota}");
+    assert!(s.usage().bytes <= quota);
+    let committed = s.index().committed();
+    assert_eq!(committed, s.usage().bytes, "no reservation leaked");
+    assert_eq!(chunk_file_bytes(tmp.path()), s.usage().bytes);
+    let skipped = m.cache_write_skipped.with_label_values(&["full"]).get();
+    assert_eq!(
+        u64::from(256u32) - skipped,
+        s.usage().chunks + m.cache_evictions.get(),
+        "every put is stored (and maybe evicted since) or skipped"
+    );
+}
+
+/// A directory that cannot be written at start (here `tmp/` is a file; on a real
+/// read-only mount the probe fails the same way) is still indexed: its chunks are
+/// served, verified, and nothing in it is deleted or written (not even junk).
+#[tokio::test]
+async fn unwritable_dir_serves_the_chunks_it_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let chunks: Vec<_> = (0..3).map(|n| chunk(n, 8 * KIB)).collect();
+    {
+        let (s, _) = open(root, 1 << 30, 0).await;
+        for (id, b) in &chunks {
+            s.put(*id, b.clone()).await.unwrap();
+        }
+    }
+    let layout = Layout::new(root);
+    fs::remove_dir(&layout.tmp).unwrap();
+    fs::write(&layout.tmp, b"not a directory").unwrap();
+    let junk = layout.chunks.join("stray-file");
+    fs::write(&junk, b"x").unwrap();
+    let (s, m) = open(root, 1 << 30, 0).await;
+    assert!(!s.writable());
+    assert_eq!(s.usage().chunks, 3);
+    for (id, b) in &chunks {
+        assert_eq!(s.get(id).await.unwrap().as_ref(), Some(b));
+    }
+    assert!(junk.exists(), "nothing deleted");
+    let (id, b) = chunk(9, 8 * KIB);
+    assert!(matches!(
+        s.put(id, b.clone()).await,
+        Err(StoreError::Unwritable { .. })
+    ));
+    assert_eq!(
+        m.cache_write_skipped
+            .with_label_values(&["unwritable"])
+            .get(),
+        1
+    );
+    assert_eq!(
+        s.get(&id).await.unwrap(),
+        None,
+        "memory cache off: not kept"
+    );
+    assert_eq!(s.usage().chunks, 3);
+}
+
+/// A source that claims a huge empty disk, whatever the truth.
+#[derive(Debug)]
+struct LyingDisk;
+
+impl SpaceSource for LyingDisk {
+    fn space(&self, _dir: &Path) -> std::io::Result<Space> {
+        Ok(Space {
+            total: 1 << 40,
+            available: 1 << 40,
+        })
+    }
+}
+
+/// `ENOSPC` evicts and caching goes on: on a real 2 MiB tmpfs whose free space the
+/// store is lied to about (so the quota cannot prevent it), every write that meets
+/// `ENOSPC` lowers the quota to what the store holds, evicts and retries; the store
+/// never turns unwritable and the newest chunks are on disk. Needs root (mount);
+/// skipped otherwise.
+#[tokio::test]
+async fn enospc_evicts_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(tmp.path())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        eprintln!("SKIP enospc_evicts_and_resumes: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0)
+                .status();
+        }
+    }
+    let _guard = Unmount(tmp.path());
+    let m = Metrics::default();
+    let s = ChunkStore::open_with(
+        cfg(tmp.path(), 10 << 30, 0),
+        m.clone(),
+        RETRY_INTERVAL,
+        Arc::new(LyingDisk),
+    )
+    .await;
+    let chunks: Vec<_> = (0..64).map(|n| chunk(n, 64 * KIB)).collect();
+    let mut stored = 0;
+    for (id, b) in &chunks {
+        if s.put(*id, b.clone()).await.is_ok() {
+            stored += 1;
+        }
+        assert!(s.writable(), "ENOSPC must not switch the disk off");
+    }
+    let (last, _) = chunks[63];
+    assert!(s.chunk_len(&last).is_some(), "the newest chunk is on disk");
+    assert!(m.cache_evictions.get() > 0);
+    assert!(m.cache_write_errors.get() > 0, "ENOSPC was met");
+    assert!(stored >= 60, "stored {stored} of 64");
+    assert!(s.usage().bytes <= 2 << 20);
+    drop(s);
 }
