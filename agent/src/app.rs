@@ -186,7 +186,9 @@ fn load_pem_certs(
     p: &std::path::Path,
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
     let data = std::fs::read(p).map_err(|e| format!("origin.ca_file {}: {e}", p.display()))?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut data.as_slice()).collect();
+    use rustls::pki_types::pem::PemObject as _;
+    let certs: Result<Vec<_>, _> =
+        rustls::pki_types::CertificateDer::pem_slice_iter(&data).collect();
     let certs = certs.map_err(|e| format!("origin.ca_file {}: {e}", p.display()))?;
     if certs.is_empty() {
         return Err(format!(

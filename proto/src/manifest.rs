@@ -33,7 +33,12 @@ pub const MAX_OBJECT_SIZE: u64 = 1 << 40;
 const MAGIC: &[u8; 4] = b"SHM1";
 
 /// Chunk geometry of an object: its length and the fixed chunk size.
+///
+/// Decoding (serde) goes through [`Layout::new`], so a decoded layout is always within
+/// bounds; a value built by hand from the public fields is not checked until it is
+/// passed to something that validates it (`Manifest::new`, the scheduler, the tracker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawLayout")]
 pub struct Layout {
     /// Object length in bytes.
     pub size: u64,
@@ -55,7 +60,13 @@ pub enum ManifestError {
 }
 
 /// The chunk list of one object version.
+///
+/// Decoding (serde: the tracker's JSON, the agent's on-disk metadata) goes through
+/// [`Manifest::new`], so a decoded manifest always lists exactly
+/// `layout.chunk_count()` chunk ids of a layout within bounds. The JSON shape is the
+/// derived one (`key`, `layout`, `chunks`, `digest`), unchanged since version 1.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawManifest")]
 pub struct Manifest {
     pub key: ObjectKey,
     pub layout: Layout,
@@ -63,6 +74,37 @@ pub struct Manifest {
     pub chunks: Vec<ChunkId>,
     /// A whole-object digest vouched for by the origin or the URL (`sha256:<hex>`), if any.
     pub digest: Option<String>,
+}
+
+/// A [`Layout`] as decoded, before [`Layout::new`] has checked it.
+#[derive(Deserialize)]
+struct RawLayout {
+    size: u64,
+    chunk_size: u32,
+}
+
+impl TryFrom<RawLayout> for Layout {
+    type Error = ManifestError;
+    fn try_from(r: RawLayout) -> Result<Self, Self::Error> {
+        Self::new(r.size, r.chunk_size)
+    }
+}
+
+/// A [`Manifest`] as decoded, before [`Manifest::new`] has checked it. The layout has
+/// already passed [`Layout::new`] (its own `try_from`).
+#[derive(Deserialize)]
+struct RawManifest {
+    key: ObjectKey,
+    layout: Layout,
+    chunks: Vec<ChunkId>,
+    digest: Option<String>,
+}
+
+impl TryFrom<RawManifest> for Manifest {
+    type Error = ManifestError;
+    fn try_from(r: RawManifest) -> Result<Self, Self::Error> {
+        Self::new(r.key, r.layout, r.chunks, r.digest)
+    }
 }
 
 impl Layout {
@@ -275,10 +317,107 @@ mod tests {
         assert!(Manifest::new(key(), l, vec![], None).is_err());
     }
 
+    /// A manifest as the agent's metadata files and the tracker's bodies hold it today
+    /// (the derived serde shape). Decoding must keep accepting it byte for byte.
+    const TODAY_JSON: &str = r#"{"key":"d1 sha256:ab 40000","layout":{"size":40000,"chunk_size":16384},"chunks":["0000000000000000000000000000000000000000000000000000000000000000","1111111111111111111111111111111111111111111111111111111111111111","2222222222222222222222222222222222222222222222222222222222222222"],"digest":"sha256:ab"}"#;
+
+    /// A chunk id in JSON: one hex digit (`i % 16`) 64 times, quoted.
+    fn hex_id(i: usize) -> String {
+        format!("\"{}\"", format!("{:x}", i % 16).repeat(64))
+    }
+
+    /// A manifest JSON with `n` chunk ids for a layout of `size` / `chunk_size`.
+    fn json(size: u64, chunk_size: u32, n: usize) -> String {
+        let ids: Vec<String> = (0..n).map(hex_id).collect();
+        format!(
+            r#"{{"key":"d1 sha256:ab {size}","layout":{{"size":{size},"chunk_size":{chunk_size}}},"chunks":[{}],"digest":null}}"#,
+            ids.join(",")
+        )
+    }
+
+    fn decode_json(j: &str) -> Result<Manifest, String> {
+        serde_json::from_str::<Manifest>(j).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn decodes_todays_json() {
+        let ids = (0..3u8)
+            .map(|i| ChunkId::from_bytes([i * 0x11; 32]))
+            .collect();
+        let want = Manifest::new(
+            ObjectKey::immutable("sha256:ab", 40_000).unwrap(),
+            Layout::new(40_000, 16384).unwrap(),
+            ids,
+            Some("sha256:ab".into()),
+        )
+        .unwrap();
+        assert_eq!(decode_json(TODAY_JSON).unwrap(), want);
+        // And the encoding did not change: what is written is what was written before.
+        assert_eq!(serde_json::to_string(&want).unwrap(), TODAY_JSON);
+        // No digest: `null`, and an absent field, both decode to `None`.
+        let m = decode_json(&json(40_000, 16384, 3)).unwrap();
+        assert_eq!(m.digest, None);
+        assert_eq!(m.chunks.len(), 3);
+        let absent = json(40_000, 16384, 3).replace(r#","digest":null"#, "");
+        assert_eq!(decode_json(&absent).unwrap(), m);
+    }
+
+    #[test]
+    fn decode_refuses_chunk_size_zero() {
+        let e = decode_json(&json(1, 0, 1)).unwrap_err();
+        assert!(e.contains("chunk size 0 outside"), "{e}");
+        let e = serde_json::from_str::<Layout>(r#"{"size":1,"chunk_size":0}"#).unwrap_err();
+        assert!(e.to_string().contains("chunk size 0 outside"), "{e}");
+        // Below the minimum and above the maximum too.
+        assert!(decode_json(&json(1, MIN_CHUNK_SIZE - 1, 1)).is_err());
+        assert!(decode_json(&json(1, MAX_CHUNK_SIZE + 1, 1)).is_err());
+        assert!(decode_json(&json(MAX_OBJECT_SIZE + 1, MAX_CHUNK_SIZE, 0)).is_err());
+    }
+
+    #[test]
+    fn decode_refuses_chunk_count_mismatch() {
+        // 40 000 bytes in 16 KiB chunks is 3 chunks.
+        assert!(decode_json(&json(40_000, 16384, 3)).is_ok());
+        for n in [0, 1, 2, 4, 9] {
+            let e = decode_json(&json(40_000, 16384, n)).unwrap_err();
+            assert!(
+                e.contains(&format!("manifest lists {n} chunks, the layout needs 3")),
+                "{n}: {e}"
+            );
+        }
+        // An empty object lists no chunk.
+        assert!(decode_json(&json(0, 16384, 0)).is_ok());
+        assert!(decode_json(&json(0, 16384, 1)).is_err());
+        // The size is what counts, not the chunk list: one byte more is one chunk more.
+        assert!(decode_json(&json(3 * 16384 + 1, 16384, 3)).is_err());
+    }
+
     proptest! {
         #[test]
         fn decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = Manifest::decode(&data);
+        }
+
+        /// Any JSON of the manifest's shape, sane or not, either fails to decode or
+        /// yields a manifest whose chunk list matches its layout (so slicing `chunks` by
+        /// `chunks_for` cannot go out of bounds and nothing divides by zero).
+        #[test]
+        fn json_decode_is_valid_or_error(
+            size in prop_oneof![0u64..200_000, any::<u64>()],
+            chunk_size in prop_oneof![Just(0u32), 0u32..100_000, any::<u32>()],
+            n in 0usize..16,
+        ) {
+            if let Ok(m) = serde_json::from_str::<Manifest>(&json(size, chunk_size, n)) {
+                prop_assert_eq!(m.chunks.len(), m.layout.chunk_count());
+                prop_assert!(m.layout.chunk_size >= MIN_CHUNK_SIZE);
+                let all = m.layout.chunks_for(ByteRange::new(0, m.layout.size));
+                prop_assert!(all.end <= m.chunks.len());
+            }
+        }
+
+        #[test]
+        fn json_decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = serde_json::from_slice::<Manifest>(&data);
         }
 
         #[test]

@@ -585,9 +585,8 @@ async fn https_mirror_under_a_private_ca_is_cached() {
     )
     .unwrap();
     let c = &pki.certs[0];
-    let key = rustls_pemfile::private_key(&mut c.key_pem.as_bytes())
-        .unwrap()
-        .unwrap();
+    use rustls::pki_types::pem::PemObject as _;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap();
     let tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

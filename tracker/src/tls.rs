@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -41,7 +42,7 @@ pub enum TlsError {
     #[error("{path}: cannot write: {source}")]
     Write { path: PathBuf, source: io::Error },
     #[error("{what}: not valid PEM: {source}")]
-    Pem { what: String, source: io::Error },
+    Pem { what: String, source: pem::Error },
     #[error("{what}: no CERTIFICATE block found")]
     NoCertificate { what: String },
     #[error("{what}: no PRIVATE KEY block found")]
@@ -128,14 +129,15 @@ impl Identity {
             })?;
         }
         let chain = certs(cert_name, cert)?;
-        let key = rustls_pemfile::private_key(&mut &key[..])
-            .map_err(|source| TlsError::Pem {
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|source| match source {
+            pem::Error::NoItemsFound => TlsError::NoKey {
+                what: key_name.to_owned(),
+            },
+            source => TlsError::Pem {
                 what: key_name.to_owned(),
                 source,
-            })?
-            .ok_or_else(|| TlsError::NoKey {
-                what: key_name.to_owned(),
-            })?;
+            },
+        })?;
         // `certs` never returns an empty list.
         let leaf = &chain[0];
         let peer_id = peer_id_of(leaf).map_err(|e| rename(e, cert_name))?;
@@ -277,7 +279,7 @@ impl fmt::Debug for Identity {
 
 /// Every CERTIFICATE block of `pem`; at least one.
 fn certs(what: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = rustls_pemfile::certs(&mut &pem[..])
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| TlsError::Pem {
             what: what.to_owned(),

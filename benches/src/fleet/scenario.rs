@@ -37,7 +37,7 @@ impl Rate {
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 1_000_000 == 0 {
+        if self.0.is_multiple_of(1_000_000) {
             write!(f, "{} Mbit/s", self.0 / 1_000_000)
         } else {
             write!(f, "{} bit/s", self.0)

@@ -192,7 +192,7 @@ pub fn ttfb(server: &str, first_byte: &[f64], head: &[f64]) -> Ttfb {
 }
 
 fn mib(b: u64) -> String {
-    if b >= 1 << 30 && b % (1 << 30) == 0 {
+    if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
         format!("{} GiB", b >> 30)
     } else {
         format!("{} MiB", b as f64 / (1 << 20) as f64)

@@ -345,12 +345,6 @@ impl Scheduler {
         res
     }
 
-    /// The tracker says another agent holds the lease on these chunks: restart their
-    /// fallback clock, and leave them out of lease requests for half of
-    /// `origin_fallback_after`. The next request that lists them gets this answer again
-    /// while the other agent still holds the lease, so with a live tracker such chunks
-    /// never fall back (the tracker expires stale leases); if the tracker stops
-    /// answering, they fall back to the origin like any other.
     /// The swarm made progress for this object (the tracker named new chunk ids or
     /// granted leases): every chunk still waiting for a source restarts its fallback
     /// clock. Leases come in rounds (the tracker caps them per agent), so on a large
@@ -366,6 +360,12 @@ impl Scheduler {
         self.pass(now);
     }
 
+    /// The tracker says another agent holds the lease on these chunks: restart their
+    /// fallback clock, and leave them out of lease requests for half of
+    /// `origin_fallback_after`. The next request that lists them gets this answer again
+    /// while the other agent still holds the lease, so with a live tracker such chunks
+    /// never fall back (the tracker expires stale leases); if the tracker stops
+    /// answering, they fall back to the origin like any other.
     pub fn handle_leased_elsewhere(
         &mut self,
         now: Instant,

@@ -111,6 +111,19 @@ fn load_errors_name_the_file() {
     );
     let e = Identity::load(&p("ca.pem"), &p("a.pem"), &p("a.pem")).unwrap_err();
     assert!(matches!(e, TlsError::NoKey { .. }), "{e}");
+    // A section that never ends is bad PEM, for certificates and for keys alike.
+    fs::write(p("cut.pem"), "-----BEGIN CERTIFICATE-----\nAAAA\n").unwrap();
+    fs::write(p("cut.key.pem"), "-----BEGIN PRIVATE KEY-----\nAAAA\n").unwrap();
+    let e = Identity::load(&p("ca.pem"), &p("cut.pem"), &p("a.key.pem")).unwrap_err();
+    assert!(
+        matches!(e, TlsError::Pem { .. }) && e.to_string().contains("cut.pem"),
+        "{e}"
+    );
+    let e = Identity::load(&p("ca.pem"), &p("a.pem"), &p("cut.key.pem")).unwrap_err();
+    assert!(
+        matches!(e, TlsError::Pem { .. }) && e.to_string().contains("cut.key.pem"),
+        "{e}"
+    );
     assert!(matches!(
         dev_pki(&names(&["a b"]), &[]),
         Err(TlsError::BadName(_))
