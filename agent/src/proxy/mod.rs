@@ -10,8 +10,8 @@
 //! Requests with `Authorization` or `Cookie`, or `Cache-Control: no-store`, and URLs
 //! whose rule says `pass`, are relayed uncached.
 
-mod framing;
 pub mod conns;
+mod framing;
 pub mod pass;
 pub mod respond;
 pub mod rules;
