@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus text), `/live` (the process answers),
-//! `/ready` (the agent serves clients). Plain HTTP on a node-local address by default;
+//! `/ready` (the agent serves clients: listeners up, not shutting down, the cache
+//! directory usable; see [`Ready`]). Plain HTTP on a node-local address by default;
 //! it exposes no data beyond counters.
 
 use std::convert::Infallible;
@@ -19,18 +20,52 @@ use tokio::net::TcpListener;
 use crate::metrics::Metrics;
 use crate::object::read::ProxyBody;
 use crate::proxy::respond::{error, full};
+use crate::store::ChunkStore;
 
-/// Readiness, flipped by the app once every listener is up.
+/// Readiness: set by the app once every listener is up, cleared when shutdown begins;
+/// with a store attached, also false while the store is unusable
+/// ([`ChunkStore::usable`]).
 #[derive(Debug, Clone, Default)]
-pub struct Ready(Arc<AtomicBool>);
+pub struct Ready {
+    up: Arc<AtomicBool>,
+    store: Option<ChunkStore>,
+}
+
+/// Why `/ready` answers 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReady {
+    /// Not started yet, or shutting down.
+    Down,
+    /// The cache directory can be neither written nor served from.
+    Store,
+}
 
 impl Ready {
+    /// Readiness that also follows `store`.
+    pub fn with_store(store: ChunkStore) -> Self {
+        Self {
+            up: Arc::default(),
+            store: Some(store),
+        }
+    }
+
     pub fn set(&self, v: bool) {
-        self.0.store(v, Ordering::Release);
+        self.up.store(v, Ordering::Release);
     }
 
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.check().is_ok()
+    }
+
+    /// Ready, or why not.
+    pub fn check(&self) -> Result<(), NotReady> {
+        if !self.up.load(Ordering::Acquire) {
+            return Err(NotReady::Down);
+        }
+        match &self.store {
+            Some(s) if !s.usable() => Err(NotReady::Store),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -94,8 +129,17 @@ fn route(req: &Request<Incoming>, metrics: &Metrics, ready: &Ready) -> Response<
             r
         }
         "/live" => Response::new(full("live\n")),
-        "/ready" if ready.get() => Response::new(full("ready\n")),
-        "/ready" => error(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+        "/ready" => match ready.check() {
+            Ok(()) => Response::new(full("ready\n")),
+            Err(NotReady::Down) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: starting or shutting down",
+            ),
+            Err(NotReady::Store) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the cache directory can be neither written nor read",
+            ),
+        },
         _ => error(StatusCode::NOT_FOUND, "try /metrics, /live or /ready"),
     }
 }

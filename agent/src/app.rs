@@ -49,7 +49,12 @@ pub struct RunningAgent {
     metrics: Metrics,
     cache: ObjectCache,
     swarm: Option<Arc<Swarm>>,
+    /// Stops the proxy listeners and the announcer.
     stop: watch::Sender<bool>,
+    /// Stops the admin listener, last, so `/ready` answers 503 while the rest drains.
+    admin_stop: watch::Sender<bool>,
+    admin_task: tokio::task::Id,
+    ready: Ready,
     tasks: JoinSet<()>,
 }
 
@@ -82,6 +87,7 @@ impl Agent {
             freshness: cfg.cache.freshness,
             stale_if_error: cfg.cache.stale_if_error,
         };
+        let ready = Ready::with_store(store.clone());
         let cache = ObjectCache::open(store.clone(), meta, origin, metrics.clone(), settings).await;
         let swarm = if cfg.swarm_enabled() {
             let identity = match identity {
@@ -131,7 +137,7 @@ impl Agent {
             let mut rx = rx;
             let _ = rx.wait_for(|s| *s).await;
         };
-        let ready = Ready::default();
+        let (admin_stop, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
         // One connection table for both listeners: the caps are the node's.
         let conns = proxy::conns::Conns::new(&cfg.proxy, metrics.clone());
@@ -151,12 +157,14 @@ impl Agent {
             conns,
             stopped(stop.subscribe()),
         ));
-        tasks.spawn(admin::serve(
-            admin_l,
-            metrics.clone(),
-            ready.clone(),
-            stopped(stop.subscribe()),
-        ));
+        let admin_task = tasks
+            .spawn(admin::serve(
+                admin_l,
+                metrics.clone(),
+                ready.clone(),
+                stopped(admin_stop.subscribe()),
+            ))
+            .id();
         if let Some(sw) = &swarm {
             let interval = cfg.tracker.announce_interval;
             tasks.spawn(announce::run(
@@ -176,6 +184,9 @@ impl Agent {
             cache,
             swarm,
             stop,
+            admin_stop,
+            admin_task,
+            ready,
             tasks,
         })
     }
@@ -242,13 +253,40 @@ impl RunningAgent {
         self.tasks.abort_all();
     }
 
-    /// Stops accepting, lets in-flight responses finish, and returns.
-    pub async fn shutdown(mut self) {
+    /// Stops accepting, lets in-flight responses finish, and returns. `/ready`
+    /// answers 503 from the start; the admin listener stops last.
+    pub async fn shutdown(self) {
+        self.begin_shutdown().await;
+    }
+
+    /// [`RunningAgent::shutdown`] in two steps, for tests that look at the agent while
+    /// it drains: readiness falls and listeners stop accepting at once; the returned
+    /// future drains and stops.
+    pub fn begin_shutdown(mut self) -> impl std::future::Future<Output = ()> {
+        self.ready.set(false);
         self.stop.send_replace(true);
-        if let Some(sw) = &self.swarm {
-            sw.shutdown().await;
+        async move {
+            if let Some(sw) = &self.swarm {
+                sw.shutdown().await;
+            }
+            let mut admin_live = true;
+            loop {
+                if admin_live && self.tasks.len() == 1 {
+                    self.admin_stop.send_replace(true);
+                }
+                let id = match self.tasks.join_next_with_id().await {
+                    None => break,
+                    Some(Ok((id, ()))) => id,
+                    Some(Err(e)) => e.id(),
+                };
+                admin_live &= id != self.admin_task;
+            }
         }
-        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Whether `/ready` would answer 200 now.
+    pub fn is_ready(&self) -> bool {
+        self.ready.get()
     }
 
     /// Resolves when any listener task ends (it only ends on shutdown or a bug).

@@ -192,6 +192,8 @@ impl TrackerClient {
             complete: false,
             publish: Vec::new(),
             want_leases: 0,
+            want: Default::default(),
+            release: Vec::new(),
             cursor: None,
             renew: Vec::new(),
         }

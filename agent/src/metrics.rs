@@ -2,6 +2,8 @@
 //! metric is registered in a [`Registry`] passed in, never a global one, so several
 //! agents can run in one process (tests, the demo).
 
+use shoal_proto::sched::SchedError;
+
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     Opts, Registry, TextEncoder,
@@ -43,7 +45,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// `shoal_request_duration_seconds{mode}`: until the last byte was sent.
     pub request_duration: HistogramVec,
-    /// `shoal_time_to_first_byte_seconds{mode}`: until the response head was ready.
+    /// `shoal_time_to_first_byte_seconds{mode}`: until the first body byte was handed to
+    /// the client's connection (a body without bytes: until it ended).
     pub ttfb: HistogramVec,
     pub cache_bytes: IntGauge,
     pub cache_chunks: IntGauge,
@@ -85,6 +88,11 @@ pub struct Metrics {
     /// `shoal_stale_served_total`: stale objects served because revalidation failed
     /// (RFC 5861 `stale-if-error`).
     pub stale_served: IntCounter,
+    /// `shoal_sched_errors_total{kind}`: inputs a swarm download's scheduler refused:
+    /// `id_conflict` (the tracker named a second id for a chunk: the first is kept;
+    /// a changed origin or a lying publisher), `index_out_of_range`, `unknown_peer`,
+    /// `unknown_request` (a late answer to a cancelled request: harmless), `layout`.
+    pub sched_errors: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -174,7 +182,7 @@ impl Metrics {
             ),
             ttfb: hist_vec(
                 "shoal_time_to_first_byte_seconds",
-                "Time until the response head was ready.",
+                "Time until the first body byte was sent to the client (for a response without a body, until it ended).",
                 &["mode"],
             ),
             cache_bytes: gauge("shoal_cache_bytes", "Bytes of chunks on disk."),
@@ -249,6 +257,11 @@ impl Metrics {
                 "shoal_stale_served_total",
                 "Stale objects served because revalidation failed (stale-if-error).",
             ),
+            sched_errors: counter_vec(
+                "shoal_sched_errors_total",
+                "Inputs a swarm download's scheduler refused, by kind.",
+                &["kind"],
+            ),
             registry,
         };
         for r in ["idle", "pressure", "full"] {
@@ -266,7 +279,37 @@ impl Metrics {
         for r in ["full", "no_space", "read_only", "unwritable"] {
             m.cache_write_skipped.with_label_values(&[r]);
         }
+        for k in [
+            "id_conflict",
+            "index_out_of_range",
+            "unknown_peer",
+            "unknown_request",
+        ] {
+            m.sched_errors.with_label_values(&[k]);
+        }
         m
+    }
+
+    /// Counts one chunk (or assembled object) that failed verification, by where its
+    /// bytes came from: [`Source::Cache`] is the disk (memory is not re-verified).
+    pub fn verify_failed(&self, source: Source) {
+        let label = match source {
+            Source::Cache => "disk",
+            s => s.label(),
+        };
+        self.verify_failures.with_label_values(&[label]).inc();
+    }
+
+    /// Counts one input a scheduler refused; see [`Metrics::sched_errors`].
+    pub fn sched_error(&self, e: &SchedError) {
+        let kind = match e {
+            SchedError::IdConflict { .. } => "id_conflict",
+            SchedError::IndexOutOfRange { .. } => "index_out_of_range",
+            SchedError::UnknownPeer(_) => "unknown_peer",
+            SchedError::UnknownRequest(_) => "unknown_request",
+            SchedError::Layout(_) => "layout",
+        };
+        self.sched_errors.with_label_values(&[kind]).inc();
     }
 
     /// Counts `n` bytes fetched from `source` and updates the efficiency gauge.
@@ -351,5 +394,29 @@ mod tests {
         }
         // Two agents in one process must not clash.
         let _other = Metrics::default();
+    }
+
+    #[test]
+    fn verify_failures_and_sched_errors_by_their_source() {
+        let m = Metrics::default();
+        m.verify_failed(Source::Cache);
+        m.verify_failed(Source::Origin);
+        m.verify_failed(Source::Origin);
+        let id = shoal_proto::ChunkId::of(b"a");
+        m.sched_error(&SchedError::IdConflict {
+            index: 1,
+            known: id,
+            new: shoal_proto::ChunkId::of(b"b"),
+        });
+        let text = m.render();
+        for line in [
+            "shoal_chunk_verify_failures_total{source=\"disk\"} 1",
+            "shoal_chunk_verify_failures_total{source=\"origin\"} 2",
+            "shoal_chunk_verify_failures_total{source=\"peer\"} 0",
+            "shoal_sched_errors_total{kind=\"id_conflict\"} 1",
+            "shoal_sched_errors_total{kind=\"unknown_peer\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line}\n{text}");
+        }
     }
 }

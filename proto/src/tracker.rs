@@ -115,6 +115,18 @@ pub struct SyncRequest {
     /// How many origin leases the agent would take now (0 = none).
     #[serde(default)]
     pub want_leases: u32,
+    /// The chunks the agent would take those leases on (its scheduler's
+    /// [`WantLeases`](crate::sched::Action::WantLeases) indices). The tracker grants
+    /// the free ones among them first, lowest index first, then (room left) the lowest
+    /// free chunks as for an empty set; it answers the ones leased to others in
+    /// [`SyncResponse::leased_elsewhere`]. Empty (older agents): lowest free chunks.
+    #[serde(default, skip_serializing_if = "ChunkBitmap::is_empty")]
+    pub want: ChunkBitmap,
+    /// Leases this agent gives back (its origin fetches of them keep failing): the
+    /// tracker drops them at once, so another agent can be granted them, and grants
+    /// them to nobody in this sync's answer to this agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub release: Vec<u32>,
     /// The cursor from the previous response for this key, if any.
     #[serde(default)]
     pub cursor: Option<Cursor>,
@@ -172,6 +184,11 @@ pub struct SyncResponse {
     /// grant lapses and may be granted to someone else.
     #[serde(default)]
     pub lease_ttl_ms: u64,
+    /// Chunks of the request's `want` that another agent holds a live lease on: wait
+    /// for that agent to announce them rather than asking again (or going to the
+    /// origin). Empty from older trackers.
+    #[serde(default, skip_serializing_if = "ChunkBitmap::is_empty")]
+    pub leased_elsewhere: ChunkBitmap,
 }
 
 /// One held object in an announce.
@@ -403,6 +420,7 @@ impl SyncResponse {
             peers: Vec::new(),
             leases: Vec::new(),
             lease_ttl_ms,
+            leased_elsewhere: ChunkBitmap::new(),
         }
     }
 }
@@ -490,6 +508,8 @@ mod tests {
                 id: ChunkId::of(b"x"),
             }],
             want_leases: 2,
+            want: [3u32, 4, 9].into_iter().collect(),
+            release: vec![5],
             cursor: Some(Cursor { epoch: 7, pos: 3 }),
             renew: vec![1],
         };
@@ -507,12 +527,51 @@ mod tests {
                 have: ChunkBitmap::new(),
             }],
             leases: vec![4],
+            leased_elsewhere: [3u32, 9].into_iter().collect(),
             ..SyncResponse::unknown(10_000)
         };
         let back: SyncResponse =
             serde_json::from_str(&serde_json::to_string(&resp).unwrap()).unwrap();
         assert_eq!(back, resp);
         assert!(back.peers[0].has(12345));
+    }
+
+    /// The lease contract's fields: on the wire as a base64 bitmap and a list, left out
+    /// when empty, and defaulted when an older peer leaves them out.
+    #[test]
+    fn lease_contract_fields_round_trip() {
+        let j = r#"{"agent":{"peer_addr":"127.0.0.1:7482"},"key":"d1 sha256:ab 10","want_leases":2,"want":"GA==","release":[7]}"#;
+        let r: SyncRequest = serde_json::from_str(j).unwrap();
+        assert_eq!(r.want.iter().collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!((r.want_leases, r.release.clone()), (2, vec![7]));
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["want"], "GA==");
+        assert_eq!(v["release"], serde_json::json!([7]));
+
+        let old: SyncRequest = serde_json::from_str(
+            r#"{"agent":{"peer_addr":"127.0.0.1:7482"},"key":"d1 sha256:ab 10","want_leases":2}"#,
+        )
+        .unwrap();
+        assert!(old.want.is_empty() && old.release.is_empty());
+        let v: serde_json::Value = serde_json::to_value(&old).unwrap();
+        assert!(v.get("want").is_none() && v.get("release").is_none());
+
+        let resp = SyncResponse {
+            leased_elsewhere: [0u32, 17].into_iter().collect(),
+            ..SyncResponse::unknown(1)
+        };
+        let v: serde_json::Value = serde_json::to_value(&resp).unwrap();
+        assert_eq!(v["leased_elsewhere"], "AQAC");
+        let back: SyncResponse = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            back.leased_elsewhere.iter().collect::<Vec<_>>(),
+            vec![0, 17]
+        );
+        let old: SyncResponse = serde_json::from_str(r#"{"layout":null}"#).unwrap();
+        assert!(old.leased_elsewhere.is_empty());
+        assert!(
+            serde_json::to_value(SyncResponse::unknown(1)).unwrap()["leased_elsewhere"].is_null()
+        );
     }
 
     #[test]

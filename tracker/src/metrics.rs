@@ -76,6 +76,8 @@ pub struct Metrics {
     pub leases_granted: IntCounter,
     /// `shoal_tracker_leases_expired_total`: leases that lapsed unfulfilled.
     pub leases_expired: IntCounter,
+    /// `shoal_tracker_leases_released_total`: leases their holder gave back.
+    pub leases_released: IntCounter,
     /// `shoal_tracker_conflicts_total`: chunk ids or layouts contradicting the first.
     pub conflicts: IntCounter,
     /// `shoal_tracker_publishes_refused_total`: chunk ids ignored because their agent
@@ -129,6 +131,10 @@ impl Metrics {
                 "shoal_tracker_leases_expired_total",
                 "Origin leases that lapsed before their chunk was announced.",
             ),
+            leases_released: counter(
+                "shoal_tracker_leases_released_total",
+                "Origin leases given back by their holder (its origin fetches kept failing).",
+            ),
             conflicts: counter(
                 "shoal_tracker_conflicts_total",
                 "Chunk ids or layouts that contradicted the first recorded.",
@@ -177,6 +183,7 @@ impl Metrics {
     pub fn record(&self, ev: &Events, objects: usize, peers: usize) {
         self.leases_granted.inc_by(ev.leases_granted);
         self.leases_expired.inc_by(ev.leases_expired);
+        self.leases_released.inc_by(ev.leases_released);
         self.conflicts.inc_by(ev.conflicts);
         self.publishes_refused.inc_by(ev.publishes_refused);
         self.objects.set(objects as i64);
@@ -218,6 +225,7 @@ mod tests {
             &Events {
                 leases_granted: 3,
                 leases_expired: 1,
+                leases_released: 7,
                 conflicts: 2,
                 conflict_log: Vec::new(),
                 publishes_refused: 6,
@@ -236,6 +244,7 @@ mod tests {
             "shoal_tracker_peers 5",
             "shoal_tracker_leases_granted_total 3",
             "shoal_tracker_leases_expired_total 1",
+            "shoal_tracker_leases_released_total 7",
             "shoal_tracker_conflicts_total 2",
             "shoal_tracker_publishes_refused_total 6",
             "shoal_tracker_rejected_total{reason=\"spoofed\"} 1",

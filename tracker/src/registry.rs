@@ -69,6 +69,8 @@ pub enum Conflict {
 pub struct Events {
     pub leases_granted: u64,
     pub leases_expired: u64,
+    /// Leases their holder gave back ([`SyncRequest::release`]).
+    pub leases_released: u64,
     /// Every conflict, including those not kept in `conflict_log`.
     pub conflicts: u64,
     /// The first few conflicts, for logging.
@@ -147,6 +149,19 @@ struct Lease {
     expires: Instant,
 }
 
+/// What one sync asks of [`Object::grant`].
+#[derive(Debug)]
+struct Ask<'a> {
+    /// Live leases the requester may hold on this object after the grant.
+    max: u32,
+    /// Live leases the object may have in all.
+    cap: u32,
+    /// Chunks the requester asked for, granted first.
+    want: &'a ChunkBitmap,
+    /// Chunks the requester just gave back: not granted to it again now.
+    release: &'a [u32],
+}
+
 impl Registry {
     /// An empty registry. `epoch_seed` should differ between tracker lives (the wall
     /// clock is fine) so cursors from a previous life are recognised as stale.
@@ -196,8 +211,10 @@ impl Registry {
 
         let agrees = proposed.is_none_or(|l| l == obj.layout);
         let mut granted = 0;
+        let mut leased_elsewhere = ChunkBitmap::new();
         if agrees {
             check_indices(obj.count, &req.have, &req.publish)?;
+            check_indices(obj.count, &req.want, &[])?;
             let budget = Budget {
                 used: &mut self.published,
                 max: self.cfg.max_published_per_agent,
@@ -208,12 +225,18 @@ impl Registry {
             // Expire only after recording what the agent holds: a chunk reported at
             // its deadline fulfils its lease.
             self.events.leases_expired += obj.expire_leases(now);
+            self.events.leases_released += obj.release(peer, &req.release);
             obj.renew(now, peer, &req.renew, self.cfg.lease_ttl);
             if !complete && req.want_leases > 0 {
-                let want = req.want_leases.min(self.cfg.max_leases_per_agent);
-                let cap = self.cfg.max_leases_per_object;
-                granted = obj.grant(now, peer, want, cap, self.cfg.lease_ttl);
+                let ask = Ask {
+                    max: req.want_leases.min(self.cfg.max_leases_per_agent),
+                    cap: self.cfg.max_leases_per_object,
+                    want: &req.want,
+                    release: &req.release,
+                };
+                granted = obj.grant(now, peer, ask, self.cfg.lease_ttl);
             }
+            leased_elsewhere = obj.leased_elsewhere(peer, &req.want);
         } else if let Some(offered) = proposed
             && (!req.have.is_empty() || req.complete || !req.publish.is_empty())
         {
@@ -253,6 +276,7 @@ impl Registry {
             peers,
             leases: obj.leases_of(peer),
             lease_ttl_ms,
+            leased_elsewhere,
         })
     }
 
@@ -530,13 +554,33 @@ impl Object {
         }
     }
 
-    /// Grants `peer` leases on the lowest chunks nobody holds or leases, up to `max`
-    /// live leases for this peer and `cap` for the object. Returns how many were
+    /// Drops `peer`'s leases on `indices` (others' leases are left alone); returns how
+    /// many were dropped.
+    fn release(&mut self, peer: &PeerId, indices: &[u32]) -> u64 {
+        let mut n = 0;
+        for i in indices {
+            if self.leases.get(i).is_some_and(|l| &l.holder == peer) {
+                self.leases.remove(i);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Grants `peer` leases on chunks nobody holds or leases, up to `ask.max` live
+    /// leases for this peer and `ask.cap` for the object: first the chunks of
+    /// `ask.want`, lowest first, then, room left, the lowest other free chunks (so an
+    /// agent whose wanted chunks are all leased elsewhere still gets work at once;
+    /// they are chunks it lacks and nobody holds, which its scheduler fetches from
+    /// the origin under the lease), never one of `ask.release`. Returns how many were
     /// granted now.
-    fn grant(&mut self, now: Instant, peer: &PeerId, max: u32, cap: u32, ttl: Duration) -> u64 {
+    fn grant(&mut self, now: Instant, peer: &PeerId, ask: Ask<'_>, ttl: Duration) -> u64 {
         let live = self.leases.values().filter(|l| &l.holder == peer).count() as u32;
         let total = self.leases.len() as u32;
-        let room = max.saturating_sub(live).min(cap.saturating_sub(total)) as usize;
+        let room = ask
+            .max
+            .saturating_sub(live)
+            .min(ask.cap.saturating_sub(total)) as usize;
         if room == 0 || self.holders.values().any(|h| h.complete) {
             return 0;
         }
@@ -548,13 +592,24 @@ impl Object {
             self.held = u;
             self.held_dirty = false;
         }
-        let free: Vec<u32> = self
-            .held
-            .missing(self.count)
-            .filter(|i| !self.leases.contains_key(i))
-            .take(room)
-            .collect();
-        for &i in &free {
+        let free = |i: &u32| {
+            *i < self.count
+                && !self.held.contains(*i)
+                && !self.leases.contains_key(i)
+                && !ask.release.contains(i)
+        };
+        let mut pick: Vec<u32> = ask.want.iter().filter(free).take(room).collect();
+        if pick.len() < room {
+            let rest = room - pick.len();
+            let others: Vec<u32> = self
+                .held
+                .missing(self.count)
+                .filter(|i| free(i) && !ask.want.contains(*i))
+                .take(rest)
+                .collect();
+            pick.extend(others);
+        }
+        for &i in &pick {
             self.leases.insert(
                 i,
                 Lease {
@@ -563,7 +618,14 @@ impl Object {
                 },
             );
         }
-        free.len() as u64
+        pick.len() as u64
+    }
+
+    /// The chunks of `want` with a live lease held by another agent than `peer`.
+    fn leased_elsewhere(&self, peer: &PeerId, want: &ChunkBitmap) -> ChunkBitmap {
+        want.iter()
+            .filter(|i| self.leases.get(i).is_some_and(|l| &l.holder != peer))
+            .collect()
     }
 
     /// Drops lapsed leases; returns how many.

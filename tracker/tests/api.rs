@@ -146,6 +146,8 @@ fn sync_req(peer_addr: &str, have: &[u32], want: u32) -> SyncRequest {
         complete: false,
         publish: Vec::new(),
         want_leases: want,
+        want: Default::default(),
+        release: Vec::new(),
         cursor: None,
         renew: Vec::new(),
     }

@@ -138,11 +138,7 @@ async fn run(
     if let (Some(s), Some(want)) = (sha, digest) {
         let got = format!("sha256:{}", hex::encode(s.finalize()));
         if got != want {
-            inner
-                .metrics
-                .verify_failures
-                .with_label_values(&["origin"])
-                .inc();
+            inner.metrics.verify_failed(Source::Origin);
             return Err(FillError::DigestMismatch {
                 from: Source::Origin,
                 got,

@@ -105,11 +105,7 @@ impl ObjectCache {
             }
         };
         if !id.verifies(&bytes) {
-            self.inner
-                .metrics
-                .verify_failures
-                .with_label_values(&["origin"])
-                .inc();
+            self.inner.metrics.verify_failed(Source::Origin);
             self.forget(s).await;
             return Err(FillError::IdMismatch { index });
         }

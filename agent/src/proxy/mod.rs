@@ -154,12 +154,9 @@ impl Proxy {
             .requests
             .with_label_values(&[mode, resp.status().as_str()])
             .inc();
-        self.metrics
-            .ttfb
-            .with_label_values(&[mode])
-            .observe(start.elapsed().as_secs_f64());
         Ok(server::observe(
             resp,
+            self.metrics.ttfb.with_label_values(&[mode]),
             self.metrics.request_duration.with_label_values(&[mode]),
             start,
         ))

@@ -181,10 +181,14 @@ fn hold(body: ProxyBody, busy: Busy) -> ProxyBody {
 }
 
 pin_project_lite::pin_project! {
-    /// A body that records the request duration when it ends or is dropped.
+    /// A body that records the time to its first data frame (`ttfb`) and the request
+    /// duration (`hist`) when it ends or is dropped. A body with no data (HEAD, 304,
+    /// an empty object, a tunnel's `200`) counts its first byte when it ends; a client
+    /// that hangs up before the first byte adds no time to first byte.
     struct Observed {
         #[pin]
         inner: ProxyBody,
+        ttfb: Option<Histogram>,
         hist: Option<Histogram>,
         start: Instant,
     }
@@ -192,8 +196,14 @@ pin_project_lite::pin_project! {
     impl PinnedDrop for Observed {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
+            let secs = this.start.elapsed().as_secs_f64();
+            if this.inner.is_end_stream() {
+                if let Some(h) = this.ttfb.take() {
+                    h.observe(secs);
+                }
+            }
             if let Some(h) = this.hist.take() {
-                h.observe(this.start.elapsed().as_secs_f64());
+                h.observe(secs);
             }
         }
     }
@@ -209,6 +219,16 @@ impl Body for Observed {
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self.project();
         let r = this.inner.poll_frame(cx);
+        let first = match &r {
+            Poll::Ready(Some(Ok(f))) => f.data_ref().is_some_and(|d| !d.is_empty()),
+            Poll::Ready(None) => true,
+            _ => false,
+        };
+        if first {
+            if let Some(h) = this.ttfb.take() {
+                h.observe(this.start.elapsed().as_secs_f64());
+            }
+        }
         if let Poll::Ready(None) = r {
             if let Some(h) = this.hist.take() {
                 h.observe(this.start.elapsed().as_secs_f64());
@@ -226,15 +246,18 @@ impl Body for Observed {
     }
 }
 
-/// Wraps `resp`'s body so its duration lands in `hist`.
+/// Wraps `resp`'s body so its time to first body byte lands in `ttfb` and its
+/// duration in `hist`, both counted from `start`.
 pub(super) fn observe(
     resp: Response<ProxyBody>,
+    ttfb: Histogram,
     hist: Histogram,
     start: Instant,
 ) -> Response<ProxyBody> {
     resp.map(|b| {
         ProxyBody::new(Observed {
             inner: b,
+            ttfb: Some(ttfb),
             hist: Some(hist),
             start,
         })

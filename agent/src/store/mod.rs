@@ -49,7 +49,7 @@ use shoal_proto::id::ChunkId;
 use shoal_proto::manifest::MAX_CHUNK_SIZE;
 
 use crate::config::CacheConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Source};
 use disk::Layout;
 use index::Index;
 
@@ -187,6 +187,14 @@ impl ChunkStore {
         self.inner.writable.load(Ordering::Acquire)
     }
 
+    /// Whether the disk is of use: writable, or a read-only filesystem whose chunks
+    /// are still served. False when the directory can be neither written nor read as
+    /// a cache (it cannot be created, a write failed with an I/O error): the agent
+    /// then serves from memory and the origin only, and `/ready` says so.
+    pub fn usable(&self) -> bool {
+        self.writable() || self.inner.read_only.load(Ordering::Acquire)
+    }
+
     /// The effective quota in bytes, as last computed (see the module docs).
     pub fn quota(&self) -> u64 {
         self.inner.limit.load(Ordering::Relaxed)
@@ -245,11 +253,7 @@ impl ChunkStore {
                 Ok(Some(b))
             }
             Some((_, false)) => {
-                self.inner
-                    .metrics
-                    .verify_failures
-                    .with_label_values(&["disk"])
-                    .inc();
+                self.inner.metrics.verify_failed(Source::Cache);
                 tracing::warn!(
                     chunk = %id,
                     path = %self.inner.layout.chunk_path(id).display(),

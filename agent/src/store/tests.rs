@@ -278,6 +278,7 @@ async fn unusable_dir_runs_from_memory_and_recovers() {
     )
     .await;
     assert!(!s.writable());
+    assert!(!s.usable(), "neither writable nor a read-only cache");
     let (id, b) = chunk(1, 4 * KIB);
     assert!(matches!(
         s.put(id, b.clone()).await,
@@ -300,6 +301,7 @@ async fn unusable_dir_runs_from_memory_and_recovers() {
     fs::remove_file(&blocker).unwrap();
     s.put(id, b.clone()).await.unwrap();
     assert!(s.writable());
+    assert!(s.usable());
     assert_eq!(s.ids(), vec![id]);
 }
 

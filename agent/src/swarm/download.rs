@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use shoal_proto::sched::{Action, Outcome, RequestId, Scheduler};
+use shoal_proto::sched::{Action, Outcome, RequestId, SchedError, Scheduler};
 use shoal_proto::tracker::{ChunkBitmap, Cursor, IndexedId, SyncResponse};
-use shoal_proto::{Chunk, ChunkId, Layout, ObjectKey, PeerAddr};
+use shoal_proto::{Chunk, ChunkId, Layout, ObjectKey, PeerAddr, PeerId};
+use tokio::sync::broadcast;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 use super::Swarm;
@@ -41,8 +42,11 @@ struct Download {
     ids: Vec<Option<ChunkId>>,
     have: ChunkBitmap,
     publish: Vec<IndexedId>,
+    /// The scheduler's last lease ask, sent with the next sync: how many, and which.
     want_leases: u32,
-    wanted: Vec<usize>,
+    want: ChunkBitmap,
+    /// Leases the scheduler gave up, sent with the next sync (again if it fails).
+    release: Vec<u32>,
     cursor: Option<Cursor>,
     tasks: JoinSet<(RequestId, usize, Fetched)>,
     aborts: HashMap<RequestId, AbortHandle>,
@@ -85,7 +89,8 @@ pub fn spawn(
             have: ChunkBitmap::new(),
             publish: Vec::new(),
             want_leases: 0,
-            wanted: Vec::new(),
+            want: ChunkBitmap::new(),
+            release: Vec::new(),
             cursor: None,
             tasks: JoinSet::new(),
             aborts: HashMap::new(),
@@ -109,6 +114,8 @@ impl Download {
     async fn run(&mut self) -> Result<(), FillError> {
         let mut sync: Option<JoinHandle<Result<SyncResponse, TrackerError>>> = None;
         let mut sent: Vec<IndexedId> = Vec::new();
+        let mut sent_release: Vec<u32> = Vec::new();
+        let mut gone = Some(self.swarm.peers.gone());
         loop {
             self.drain();
             if self.sched.is_complete() {
@@ -122,6 +129,9 @@ impl Download {
                 req.have = self.have.clone();
                 req.publish = sent.clone();
                 req.want_leases = std::mem::take(&mut self.want_leases);
+                req.want = std::mem::take(&mut self.want);
+                sent_release = std::mem::take(&mut self.release);
+                req.release = sent_release.clone();
                 req.cursor = self.cursor;
                 req.renew = self.sched.leases().into_iter().map(|i| i as u32).collect();
                 let tracker = self.swarm.tracker.clone();
@@ -148,8 +158,11 @@ impl Download {
                     match r {
                         Ok(Ok(resp)) => self.on_sync(resp),
                         Ok(Err(e)) => {
-                            // Publish again next time; the tracker may not have seen them.
+                            // Publish and release again next time; the tracker may not
+                            // have seen them. (A lease ask is not repeated: the
+                            // scheduler asks again after its interval.)
                             self.publish.append(&mut sent);
+                            self.release.append(&mut sent_release);
                             self.on_tracker_error(e);
                         }
                         Err(e) => tracing::error!(error = %e, "tracker sync task failed"),
@@ -162,6 +175,20 @@ impl Download {
                         Err(e) => tracing::error!(error = %e, "chunk fetch task failed"),
                     }
                 }
+                r = async {
+                    match gone.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                }, if gone.is_some() => match r {
+                    Ok(peer) => self.on_peer_gone(&peer),
+                    // Missed events only delay rescheduling: those requests fail or
+                    // time out on their own.
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(missed = n, "peer-gone events missed");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => gone = None,
+                },
                 _ = tokio::time::sleep_until(timer.into()) => self.sched.handle_timeout(Instant::now()),
                 _ = tokio::time::sleep_until(sync_at.into()) => {}
             }
@@ -186,9 +213,10 @@ impl Download {
                         .get(&peer)
                         .copied();
                     let Some(addr) = addr else {
-                        let _ = self
+                        let r = self
                             .sched
                             .handle_result(Instant::now(), req, Outcome::Failed);
+                        self.noted(r);
                         continue;
                     };
                     let sw = self.swarm.clone();
@@ -219,11 +247,19 @@ impl Download {
                 }
                 Action::WantLeases { indices, max } => {
                     self.want_leases = u32::try_from(max).unwrap_or(u32::MAX);
-                    self.wanted = indices;
+                    self.want = indices
+                        .iter()
+                        .filter_map(|&i| u32::try_from(i).ok())
+                        .collect();
                     self.next_sync = Instant::now();
                 }
-                // The tracker expires leases we do not fulfil; nothing to send.
-                Action::ReleaseLeases { .. } => {}
+                // Handed back at once, so the tracker can grant them to another agent
+                // rather than wait for the lease to lapse.
+                Action::ReleaseLeases { indices } => {
+                    self.release
+                        .extend(indices.iter().filter_map(|&i| u32::try_from(i).ok()));
+                    self.next_sync = Instant::now();
+                }
             }
         }
     }
@@ -247,21 +283,40 @@ impl Download {
         let mut new_ids = Vec::new();
         for IndexedId { index, id } in resp.ids {
             let i = index as usize;
-            if let Some(slot) = self.ids.get_mut(i) {
-                if slot.is_none() {
-                    *slot = Some(id);
+            match self.ids.get(i).copied() {
+                Some(None) => {
+                    if let Some(slot) = self.ids.get_mut(i) {
+                        *slot = Some(id);
+                    }
                     new_ids.push((i, id));
                 }
+                // The id we know (from the tracker, or hashed from origin bytes and
+                // published) stays; bytes are checked against it.
+                Some(Some(known)) if known != id => {
+                    let e = SchedError::IdConflict {
+                        index: i,
+                        known,
+                        new: id,
+                    };
+                    self.noted(Err(e));
+                }
+                Some(Some(_)) => {}
+                None => self.noted(Err(SchedError::IndexOutOfRange {
+                    index: i,
+                    chunks: self.ids.len(),
+                })),
             }
         }
         if !new_ids.is_empty() || !resp.leases.is_empty() {
             self.sched.handle_progress(now);
         }
-        let _ = self.sched.handle_chunk_ids(now, new_ids.iter().copied());
+        let r = self.sched.handle_chunk_ids(now, new_ids.iter().copied());
+        self.noted(r);
         for (i, id) in new_ids {
             // Another object may have brought this chunk already.
             if !self.fill.has(i) && self.cache.store().contains(&id) {
-                let _ = self.sched.handle_local(now, i);
+                let r = self.sched.handle_local(now, i);
+                self.noted(r);
                 self.local(i, id);
             }
         }
@@ -280,19 +335,48 @@ impl Download {
             } else {
                 hint.have.iter().map(|i| i as usize).collect()
             };
-            let _ = self.sched.handle_peer(now, hint.id, hint.proximity, have);
+            let r = self.sched.handle_peer(now, hint.id, hint.proximity, have);
+            self.noted(r);
         }
-        // The reply does not say which of the chunks we asked for are leased to
-        // someone else (a grant is capped per agent), so nothing is inferred from
-        // the chunks not granted; the scheduler asks again after its interval.
-        self.wanted.clear();
-        let _ = self
+        let r = self
             .sched
             .handle_leases(now, resp.leases.iter().map(|&i| i as usize));
+        self.noted(r);
+        // Chunks we asked for that another agent is fetching from the origin: wait
+        // for its announce instead of asking again or falling back.
+        let r = self
+            .sched
+            .handle_leased_elsewhere(now, resp.leased_elsewhere.iter().map(|i| i as usize));
+        self.noted(r);
         self.cursor = resp.cursor;
         if resp.more {
             // The tracker capped the ids; page on at once.
             self.next_sync = now;
+        }
+    }
+
+    /// A peer closed its connection to us (shut down, restarted): its requests are
+    /// rescheduled, not counted against it; a later tracker hint brings it back.
+    fn on_peer_gone(&mut self, peer: &PeerId) {
+        if self.sched.peer_status(peer).is_some() {
+            tracing::debug!(key = %self.key, %peer, "peer gone; rescheduling its requests");
+            let r = self.sched.handle_peer_gone(Instant::now(), peer);
+            self.noted(r);
+        }
+    }
+
+    /// Logs and counts an input the scheduler refused. A second id for a chunk is
+    /// worth a warning: the origin changed behind unchanged validators, or a
+    /// publisher lied (the first id is kept, so bytes are still checked against it).
+    fn noted(&self, r: Result<(), SchedError>) {
+        let Err(e) = r else { return };
+        self.cache.inner.metrics.sched_error(&e);
+        match e {
+            SchedError::IdConflict { .. } => {
+                tracing::warn!(key = %self.key, error = %e, "tracker sent a conflicting chunk id");
+            }
+            SchedError::UnknownRequest(_) => tracing::trace!(key = %self.key, error = %e),
+            _ => tracing::debug!(key = %self.key, error = %e, "scheduler refused an input"),
         }
     }
 
@@ -336,12 +420,7 @@ impl Download {
                     Some(known) if known != id => {
                         // Either the origin changed under the same validator, or the
                         // publisher lied; neither is fixable here.
-                        self.cache
-                            .inner
-                            .metrics
-                            .verify_failures
-                            .with_label_values(&["origin"])
-                            .inc();
+                        self.cache.inner.metrics.verify_failed(Source::Origin);
                         return Err(FillError::IdMismatch { index });
                     }
                     Some(_) => {}
@@ -367,7 +446,8 @@ impl Download {
             // version is used any more.
             Fetched::Origin(Err(e)) => return Err(e),
         };
-        let _ = self.sched.handle_result(Instant::now(), req, outcome);
+        let r = self.sched.handle_result(Instant::now(), req, outcome);
+        self.noted(r);
         Ok(())
     }
 
@@ -398,12 +478,7 @@ impl Download {
         if let Some(d) = &digest {
             if let Err(e) = self.check_digest(d).await {
                 if let FillError::DigestMismatch { from, .. } = &e {
-                    self.cache
-                        .inner
-                        .metrics
-                        .verify_failures
-                        .with_label_values(&[from.label()])
-                        .inc();
+                    self.cache.inner.metrics.verify_failed(*from);
                 }
                 self.cache.abort_fill(&self.fill, e).await;
                 return;

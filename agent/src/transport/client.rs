@@ -21,6 +21,8 @@ use crate::metrics::{Metrics, Source};
 const TLS_ALERTS: std::ops::RangeInclusive<u64> = 0x100..=0x1ff;
 /// Bytes hashed at a time while a chunk arrives.
 const HASH_BLOCK: usize = 64 * 1024;
+/// Peer-gone events buffered for a slow receiver (see [`Pool::gone`]).
+const GONE_BACKLOG: usize = 256;
 
 type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
 
@@ -32,7 +34,9 @@ pub(super) struct Pool {
     slots: Mutex<HashMap<PeerId, Slot>>,
     timeout: Duration,
     metrics: Metrics,
-    closing: AtomicBool,
+    closing: Arc<AtomicBool>,
+    /// Peers whose connection they ended (see [`Pool::gone`]).
+    gone: tokio::sync::broadcast::Sender<PeerId>,
 }
 
 impl Pool {
@@ -42,8 +46,14 @@ impl Pool {
             slots: Mutex::new(HashMap::new()),
             timeout,
             metrics,
-            closing: AtomicBool::new(false),
+            closing: Arc::new(AtomicBool::new(false)),
+            gone: tokio::sync::broadcast::channel(GONE_BACKLOG).0,
         }
+    }
+
+    /// See [`super::PeerEndpoint::gone`].
+    pub(super) fn gone(&self) -> tokio::sync::broadcast::Receiver<PeerId> {
+        self.gone.subscribe()
     }
 
     /// Statistics of every live connection we dialled (diagnostics, the probe).
@@ -95,10 +105,7 @@ impl Pool {
             }
             Err(e) => {
                 if matches!(e, PeerError::Corrupt) {
-                    self.metrics
-                        .verify_failures
-                        .with_label_values(&["peer"])
-                        .inc();
+                    self.metrics.verify_failed(Source::Peer);
                 }
                 tracing::debug!(peer = %peer.id, %id, error = %e, "peer fetch failed");
                 e.label()
@@ -177,10 +184,15 @@ impl Pool {
         tracing::debug!(peer = %peer.id, addr = %peer.addr, "connected to peer");
         self.metrics.peers_connected.inc();
         let (metrics, watched, id) = (self.metrics.clone(), conn.clone(), peer.id.clone());
+        let (gone, closing) = (self.gone.clone(), self.closing.clone());
         tokio::spawn(async move {
             let reason = watched.closed().await;
             metrics.peers_connected.dec();
             tracing::debug!(peer = %id, %reason, "connection to peer closed");
+            if ended_by_peer(&reason) && !closing.load(Ordering::Relaxed) {
+                // No receiver (no download running) is fine.
+                let _ = gone.send(id);
+            }
         });
         *held = Some(conn.clone());
         Ok(conn)
@@ -235,6 +247,18 @@ fn ended(e: quinn::ConnectionError) -> PeerError {
             PeerError::Connect(ConnectFailure::Handshake(e))
         }
         _ => PeerError::Closed(e.to_string()),
+    }
+}
+
+/// Whether the peer ended the connection (closed it, reset it after a restart, or
+/// broke it off with a transport error other than a TLS alert, which is a refused
+/// handshake), as opposed to an idle timeout or a close of our own.
+fn ended_by_peer(reason: &quinn::ConnectionError) -> bool {
+    use quinn::ConnectionError as E;
+    match reason {
+        E::ApplicationClosed(_) | E::Reset => true,
+        E::ConnectionClosed(c) => !TLS_ALERTS.contains(&u64::from(c.error_code)),
+        _ => false,
     }
 }
 

@@ -302,6 +302,14 @@ impl PeerEndpoint {
         &self.peer_id
     }
 
+    /// Peers whose connection we dialled was ended by them: they closed it (shut
+    /// down), reset it (restarted) or broke it off with a transport error. Idle
+    /// timeouts (no keep-alive: idle connections are let go) and closes of our own
+    /// are not reported. Events sent while a receiver lags are dropped for it.
+    pub fn gone(&self) -> tokio::sync::broadcast::Receiver<PeerId> {
+        self.pool.gone()
+    }
+
     /// Fetches chunk `id` of `len` bytes from `peer`, over the pooled connection to it
     /// (dialled by peer id as TLS server name), within the request deadline. Returns
     /// only bytes that hash to `id`.

@@ -64,6 +64,8 @@ fn sync_req(a: AgentInfo, k: &ObjectKey, chunks: u32, have: &[u32], want: u32) -
         complete: false,
         publish: Vec::new(),
         want_leases: want,
+        want: ChunkBitmap::new(),
+        release: Vec::new(),
         cursor: None,
         renew: Vec::new(),
     }
@@ -840,4 +842,90 @@ fn hint_bitmaps_stay_within_the_reply_budget() {
     assert!(!r.peers.is_empty());
     assert!(bytes <= 32 * 1024, "{bytes} bytes of bitmaps");
     assert!(r.peers.len() < 20, "{} peers", r.peers.len());
+}
+
+/// `sync_req` asking for leases on `want` (at most `max`) and giving back `release`.
+fn lease_req(
+    port: u16,
+    k: &ObjectKey,
+    have: &[u32],
+    want: &[u32],
+    max: u32,
+    release: &[u32],
+) -> SyncRequest {
+    let mut r = sync_req(agent(port, Topology::default(), 0), k, 16, have, max);
+    r.want = want.iter().copied().collect();
+    r.release = release.to_vec();
+    r
+}
+
+#[test]
+fn wanted_chunks_are_granted_first_and_leased_elsewhere_answered() {
+    let t0 = Instant::now();
+    let mut reg = Registry::new(cfg(), 1);
+    let k = key("a");
+    // a wants 9, 3 and 12: the lowest wanted first, not the lowest free (0).
+    let r = reg
+        .sync(t0, &id("a"), &lease_req(1, &k, &[], &[12, 3, 9], 2, &[]))
+        .unwrap();
+    assert_eq!(r.leases, vec![3, 9]);
+    assert!(r.leased_elsewhere.is_empty());
+    // b wants 3, 9 (a's), 12 and 5 (held by c): it gets 12, then the lowest free chunk
+    // outside its list (0) to fill its room; 3 and 9 come back as leased elsewhere,
+    // the held 5 is neither granted nor reported.
+    reg.announce(
+        t0,
+        &id("c"),
+        &AnnounceRequest {
+            agent: agent(3, Topology::default(), 0),
+            objects: vec![held(&k, 16, &[5], true)],
+        },
+    );
+    let r = reg
+        .sync(t0, &id("b"), &lease_req(2, &k, &[], &[3, 5, 9, 12], 2, &[]))
+        .unwrap();
+    assert_eq!(r.leases, vec![0, 12]);
+    assert_eq!(r.leased_elsewhere.iter().collect::<Vec<_>>(), vec![3, 9]);
+    // Asking for one's own leases reports nothing as leased elsewhere.
+    let r = reg
+        .sync(t0, &id("a"), &lease_req(1, &k, &[], &[3, 9, 12], 2, &[]))
+        .unwrap();
+    assert_eq!(r.leases, vec![3, 9]);
+    assert_eq!(r.leased_elsewhere.iter().collect::<Vec<_>>(), vec![12]);
+    // Wanting past the object's chunks is refused like `have`.
+    assert!(matches!(
+        reg.sync(t0, &id("a"), &lease_req(1, &k, &[], &[16], 2, &[])),
+        Err(RegistryError::Index { index: 16, .. })
+    ));
+}
+
+#[test]
+fn released_leases_are_dropped_and_go_to_others() {
+    let t0 = Instant::now();
+    let mut reg = Registry::new(cfg(), 1);
+    let k = key("a");
+    let r = reg
+        .sync(t0, &id("a"), &lease_req(1, &k, &[], &[0, 1], 2, &[]))
+        .unwrap();
+    assert_eq!(r.leases, vec![0, 1]);
+    // b's release of a's lease changes nothing.
+    let r = reg
+        .sync(t0, &id("b"), &lease_req(2, &k, &[], &[0], 1, &[0]))
+        .unwrap();
+    assert_eq!(r.leased_elsewhere.iter().collect::<Vec<_>>(), vec![0]);
+    assert_eq!(r.leases, vec![2], "0 is still a's");
+    assert_eq!(reg.drain_events().leases_released, 0);
+    // a gives 0 back (its origin fetches failed) while asking again: it is not granted
+    // 0 again in the same answer, keeps 1 and is given the next free chunk instead.
+    let r = reg
+        .sync(t0, &id("a"), &lease_req(1, &k, &[], &[0, 1], 2, &[0]))
+        .unwrap();
+    assert_eq!(r.leases, vec![1, 3]);
+    assert_eq!(reg.drain_events().leases_released, 1);
+    // At once (no TTL wait) the chunk is free for someone else.
+    let r = reg
+        .sync(t0, &id("c"), &lease_req(3, &k, &[], &[0], 1, &[]))
+        .unwrap();
+    assert_eq!(r.leases, vec![0]);
+    assert!(r.leased_elsewhere.is_empty());
 }
