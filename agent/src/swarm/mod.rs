@@ -99,12 +99,6 @@ impl Swarm {
         let sched = SchedConfig {
             salt,
             origin_fallback_after: p.origin_fallback,
-            // Pure rarest first: an urgent window at the client's position makes every
-            // agent of a flash crowd chase the same lowest chunks, which starves
-            // swarm diversity (fleet S2, 24 agents, 25 Mbit/s uplinks: last agent
-            // 63.1 s with a window of 4, 58.5 s with 1, 52.1 s with 0; BitTorrent 50.9 s).
-            // Ties still go to the lowest index, so a warm swarm streams in order.
-            urgent_window: 0,
             ..SchedConfig::default()
         };
         Ok(Self {

@@ -30,9 +30,6 @@ pub struct SchedConfig {
     /// Origin range requests in flight (leased or fallback). Default 4. The origin is
     /// the scarce resource; raising this mostly helps a lone agent with no swarm.
     pub origin_inflight: usize,
-    /// How many not-yet-stored chunks at and after the cursor are fetched before any
-    /// other chunk, in index order. Default 4. 0 turns streaming priority off.
-    pub urgent_window: usize,
     /// Fixed part of a peer request's deadline. Default 2 s. Past the deadline the
     /// request is *slow*: the chunk may be duplicated to another holder.
     pub slow_base: Duration,
@@ -93,7 +90,6 @@ impl Default for SchedConfig {
             peer_window_start: 1,
             max_inflight: 32,
             origin_inflight: 4,
-            urgent_window: 4,
             slow_base: Duration::from_secs(2),
             slow_rate: 256 * 1024,
             give_up_after: 3,

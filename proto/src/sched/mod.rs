@@ -18,15 +18,20 @@
 //! - **Origin leases**: the tracker's grant that *this* agent fetches given chunks from
 //!   the origin ([`Scheduler::handle_leases`]), or the news that another agent holds the
 //!   lease ([`Scheduler::handle_leased_elsewhere`]).
-//! - **Local chunks** ([`Scheduler::handle_local`]) and the client's read position
-//!   ([`Scheduler::set_cursor`]).
+//! - **Local chunks** ([`Scheduler::handle_local`]).
+//!
+//! It does not know where clients are reading: there is no urgent window at a read
+//! position. One existed (the first N missing chunks at the cursor before any other)
+//! and was removed: in a flash crowd it made every agent chase the same lowest
+//! chunks and starved swarm diversity (fleet S2, 24 agents: last agent 63.1 s with a
+//! window of 4, 58.5 s with 1, 52.1 s with 0), so the agent ran it at 0 and never
+//! reported a position. Ties go to the lowest index, so a warm swarm still streams
+//! roughly in order; readers wait for the chunk they need.
 //! - **Results** of the requests it asked for ([`Scheduler::handle_result`]).
 //!
 //! # Policy
 //!
-//! 1. *Which chunk*: the urgent window first (the first `urgent_window` chunks not yet
-//!    stored at or after the cursor, in index order), so a client streaming the object
-//!    does not stall; then rarest first (fewest live holders), ties to the lowest index.
+//! 1. *Which chunk*: rarest first (fewest live holders), ties to the lowest index.
 //! 2. *Which peer*: among live holders that are not backing off and below their
 //!    window, the nearest ([`Proximity`]), then the least loaded (fewest requests from
 //!    us), then the fewest recent failures, then a per-agent salted hash of the peer id
@@ -34,8 +39,7 @@
 //!    window starts at `peer_window_start` (1), grows by one per success up to
 //!    `peer_inflight`, halves on `Busy` and drops to 1 on a failure.
 //! 3. *Caps*: at most `peer_inflight` requests per peer, `origin_inflight` to the origin
-//!    and `max_inflight` in total, duplicates included. Caps are never exceeded, not
-//!    even for urgent chunks. While a leased chunk is being fetched from the origin,
+//!    and `max_inflight` in total, duplicates included. Caps are never exceeded. While a leased chunk is being fetched from the origin,
 //!    at most `peer_inflight_while_leased` peer requests are out: nobody else can
 //!    send that chunk, and its fetch shares our downlink with every peer transfer (in
 //!    fleet S4, 20 Mbit/s downlinks, the origin's first copies took ~30 s instead of
@@ -45,7 +49,7 @@
 //!    first answer wins and the other is cancelled). After `give_up_after` deadlines it
 //!    is cancelled and counts as a failure of that peer.
 //! 5. *Endgame*: once every chunk not yet stored is in flight, chunks are duplicated to
-//!    other holders, urgent and oldest first, at most `max_copies` requests per chunk
+//!    other holders, oldest first, at most `max_copies` requests per chunk
 //!    and `max_duplicates` duplicates at once. When one copy succeeds the others are
 //!    cancelled ([`Action::Cancel`]).
 //! 6. *Peer standing*: `Busy` backs the peer off (`busy_backoff`, doubling per
@@ -65,7 +69,7 @@
 //!    id) is always left to the peers, even when leased or fallen back.
 //! 8. *Leases*: chunks no peer can serve, not leased to us, not recently reported
 //!    leased elsewhere, not fallen back and not in flight are listed in
-//!    [`Action::WantLeases`] (urgent first, then by index), only when we could use more
+//!    [`Action::WantLeases`] (by index), only when we could use more
 //!    leases (fewer than `origin_inflight` leased chunks outstanding), at most once per
 //!    `lease_ask_interval` — or at once after a leased chunk is stored, so a lone agent
 //!    keeps its origin requests busy. Leased chunks go to the origin before fallen-back
@@ -79,6 +83,19 @@
 //!    else, and we do not ask for that chunk again for `origin_fallback_after`. Its
 //!    fallback clock restarts, so if nobody else delivers it we try the origin again
 //!    ourselves. Fallback origin fetches are retried with the same back-off, forever.
+//!
+//! # The tracker contract
+//!
+//! Each lease input and output has its field in [`crate::tracker`]'s sync messages,
+//! so an agent only copies: [`Action::WantLeases`] `{ indices, max }` is
+//! `SyncRequest::want` (as a bitmap) and `want_leases`; [`Action::ReleaseLeases`] is
+//! `SyncRequest::release`; [`Scheduler::leases`] is `SyncRequest::renew`;
+//! `SyncResponse::leases` feeds [`Scheduler::handle_leases`] and
+//! `SyncResponse::leased_elsewhere` feeds [`Scheduler::handle_leased_elsewhere`]. The
+//! tracker grants the wanted chunks first (then, room left, the lowest free ones,
+//! which this scheduler also accepts), never a chunk just released by the same agent.
+//! [`Scheduler::handle_peer_gone`] comes from the transport (the peer ended its
+//! connection), not the tracker.
 //!
 //! # Non-goals
 //!
@@ -100,6 +117,7 @@
 //! s.handle_chunk_ids(now, ids)      // whenever the tracker tells us ids
 //! s.handle_peer(now, peer, proximity, have) / handle_have / handle_peer_gone
 //! s.handle_leases(now, indices)     // tracker grants
+//! s.handle_leased_elsewhere(now, i) // tracker: wanted chunks leased to others
 //! loop {
 //!     while let Some(a) = s.poll_action() { perform it }   // after every handle_*
 //!     wait for a result, a tracker message, or s.poll_timeout()
@@ -144,7 +162,6 @@ pub struct Scheduler {
     reqs: BTreeMap<RequestId, Request>,
     next_req: u64,
     actions: VecDeque<Action>,
-    cursor: usize,
     tracker_lost: bool,
     last_lease_ask: Option<Instant>,
     /// When to ask for leases again, if there is something to ask for.
@@ -221,7 +238,6 @@ impl Scheduler {
             reqs: BTreeMap::new(),
             next_req: 0,
             actions: VecDeque::new(),
-            cursor: 0,
             tracker_lost: false,
             last_lease_ask: None,
             next_lease_ask: None,
@@ -449,13 +465,6 @@ impl Scheduler {
     /// fallbacks, lease re-asks. Harmless to call early or often.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.pass(now);
-    }
-
-    /// The in-order read position of the client(s) (a chunk index; with several readers,
-    /// the earliest). The urgent window starts here. Past the end: no urgent chunks.
-    /// Takes effect at the next planning step (any `handle_*` call).
-    pub fn set_cursor(&mut self, index: usize) {
-        self.cursor = index;
     }
 
     /// The next thing to do, oldest first.

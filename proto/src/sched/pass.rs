@@ -21,10 +21,6 @@ pub(super) enum Via {
     Origin,
 }
 
-/// Sort key of a chunk waiting for a request: urgent ones first, in window order.
-type Urgency = usize;
-const NOT_URGENT: Urgency = usize::MAX;
-
 impl Chunk {
     /// A peer could serve it: the id is known and some live peer holds it.
     fn peer_source(&self, holders: u32) -> bool {
@@ -35,11 +31,10 @@ impl Chunk {
 impl Scheduler {
     pub(super) fn pass(&mut self, now: Instant) {
         self.sweep(now);
-        let urgent = self.urgent();
-        self.start_origin(now, &urgent);
-        self.start_peers(now, &urgent);
-        self.start_duplicates(now, &urgent);
-        self.ask_leases(now, &urgent);
+        self.start_origin(now);
+        self.start_peers(now);
+        self.start_duplicates(now);
+        self.ask_leases(now);
         if !self.released.is_empty() {
             let indices = std::mem::take(&mut self.released);
             self.actions.push_back(Action::ReleaseLeases { indices });
@@ -94,18 +89,6 @@ impl Scheduler {
         }
     }
 
-    /// The first `urgent_window` chunks not stored at or after the cursor.
-    fn urgent(&self) -> Vec<usize> {
-        let start = self.cursor.min(self.chunks.len());
-        self.chunks[start..]
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| !c.done)
-            .map(|(k, _)| start + k)
-            .take(self.cfg.urgent_window)
-            .collect()
-    }
-
     fn full(&self) -> bool {
         self.reqs.len() >= self.cfg.max_inflight
     }
@@ -124,7 +107,7 @@ impl Scheduler {
     }
 
     /// Origin requests for leased and fallen-back chunks that no peer can serve.
-    fn start_origin(&mut self, now: Instant, urgent: &[usize]) {
+    fn start_origin(&mut self, now: Instant) {
         while self.origin_inflight < self.cfg.origin_inflight && !self.full() {
             let pick = self
                 .chunks
@@ -137,7 +120,7 @@ impl Scheduler {
                         && (c.leased || c.fallback)
                         && !c.peer_source(self.peers.holders(*i))
                 })
-                .min_by_key(|(i, c)| (rank(urgent, *i), !c.leased, *i))
+                .min_by_key(|(i, c)| (!c.leased, *i))
                 .map(|(i, c)| (i, c.leased));
             let Some((index, leased)) = pick else { break };
             let reason = if leased {
@@ -149,8 +132,8 @@ impl Scheduler {
         }
     }
 
-    /// First requests for chunks that peers can serve: urgent, then rarest, then lowest.
-    fn start_peers(&mut self, now: Instant, urgent: &[usize]) {
+    /// First requests for chunks that peers can serve: rarest, then lowest.
+    fn start_peers(&mut self, now: Instant) {
         while !self.peers_full() {
             let avail = self.available(now);
             if avail.is_empty() {
@@ -163,7 +146,7 @@ impl Scheduler {
                 .filter(|(i, c)| {
                     !c.done && c.reqs.is_empty() && c.id.is_some() && self.any_holds(&avail, *i)
                 })
-                .min_by_key(|(i, _)| (rank(urgent, *i), self.peers.holders(*i), *i))
+                .min_by_key(|(i, _)| (self.peers.holders(*i), *i))
                 .map(|(i, _)| i);
             let Some(index) = pick else { break };
             let Some(slot) = self.best_peer(&avail, index) else {
@@ -175,7 +158,7 @@ impl Scheduler {
 
     /// Extra requests for chunks already in flight: in the endgame (every remaining chunk
     /// is in flight), or when one of the chunk's requests is slow.
-    fn start_duplicates(&mut self, now: Instant, urgent: &[usize]) {
+    fn start_duplicates(&mut self, now: Instant) {
         let remaining = self.chunks.len() - self.progress.done;
         let endgame = remaining > 0 && self.busy_chunks == remaining;
         while !self.peers_full()
@@ -207,7 +190,7 @@ impl Scheduler {
                         .filter_map(|r| self.reqs.get(r))
                         .map(|r| r.started)
                         .min();
-                    (rank(urgent, *i), oldest, *i)
+                    (oldest, *i)
                 })
                 .map(|(i, _)| i);
             let Some(index) = pick else { break };
@@ -221,7 +204,7 @@ impl Scheduler {
     /// Emits `WantLeases` when chunks nobody can serve wait for a source, at most once
     /// per `lease_ask_interval` (or at once after a leased chunk is stored, so that a
     /// lone agent keeps its origin requests busy), and arms the timer for the next ask.
-    fn ask_leases(&mut self, now: Instant, urgent: &[usize]) {
+    fn ask_leases(&mut self, now: Instant) {
         self.next_lease_ask = None;
         if self.tracker_lost {
             return;
@@ -253,7 +236,6 @@ impl Scheduler {
                 .last_lease_ask
                 .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.lease_ask_interval);
         if due {
-            indices.sort_by_key(|&i| (rank(urgent, i), i));
             indices.truncate(self.cfg.lease_ask_max);
             self.actions.push_back(Action::WantLeases { indices, max });
             self.last_lease_ask = Some(now);
@@ -515,12 +497,4 @@ impl Scheduler {
             self.cancel(req);
         }
     }
-}
-
-/// Position in the urgent window, or [`NOT_URGENT`].
-fn rank(urgent: &[usize], index: usize) -> Urgency {
-    urgent
-        .iter()
-        .position(|&u| u == index)
-        .unwrap_or(NOT_URGENT)
 }

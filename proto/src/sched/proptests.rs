@@ -56,7 +56,6 @@ enum Op {
     Result(usize, u8),
     Bogus(u64, u8),
     Advance(u64),
-    Cursor(usize),
     TrackerLost,
     TrackerBack,
 }
@@ -76,7 +75,6 @@ fn op(n: usize) -> impl Strategy<Value = Op> {
         4 => (any::<usize>(), any::<u8>()).prop_map(|(k, o)| Op::Result(k, o)),
         1 => (any::<u64>(), any::<u8>()).prop_map(|(r, o)| Op::Bogus(r, o)),
         3 => prop_oneof![0u64..50, 0u64..3_000, 0u64..20_000].prop_map(Op::Advance),
-        1 => idx.prop_map(Op::Cursor),
         1 => Just(Op::TrackerLost),
         1 => Just(Op::TrackerBack),
     ]
@@ -84,27 +82,24 @@ fn op(n: usize) -> impl Strategy<Value = Op> {
 
 fn config() -> impl Strategy<Value = SchedConfig> {
     (
-        (1usize..5, 1usize..12, 1usize..5, 0usize..5),
+        (1usize..5, 1usize..12, 1usize..5),
         (1usize..4, 0usize..5, 1u32..4, 1u32..4),
         (0u64..4_000_000, 1u64..3_000, 1u64..20_000, 1usize..8),
     )
         .prop_map(
-            |((pi, mi, oi, uw), (copies, dups, fails, attempts), (rate, base, fb, ask))| {
-                SchedConfig {
-                    peer_inflight: pi,
-                    max_inflight: mi,
-                    origin_inflight: oi,
-                    urgent_window: uw,
-                    max_copies: copies,
-                    max_duplicates: dups,
-                    max_failures: fails,
-                    lease_attempts: attempts,
-                    slow_rate: rate,
-                    slow_base: Duration::from_millis(base),
-                    origin_fallback_after: Duration::from_millis(fb),
-                    lease_ask_max: ask,
-                    ..SchedConfig::default()
-                }
+            |((pi, mi, oi), (copies, dups, fails, attempts), (rate, base, fb, ask))| SchedConfig {
+                peer_inflight: pi,
+                max_inflight: mi,
+                origin_inflight: oi,
+                max_copies: copies,
+                max_duplicates: dups,
+                max_failures: fails,
+                lease_attempts: attempts,
+                slow_rate: rate,
+                slow_base: Duration::from_millis(base),
+                origin_fallback_after: Duration::from_millis(fb),
+                lease_ask_max: ask,
+                ..SchedConfig::default()
             },
         )
 }
@@ -277,7 +272,6 @@ proptest! {
                     m.now += Duration::from_millis(ms);
                     s.handle_timeout(m.now);
                 }
-                Op::Cursor(i) => s.set_cursor(i),
                 Op::TrackerLost => {
                     m.lost = true;
                     m.ever_lost = true;

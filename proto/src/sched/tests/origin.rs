@@ -148,7 +148,7 @@ fn tracker_lost_sends_all_remaining_to_origin() {
     assert_eq!(
         inflight.iter().map(|x| x.1).collect::<Vec<_>>(),
         [0, 1, 3, 4],
-        "origin cap 4, urgent first"
+        "origin cap 4, lowest first"
     );
     let mut got = vec![2];
     while let Some((req, index, reason)) = inflight.first().copied() {
@@ -237,7 +237,6 @@ fn progress_restarts_the_fallback_clock() {
 fn leased_origin_fetch_keeps_peer_requests_few() {
     let mut h = H::new(20, cfg());
     h.ids();
-    h.s.set_cursor(usize::MAX);
     h.drain();
     h.s.handle_leases(h.now, [0]).unwrap();
     let origin = origin_fetches(&h.drain());

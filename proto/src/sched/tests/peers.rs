@@ -36,7 +36,6 @@ fn rarest_chunks_first() {
             ..cfg()
         },
     );
-    h.s.set_cursor(usize::MAX);
     // Peers before ids, so that the first plan sees both.
     h.peer("a", Proximity::SameZone, 0..6);
     h.peer("b", Proximity::SameZone, 0..3);
@@ -56,7 +55,6 @@ fn nearest_then_least_loaded() {
         },
     );
     h.ids();
-    h.s.set_cursor(usize::MAX);
     h.peer("far", Proximity::Other, []);
     h.peer("near", Proximity::SameNode, []);
     h.s.handle_have(h.now, &pid("far"), 0..10).unwrap();
@@ -66,7 +64,6 @@ fn nearest_then_least_loaded() {
 
     let mut h = H::new(10, cfg());
     h.ids();
-    h.s.set_cursor(usize::MAX);
     h.peer("a", Proximity::SameZone, []);
     h.peer("b", Proximity::SameZone, []);
     h.peer("c", Proximity::Other, 0..10);
@@ -158,7 +155,7 @@ fn endgame_duplicates_bounded_and_losers_cancelled() {
     h.peer("b", Proximity::SameZone, 0..4);
     h.ids();
     let got = h.peer_fetches();
-    // Four first requests, then (endgame: all four in flight) two duplicates, urgent first.
+    // Four first requests, then (endgame: all four in flight) two duplicates, oldest then lowest first.
     assert_eq!(
         pairs(&got),
         [(0, "a"), (1, "b"), (2, "a"), (3, "b"), (0, "b"), (1, "a")]
@@ -323,7 +320,6 @@ fn busy_sends_the_chunk_to_another_holder() {
             ..cfg()
         },
     );
-    h.s.set_cursor(usize::MAX);
     h.peer("a", Proximity::SameNode, [0]);
     h.peer("b", Proximity::Other, [0]);
     h.ids();
@@ -362,40 +358,6 @@ fn peer_gone_mid_transfer_requests_reassigned() {
     // A gone peer comes back when announced again.
     h.peer("a", Proximity::SameZone, 0..4);
     assert_eq!(h.s.peer_status(&pid("a")), Some(PeerStatus::Active));
-}
-
-#[test]
-fn urgent_window_first_then_rarest() {
-    let mut h = H::new(
-        20,
-        SchedConfig {
-            max_inflight: 4,
-            ..cfg()
-        },
-    );
-    h.s.handle_local(h.now, 6).unwrap();
-    h.s.set_cursor(5);
-    h.peer("a", Proximity::SameZone, 0..20);
-    h.peer("b", Proximity::SameZone, 0..11);
-    h.ids();
-    let got = h.peer_fetches();
-    assert_eq!(
-        got.iter().map(|x| x.1).collect::<Vec<_>>(),
-        [5, 7, 8, 9],
-        "window skips the stored chunk 6"
-    );
-    h.result(got[0].0, Outcome::Ok);
-    // Window is now 7, 8, 9, 10; 10 is the only one not in flight.
-    assert_eq!(
-        h.peer_fetches().iter().map(|x| x.1).collect::<Vec<_>>(),
-        [10]
-    );
-    h.result(got[1].0, Outcome::Ok);
-    // Then the rarest: 11.. have one holder.
-    assert_eq!(
-        h.peer_fetches().iter().map(|x| x.1).collect::<Vec<_>>(),
-        [11]
-    );
 }
 
 #[test]
