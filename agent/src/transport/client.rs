@@ -187,12 +187,13 @@ impl Pool {
         let (gone, closing) = (self.gone.clone(), self.closing.clone());
         tokio::spawn(async move {
             let reason = watched.closed().await;
-            metrics.peers_connected.dec();
             tracing::debug!(peer = %id, %reason, "connection to peer closed");
             if ended_by_peer(&reason) && !closing.load(Ordering::Relaxed) {
                 // No receiver (no download running) is fine.
                 let _ = gone.send(id);
             }
+            // Last, so a caller that sees the gauge fall has seen the event too.
+            metrics.peers_connected.dec();
         });
         *held = Some(conn.clone());
         Ok(conn)

@@ -583,6 +583,49 @@ async fn graceful_shutdown_lets_uploads_finish() {
     assert!(matches!(e, PeerError::Shutdown), "{e:?}");
 }
 
+#[tokio::test]
+async fn peer_closing_its_connection_is_reported_gone() {
+    let pki = pki(&["server", "client"]);
+    let source = Arc::new(MemorySource::new());
+    let id = source.insert(data(13, 1000));
+    let (server, _) = node(
+        &pki.identity(0).unwrap(),
+        options(UploadLimits::UNLIMITED),
+        source,
+    )
+    .await;
+    let (client, cm) = node(
+        &pki.identity(1).unwrap(),
+        options(UploadLimits::UNLIMITED),
+        Arc::new(MemorySource::new()),
+    )
+    .await;
+    let mut gone = client.gone();
+    client.fetch(&addr(&server), id, 1000).await.unwrap();
+    assert!(gone.try_recv().is_err(), "nothing gone while connected");
+    // The server stops (it closes every connection): the client hears of it.
+    server.close();
+    let who = tokio::time::timeout(Duration::from_secs(10), gone.recv())
+        .await
+        .expect("a gone event")
+        .unwrap();
+    assert_eq!(&who, server.peer_id());
+    // Our own shutdown is not the peer leaving.
+    let (server2, _) = node(
+        &pki.identity(0).unwrap(),
+        options(UploadLimits::UNLIMITED),
+        Arc::new(MemorySource::new()),
+    )
+    .await;
+    let _ = client.fetch(&addr(&server2), id, 1000).await;
+    assert_eq!(cm.peers_connected.get(), 1);
+    client.close();
+    // The watcher sends its event (if any) before the gauge falls.
+    eventually("connection closed", || cm.peers_connected.get() == 0).await;
+    assert!(gone.try_recv().is_err(), "our own close is not reported");
+    server2.shutdown().await;
+}
+
 /// Goodput of 1 GiB over one loopback connection; run with
 /// `cargo test --release -p shoal-agent --lib transport -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
