@@ -2,6 +2,8 @@
 //! the cache directory is unusable; time to first byte is measured at the first body
 //! byte, not when the response head is ready.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use http::{Method, StatusCode};
