@@ -6,8 +6,11 @@
 //!
 //! - `POST /v1/sync` ([`SyncRequest`] → [`SyncResponse`]): one object the agent is
 //!   downloading, every poll interval. Carries what the agent holds and the chunk ids it
-//!   hashed from origin bytes; returns the authoritative layout, new chunk ids, ranked
-//!   peer hints and origin leases.
+//!   hashed from origin bytes, the chunks it wants origin leases on and the leases it
+//!   gives back; returns the authoritative layout, new chunk ids, ranked peer hints,
+//!   origin leases and which wanted chunks are leased to others (the lease fields
+//!   carry the fetch scheduler's inputs and outputs one to one: see
+//!   [`crate::sched`], "The tracker contract").
 //! - `POST /v1/announce` ([`AnnounceRequest`] → [`AnnounceResponse`]): every held
 //!   object, in one batch, every announce interval; refills a restarted tracker.
 //!

@@ -11,7 +11,8 @@
 //! short, bounded by the request's size and the object's holder count.
 //!
 //! Work per call: a sync is O(holders of that object) for peer ranking plus
-//! O(chunks / 8) for lease search; announces are O(objects announced). Expired state
+//! O(chunks / 8 + wanted) for lease search (each candidate also checked against the
+//! request's released indices); announces are O(objects announced). Expired state
 //! is swept every `min(peer_ttl, object_ttl, lease_ttl) / 4`, O(all holdings).
 //!
 //! Non-goals: no persistence, no replication between replicas (agents pick a replica
