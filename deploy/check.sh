@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Validates the deployment artifacts: JSON, YAML, embedded TOML, the apt snippet, the
 # alert rules and dashboard expressions (PromQL), the plain manifests and their
-# kustomization, the Helm chart rendered for its defaults and for each values file in
-# helm/shoal/ci/ (and refusing a pod listener without a pod CIDR), every manifest
+# kustomization, the Helm chart rendered for its defaults and for each values file
+# helm/shoal/ci/*-values.yaml (the chart-testing naming), the chart refusing a pod
+# listener without a pod CIDR, every manifest
 # against the Kubernetes schemas of the chart's minimum kubeVersion and of the newest
 # release kubernetes-validate knows, and every shell script of the repository with
 # ShellCheck.
@@ -221,7 +222,7 @@ fi
 # Helm chart: defaults and each values file in helm/shoal/ci.
 if have helm; then
   ok "$(helm version --short)"
-  for values in "" helm/shoal/ci/*.yaml; do
+  for values in "" helm/shoal/ci/*-values.yaml; do
     args=()
     [ -z "$values" ] || args=(-f "$values")
     name="${values:-(defaults)}"
@@ -233,7 +234,7 @@ if have helm; then
     validate+=("$out")
   done
   # The pod listener: present only when enabled, and refused without a pod CIDR.
-  "$PY" - "$tmp/helm-defaults.yaml" "$tmp/helm-values-pods.yaml" <<'PY' || fail "pod listener rendering"
+  "$PY" - "$tmp/helm-defaults.yaml" "$tmp/helm-pods-values.yaml" <<'PY' || fail "pod listener rendering"
 import sys, yaml
 def agent(path):
     docs = [d for d in yaml.safe_load_all(open(path)) if d]

@@ -30,7 +30,7 @@ KUBECTL_VERSION=v1.31.9
 KUBECTL_SHA256=720d31a15368ad56993c127a7d4fa2688a8520029c2e6be86b1a877ad6f92624
 REQUIREMENTS=deploy/check-requirements.txt
 
-cache="${SHOAL_DEPLOY_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/shoal-deploy-tools}"
+cache="${SHOAL_DEPLOY_TOOLS:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/shoal-deploy-tools}"
 PY="${PYTHON:-python3}"
 export npm_config_update_notifier=false npm_config_fund=false PIP_DISABLE_PIP_VERSION_CHECK=1
 
