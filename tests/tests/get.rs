@@ -326,3 +326,51 @@ async fn status_reports_fills_in_flight_and_origin_share() {
     assert!(text.contains("origin share:    100.0%"), "{text}");
     assert!(text.contains("ready:           yes"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prefetch_goes_through_the_swarm_and_warms_peers() {
+    let s = shoal_tests::swarm::TestSwarm::builder()
+        .net(141)
+        .agents(2)
+        .spawn()
+        .await
+        .unwrap();
+    let data = random_bytes(2 << 20, 141);
+    s.origin.put("/rel.bin", Object::new(data.clone()));
+    let url = s.origin.url("/rel.bin");
+    let key = get::parse_url(&url).unwrap().to_string();
+    let admin = Endpoint::from_addr(s.agent(0).admin_addr());
+    let answer = get::prefetch::prefetch(&admin, std::slice::from_ref(&url))
+        .await
+        .unwrap();
+    assert_eq!(answer.accepted, 1);
+    let a0 = s.agent(0);
+    assert!(
+        eventually(Duration::from_secs(20), || a0
+            .cache()
+            .cached(&key)
+            .is_some())
+        .await,
+        "prefetch did not cache the object"
+    );
+    let origin_after_prefetch = s.origin.bytes_sent();
+    // A p2p URL is looked up with a HEAD first: the swarm path, not a plain GET.
+    assert!(s.origin.requests("/rel.bin") >= 2, "HEAD then ranges");
+    // The next node fetches from the prefetched one, not from the origin.
+    let file = tempfile::tempdir().unwrap();
+    let out = file.path().join("rel.bin");
+    let o = Options {
+        url: get::parse_url(&url).unwrap(),
+        out: out.clone(),
+        agent: Endpoint::from_addr(s.agent(1).proxy_addr()),
+        digest: Some(format!("sha256:{}", sha256(&data)).parse().unwrap()),
+        progress: Mode::Quiet,
+    };
+    get::download(&o).await.unwrap();
+    assert_eq!(sha256(&std::fs::read(&out).unwrap()), sha256(&data));
+    let (peer, from_origin) = s.fetched(1);
+    assert_eq!(peer, data.len() as u64, "every byte from the peer");
+    assert_eq!(from_origin, 0);
+    assert!(s.origin.bytes_sent() - origin_after_prefetch < 1024);
+    s.shutdown().await;
+}

@@ -240,6 +240,9 @@ async fn write(
         Ok(())
     }
     .await;
+    // tokio's File writes in the background: wait for what was written before a
+    // failure too, so the `.part` a resume starts from holds every byte counted.
+    let _ = file.flush().await;
     drop(file);
     if let Err(e) = res {
         progress.abandon();
