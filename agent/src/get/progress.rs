@@ -103,7 +103,8 @@ impl Progress {
     /// Ends the display after a successful download.
     pub fn finish(&mut self) {
         match self {
-            Progress::Bar(b) => b.finish(),
+            // The summary line printed after it says the same.
+            Progress::Bar(b) => b.finish_and_clear(),
             Progress::Lines { .. } => self.line(),
             Progress::Quiet => {}
         }
