@@ -1,6 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus text), `/live` (the process answers),
-//! `/ready` (the agent serves clients). Plain HTTP on a node-local address by default;
-//! it exposes no data beyond counters.
+//! `/ready` (the agent serves clients), and `POST /v1/prefetch` (puts URLs into the
+//! cache, [`crate::proxy::prefetch`]). Plain HTTP on a node-local address by default,
+//! without authentication: whoever reaches it can read counters and make the agent
+//! fetch URLs its rules allow, so it must stay node-local.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,7 +20,10 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 use crate::object::read::ProxyBody;
+use crate::proxy::Proxy;
 use crate::proxy::respond::{error, full};
+
+mod prefetch;
 
 /// Readiness, flipped by the app once every listener is up.
 #[derive(Debug, Clone, Default)]
@@ -35,10 +40,12 @@ impl Ready {
 }
 
 /// Serves the admin endpoints until `shutdown` resolves.
+/// `proxy` serves `POST /v1/prefetch`; without it that endpoint answers 503.
 pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
     ready: Ready,
+    proxy: Option<Arc<Proxy>>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -48,6 +55,7 @@ pub async fn serve(
         .header_read_timeout(Duration::from_secs(5))
         .keep_alive(true);
     let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    let prefetch = prefetch::Prefetcher::new(proxy);
     loop {
         let (stream, _) = tokio::select! {
             _ = &mut shutdown => return,
@@ -64,10 +72,15 @@ pub async fn serve(
             // Scrapers do not need more than a few connections; shed the rest.
             continue;
         };
-        let (m, r) = (metrics.clone(), ready.clone());
-        let svc = service_fn(move |req| {
-            let (m, r) = (m.clone(), r.clone());
-            async move { Ok::<_, Infallible>(route(&req, &m, &r)) }
+        let (m, r, p) = (metrics.clone(), ready.clone(), prefetch.clone());
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let (m, r, p) = (m.clone(), r.clone(), p.clone());
+            async move {
+                if req.uri().path() == prefetch::PATH {
+                    return Ok::<_, Infallible>(p.handle(req).await);
+                }
+                Ok::<_, Infallible>(route(&req, &m, &r))
+            }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), svc);
         tokio::spawn(async move {
@@ -96,6 +109,9 @@ fn route(req: &Request<Incoming>, metrics: &Metrics, ready: &Ready) -> Response<
         "/live" => Response::new(full("live\n")),
         "/ready" if ready.get() => Response::new(full("ready\n")),
         "/ready" => error(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
-        _ => error(StatusCode::NOT_FOUND, "try /metrics, /live or /ready"),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "try /metrics, /live, /ready or POST /v1/prefetch",
+        ),
     }
 }

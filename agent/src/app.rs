@@ -146,7 +146,7 @@ impl Agent {
         }
         tasks.spawn(proxy::serve(
             proxy_l,
-            proxy,
+            proxy.clone(),
             cfg.proxy.clone(),
             conns,
             stopped(stop.subscribe()),
@@ -155,6 +155,7 @@ impl Agent {
             admin_l,
             metrics.clone(),
             ready.clone(),
+            Some(proxy),
             stopped(stop.subscribe()),
         ));
         if let Some(sw) = &swarm {

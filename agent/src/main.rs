@@ -30,6 +30,11 @@ enum Cmd {
     Demo(DemoArgs),
     /// Write a development fleet CA and certificates (not for production).
     Certs(CertsArgs),
+    /// Download a URL through the node's agent (or a one-shot one), or prefetch URLs
+    /// into its cache. Exit codes: docs/operations.md ("shoal-agent get").
+    Get(shoal_agent::get::cli::GetArgs),
+    /// Print what the node's agent is doing (from its admin API).
+    Status(shoal_agent::get::cli::StatusArgs),
 }
 
 #[derive(clap::Args)]
@@ -89,6 +94,8 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run(a),
         Cmd::Demo(a) => demo(a),
         Cmd::Certs(a) => certs(a),
+        Cmd::Get(a) => shoal_agent::get::cli::get(a),
+        Cmd::Status(a) => shoal_agent::get::cli::status(a),
     }
 }
 

@@ -85,6 +85,14 @@ pub struct Metrics {
     /// `shoal_stale_served_total`: stale objects served because revalidation failed
     /// (RFC 5861 `stale-if-error`).
     pub stale_served: IntCounter,
+    /// `shoal_fills_in_flight`: object versions being filled (from the origin or the
+    /// swarm) right now.
+    pub fills_in_flight: IntGauge,
+    /// `shoal_prefetch_total{result}`: URLs handled by `POST /v1/prefetch`: `cached`
+    /// (filled, or already cached), `uncacheable` (passed through, nothing kept),
+    /// `failed` (the origin or the swarm failed), `refused` (not accepted: bad URL, or
+    /// a `pass` rule).
+    pub prefetch: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -249,6 +257,15 @@ impl Metrics {
                 "shoal_stale_served_total",
                 "Stale objects served because revalidation failed (stale-if-error).",
             ),
+            fills_in_flight: gauge(
+                "shoal_fills_in_flight",
+                "Object versions being filled from the origin or the swarm.",
+            ),
+            prefetch: counter_vec(
+                "shoal_prefetch_total",
+                "URLs handled by POST /v1/prefetch, by result.",
+                &["result"],
+            ),
             registry,
         };
         for r in ["idle", "pressure", "full"] {
@@ -265,6 +282,9 @@ impl Metrics {
         }
         for r in ["full", "no_space", "read_only", "unwritable"] {
             m.cache_write_skipped.with_label_values(&[r]);
+        }
+        for r in ["cached", "uncacheable", "failed", "refused"] {
+            m.prefetch.with_label_values(&[r]);
         }
         m
     }
@@ -346,6 +366,8 @@ mod tests {
             "shoal_cache_quota_bytes",
             "shoal_cache_too_large_total",
             "shoal_stale_served_total",
+            "shoal_fills_in_flight 0",
+            "shoal_prefetch_total{result=\"cached\"} 0",
         ] {
             assert!(text.contains(name), "missing {name}\n{text}");
         }

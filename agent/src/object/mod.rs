@@ -326,7 +326,9 @@ impl ObjectCache {
             Err(e) => {
                 // The task panicked: drop its entry so waiters elect a new leader.
                 // Our bug, not the origin's: a 500, not a 502.
-                lock(&self.inner.flights).remove(&url_on_panic);
+                if let Some(Flight::Filling(_)) = lock(&self.inner.flights).remove(&url_on_panic) {
+                    self.inner.metrics.fills_in_flight.dec();
+                }
                 Err(OriginError::Internal(format!("origin task failed: {e}")))
             }
         }
@@ -403,7 +405,7 @@ impl ObjectCache {
             layout,
             Repr::from_headers(resp.headers()),
         ));
-        lock(&self.inner.flights).insert(fill.url.clone(), Flight::Filling(fill.clone()));
+        self.start_flight(&fill);
         crate::swarm::spawn(self.clone(), swarm, fill.clone(), key, digest);
         Ok(Lookup::Fill(fill))
     }
@@ -469,7 +471,7 @@ impl ObjectCache {
                 ));
                 // Registered before the fill task starts, so the task's `end_flight`
                 // always finds it, and only after the object is remembered.
-                lock(&self.inner.flights).insert(fill.url.clone(), Flight::Filling(fill.clone()));
+                self.start_flight(&fill);
                 origin_fill::spawn(self.clone(), fill.clone(), resp.into_body(), key, digest);
                 Ok(Lookup::Fill(fill))
             }
@@ -585,12 +587,21 @@ impl ObjectCache {
         fill.fail(e);
     }
 
+    /// Registers `fill` as the flight of its URL (`shoal_fills_in_flight` + 1).
+    fn start_flight(&self, fill: &Arc<Fill>) {
+        let old = lock(&self.inner.flights).insert(fill.url.clone(), Flight::Filling(fill.clone()));
+        if !matches!(old, Some(Flight::Filling(_))) {
+            self.inner.metrics.fills_in_flight.inc();
+        }
+    }
+
     /// Removes the flight of `url` if it is `fill` (called when a fill ends).
     pub(crate) fn end_flight(&self, url: &str, fill: &Arc<Fill>) {
         let mut flights = lock(&self.inner.flights);
         if let Some(Flight::Filling(f)) = flights.get(url) {
             if Arc::ptr_eq(f, fill) {
                 flights.remove(url);
+                self.inner.metrics.fills_in_flight.dec();
             }
         }
     }

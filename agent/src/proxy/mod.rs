@@ -13,6 +13,7 @@
 pub mod conns;
 mod framing;
 pub mod pass;
+pub mod prefetch;
 pub mod respond;
 pub mod rules;
 mod server;
