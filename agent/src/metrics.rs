@@ -2,6 +2,7 @@
 //! metric is registered in a [`Registry`] passed in, never a global one, so several
 //! agents can run in one process (tests, the demo).
 
+use crate::origin::reason::FetchReason;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     Opts, Registry, TextEncoder,
@@ -85,6 +86,13 @@ pub struct Metrics {
     /// `shoal_stale_served_total`: stale objects served because revalidation failed
     /// (RFC 5861 `stale-if-error`).
     pub stale_served: IntCounter,
+    /// `shoal_origin_fetches_total{reason}`: every request sent to an origin, by the
+    /// one [`FetchReason`] it was sent for.
+    pub origin_fetches: IntCounterVec,
+    /// `shoal_origin_bytes_total{reason}`: origin body bytes by the reason of their
+    /// request, pass-through bytes included (which `shoal_bytes_fetched_total` does
+    /// not count).
+    pub origin_bytes: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -249,6 +257,16 @@ impl Metrics {
                 "shoal_stale_served_total",
                 "Stale objects served because revalidation failed (stale-if-error).",
             ),
+            origin_fetches: counter_vec(
+                "shoal_origin_fetches_total",
+                "Requests sent to origins, by the reason they were sent.",
+                &["reason"],
+            ),
+            origin_bytes: counter_vec(
+                "shoal_origin_bytes_total",
+                "Origin body bytes received, by the reason of their request.",
+                &["reason"],
+            ),
             registry,
         };
         for r in ["idle", "pressure", "full"] {
@@ -266,7 +284,25 @@ impl Metrics {
         for r in ["full", "no_space", "read_only", "unwritable"] {
             m.cache_write_skipped.with_label_values(&[r]);
         }
+        for r in FetchReason::ALL {
+            m.origin_fetches.with_label_values(&[r.label()]);
+            m.origin_bytes.with_label_values(&[r.label()]);
+        }
         m
+    }
+
+    /// Counts `n` origin body bytes fetched into the cache for `reason` (also as
+    /// `shoal_bytes_fetched_total{source="origin"}`).
+    pub fn origin_fetched(&self, reason: FetchReason, n: u64) {
+        self.fetched(Source::Origin, n);
+        self.origin_relayed(reason, n);
+    }
+
+    /// Counts `n` origin body bytes for `reason` only (relayed, not cached).
+    pub fn origin_relayed(&self, reason: FetchReason, n: u64) {
+        self.origin_bytes
+            .with_label_values(&[reason.label()])
+            .inc_by(n);
     }
 
     /// Counts `n` bytes fetched from `source` and updates the efficiency gauge.
@@ -346,6 +382,8 @@ mod tests {
             "shoal_cache_quota_bytes",
             "shoal_cache_too_large_total",
             "shoal_stale_served_total",
+            "shoal_origin_fetches_total{reason=\"cold_lease\"} 0",
+            "shoal_origin_bytes_total{reason=\"tracker_down\"} 0",
         ] {
             assert!(text.contains(name), "missing {name}\n{text}");
         }
