@@ -30,7 +30,12 @@ fn all_bytes(m: &Metrics) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cold_flash_crowd_is_cold_leases() {
-    let s = TestSwarm::builder().net(61).agents(4).spawn().await.unwrap();
+    let s = TestSwarm::builder()
+        .net(61)
+        .agents(4)
+        .spawn()
+        .await
+        .unwrap();
     let data = random_bytes(2 << 20, 61);
     s.origin.put("/crowd.bin", Object::new(data.clone()));
     let url = s.origin.url("/crowd.bin");
@@ -120,7 +125,12 @@ async fn pass_rule_and_cookie_are_relayed_with_their_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revalidation_is_its_own_reason() {
-    let s = TestSwarm::builder().net(63).agents(1).spawn().await.unwrap();
+    let s = TestSwarm::builder()
+        .net(63)
+        .agents(1)
+        .spawn()
+        .await
+        .unwrap();
     let data = random_bytes(300_000, 63);
     s.origin.put("/r", Object::new(data.clone()));
     let url = s.origin.url("/r");
@@ -142,11 +152,18 @@ async fn revalidation_is_its_own_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn origin_without_byte_ranges_is_not_swarmable() {
-    let s = TestSwarm::builder().net(64).agents(1).spawn().await.unwrap();
+    let s = TestSwarm::builder()
+        .net(64)
+        .agents(1)
+        .spawn()
+        .await
+        .unwrap();
     let data = random_bytes(300_000, 64);
     // The test origin adds `Accept-Ranges: bytes` after this; the agent reads the first.
-    s.origin
-        .put("/n", Object::new(data.clone()).header("accept-ranges", "none"));
+    s.origin.put(
+        "/n",
+        Object::new(data.clone()).header("accept-ranges", "none"),
+    );
     let url = s.origin.url("/n");
     let m = s.agent(0).metrics();
     let r = get(s.agent(0).proxy_addr(), &url).await.unwrap();
@@ -163,17 +180,70 @@ async fn origin_without_byte_ranges_is_not_swarmable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tracker_down_chunks_say_so() {
-    let mut s = TestSwarm::builder().net(65).agents(1).spawn().await.unwrap();
+    let mut s = TestSwarm::builder()
+        .net(65)
+        .agents(1)
+        .spawn()
+        .await
+        .unwrap();
     let data = random_bytes(1 << 20, 65);
     s.origin.put("/t", Object::new(data.clone()));
     s.stop_tracker().await;
     let m = s.agent(0).metrics();
-    let r = get(s.agent(0).proxy_addr(), &s.origin.url("/t")).await.unwrap();
+    let r = get(s.agent(0).proxy_addr(), &s.origin.url("/t"))
+        .await
+        .unwrap();
     assert_eq!(r.body, data);
     assert_eq!(bytes(m, "tracker_down"), data.len() as u64);
     assert_eq!(all_bytes(m), data.len() as u64);
     let chunks = data.len() as u64 / shoal_tests::agent::TEST_CHUNK;
-    assert_eq!(fetches(m, "tracker_down"), chunks, "one range request per chunk");
+    assert_eq!(
+        fetches(m, "tracker_down"),
+        chunks,
+        "one range request per chunk"
+    );
     assert_eq!(fetches(m, "cold_lease") + fetches(m, "no_peer"), 0);
     s.shutdown().await;
+}
+
+/// Without a tracker: a plain fill is `cache_mode` (header and counters), the next
+/// request is `cache`, and a chunk corrupted on disk is fetched again as
+/// `verify_failed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cache_mode_fill_then_disk_repair() {
+    shoal_tests::logs();
+    let dir = tempfile::tempdir().unwrap();
+    let origin = shoal_tests::Origin::start("127.0.66.1").await.unwrap();
+    let data = random_bytes(400_000, 66);
+    origin.put("/c", Object::new(data.clone()));
+    let url = origin.url("/c");
+    let mut cfg = shoal_tests::agent::config("127.0.66.10", dir.path());
+    cfg.cache.memory_size = ByteSize::b(0);
+    let a = shoal_tests::agent::start(cfg).await.unwrap();
+    let m = a.metrics();
+
+    let r = get(a.proxy_addr(), &url).await.unwrap();
+    assert_eq!(r.body, data);
+    assert_eq!(r.header("x-shoal-source"), Some("origin"));
+    assert_eq!(r.header("x-shoal-origin-reason"), Some("cache_mode"));
+    assert_eq!(fetches(m, "cache_mode"), 1);
+    assert_eq!(bytes(m, "cache_mode"), data.len() as u64);
+
+    let meta = a.cache().cached(&url).expect("cached");
+    let id = meta.manifest.chunks[2].to_hex();
+    let file = dir.path().join("chunks").join(&id[..2]).join(&id);
+    let mut b = std::fs::read(&file).unwrap();
+    b[10] ^= 0xff;
+    std::fs::write(&file, b).unwrap();
+
+    let r = get(a.proxy_addr(), &url).await.unwrap();
+    assert_eq!(r.body, data, "repaired from the origin");
+    assert_eq!(r.header("x-shoal-source"), Some("cache"));
+    assert_eq!(r.header("x-shoal-origin-reason"), None);
+    assert_eq!(fetches(m, "verify_failed"), 1);
+    let chunk = shoal_tests::agent::TEST_CHUNK;
+    assert_eq!(bytes(m, "verify_failed"), chunk);
+    assert_eq!(fetches(m, "cache_mode"), 1, "no second plain GET");
+    assert_eq!(all_bytes(m), data.len() as u64 + chunk);
+    a.shutdown().await;
 }

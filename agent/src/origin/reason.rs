@@ -152,7 +152,11 @@ mod tests {
             (O::Lease, true, "cold_lease"),
         ];
         for (r, solo, want) in cases {
-            assert_eq!(FetchReason::of_chunk(r, solo).label(), want, "{r:?} solo={solo}");
+            assert_eq!(
+                FetchReason::of_chunk(r, solo).label(),
+                want,
+                "{r:?} solo={solo}"
+            );
         }
     }
 

@@ -132,8 +132,8 @@ use crate::peer::{PeerId, Proximity};
 pub use config::SchedConfig;
 pub use peers::PeerStatus;
 use peers::Peers;
-pub use types::{Action, OriginReason, Outcome, Progress, RequestId, SchedError};
 use types::PeerTrouble;
+pub use types::{Action, OriginReason, Outcome, Progress, RequestId, SchedError};
 
 /// The download plan of one object version; see the [module docs](self).
 #[derive(Debug)]

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    Action, Chunk, OriginReason, Outcome, PeerStatus, PeerTrouble, Request, RequestId,
-    SchedConfig, Scheduler, Source, peers,
+    Action, Chunk, OriginReason, Outcome, PeerStatus, PeerTrouble, Request, RequestId, SchedConfig,
+    Scheduler, Source, peers,
 };
 
 /// `t + d`, or `None` ("never") if that is not representable.
