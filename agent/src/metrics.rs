@@ -2,6 +2,7 @@
 //! metric is registered in a [`Registry`] passed in, never a global one, so several
 //! agents can run in one process (tests, the demo).
 
+use crate::origin::reason::FetchReason;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     Opts, Registry, TextEncoder,
@@ -93,6 +94,13 @@ pub struct Metrics {
     /// `failed` (the origin or the swarm failed), `refused` (not accepted: bad URL, or
     /// a `pass` rule).
     pub prefetch: IntCounterVec,
+    /// `shoal_origin_fetches_total{reason}`: every request sent to an origin, by the
+    /// one [`FetchReason`] it was sent for.
+    pub origin_fetches: IntCounterVec,
+    /// `shoal_origin_bytes_total{reason}`: origin body bytes by the reason of their
+    /// request, pass-through bytes included (which `shoal_bytes_fetched_total` does
+    /// not count).
+    pub origin_bytes: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -266,6 +274,16 @@ impl Metrics {
                 "URLs handled by POST /v1/prefetch, by result.",
                 &["result"],
             ),
+            origin_fetches: counter_vec(
+                "shoal_origin_fetches_total",
+                "Requests sent to origins, by the reason they were sent.",
+                &["reason"],
+            ),
+            origin_bytes: counter_vec(
+                "shoal_origin_bytes_total",
+                "Origin body bytes received, by the reason of their request.",
+                &["reason"],
+            ),
             registry,
         };
         for r in ["idle", "pressure", "full"] {
@@ -286,7 +304,25 @@ impl Metrics {
         for r in ["cached", "uncacheable", "failed", "refused"] {
             m.prefetch.with_label_values(&[r]);
         }
+        for r in FetchReason::ALL {
+            m.origin_fetches.with_label_values(&[r.label()]);
+            m.origin_bytes.with_label_values(&[r.label()]);
+        }
         m
+    }
+
+    /// Counts `n` origin body bytes fetched into the cache for `reason` (also as
+    /// `shoal_bytes_fetched_total{source="origin"}`).
+    pub fn origin_fetched(&self, reason: FetchReason, n: u64) {
+        self.fetched(Source::Origin, n);
+        self.origin_relayed(reason, n);
+    }
+
+    /// Counts `n` origin body bytes for `reason` only (relayed, not cached).
+    pub fn origin_relayed(&self, reason: FetchReason, n: u64) {
+        self.origin_bytes
+            .with_label_values(&[reason.label()])
+            .inc_by(n);
     }
 
     /// Counts `n` bytes fetched from `source` and updates the efficiency gauge.
@@ -368,6 +404,8 @@ mod tests {
             "shoal_stale_served_total",
             "shoal_fills_in_flight 0",
             "shoal_prefetch_total{result=\"cached\"} 0",
+            "shoal_origin_fetches_total{reason=\"cold_lease\"} 0",
+            "shoal_origin_bytes_total{reason=\"tracker_down\"} 0",
         ] {
             assert!(text.contains(name), "missing {name}\n{text}");
         }

@@ -84,7 +84,7 @@ impl Proxy {
                 }
             },
             // Dropped unread: the connection closes, nothing is downloaded.
-            Ok(Lookup::Pass(_)) => Outcome::Uncacheable,
+            Ok(Lookup::Pass(..)) => Outcome::Uncacheable,
             // Another request's origin answer was uncacheable: so would ours be.
             Ok(Lookup::Retry) => Outcome::Uncacheable,
             Err(e) => {
