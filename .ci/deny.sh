@@ -43,4 +43,8 @@ GIT_AUTHOR_DATE="$stamp" GIT_COMMITTER_DATE="$stamp" \
 touch -d "$stamp" "$db/.git/HEAD"
 echo "deny: advisory-db snapshot of $snap_date ($(find "$db/crates" -name 'RUSTSEC-*.md' | wc -l) crate advisories)"
 
+# --offline also means "only crates already in the local cargo cache": a Linux build
+# never downloads target-specific (e.g. Windows-only) dependencies, so fetch every
+# locked package first (crates.io is reachable from CI).
+cargo fetch --locked
 SHOAL_ADVISORY_DBS="$root" cargo deny --offline check

@@ -1,7 +1,9 @@
 //! The admin listener: `/metrics` (Prometheus text), `/live` (the process answers),
 //! `/ready` (the agent serves clients: listeners up, not shutting down, the cache
-//! directory usable; see [`Ready`]). Plain HTTP on a node-local address by default;
-//! it exposes no data beyond counters.
+//! directory usable; see [`Ready`]), and `POST /v1/prefetch` (puts URLs into the
+//! cache, [`crate::proxy::prefetch`]). Plain HTTP on a node-local address by default,
+//! without authentication: whoever reaches it can read counters and make the agent
+//! fetch URLs its rules allow, so it must stay node-local.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,8 +21,11 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 use crate::object::read::ProxyBody;
+use crate::proxy::Proxy;
 use crate::proxy::respond::{error, full};
 use crate::store::ChunkStore;
+
+mod prefetch;
 
 /// Readiness: set by the app once every listener is up, cleared when shutdown begins;
 /// with a store attached, also false while the store is unusable
@@ -70,10 +75,12 @@ impl Ready {
 }
 
 /// Serves the admin endpoints until `shutdown` resolves.
+/// `proxy` serves `POST /v1/prefetch`; without it that endpoint answers 503.
 pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
     ready: Ready,
+    proxy: Option<Arc<Proxy>>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -83,6 +90,7 @@ pub async fn serve(
         .header_read_timeout(Duration::from_secs(5))
         .keep_alive(true);
     let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    let prefetch = prefetch::Prefetcher::new(proxy);
     loop {
         let (stream, _) = tokio::select! {
             _ = &mut shutdown => return,
@@ -99,10 +107,15 @@ pub async fn serve(
             // Scrapers do not need more than a few connections; shed the rest.
             continue;
         };
-        let (m, r) = (metrics.clone(), ready.clone());
-        let svc = service_fn(move |req| {
-            let (m, r) = (m.clone(), r.clone());
-            async move { Ok::<_, Infallible>(route(&req, &m, &r)) }
+        let (m, r, p) = (metrics.clone(), ready.clone(), prefetch.clone());
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let (m, r, p) = (m.clone(), r.clone(), p.clone());
+            async move {
+                if req.uri().path() == prefetch::PATH {
+                    return Ok::<_, Infallible>(p.handle(req).await);
+                }
+                Ok::<_, Infallible>(route(&req, &m, &r))
+            }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), svc);
         tokio::spawn(async move {
@@ -140,6 +153,9 @@ fn route(req: &Request<Incoming>, metrics: &Metrics, ready: &Ready) -> Response<
                 "not ready: the cache directory can be neither written nor read",
             ),
         },
-        _ => error(StatusCode::NOT_FOUND, "try /metrics, /live or /ready"),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "try /metrics, /live, /ready or POST /v1/prefetch",
+        ),
     }
 }

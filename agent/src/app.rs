@@ -152,7 +152,7 @@ impl Agent {
         }
         tasks.spawn(proxy::serve(
             proxy_l,
-            proxy,
+            proxy.clone(),
             cfg.proxy.clone(),
             conns,
             stopped(stop.subscribe()),
@@ -162,6 +162,7 @@ impl Agent {
                 admin_l,
                 metrics.clone(),
                 ready.clone(),
+                Some(proxy),
                 stopped(admin_stop.subscribe()),
             ))
             .id();

@@ -5,7 +5,8 @@
 //! [`object`] (object versions, single flight, fills), [`store`] (chunks on disk and
 //! in memory), [`origin`] + [`egress`] (fetching from origins safely),
 //! [`transport`] (QUIC peer protocol), [`discovery`] (tracker client), [`swarm`]
-//! (fetching an object from the swarm), [`metrics`], [`admin`], [`app`] (wiring).
+//! (fetching an object from the swarm), [`metrics`], [`admin`], [`app`] (wiring), [`get`] (the `get` and `status`
+//! commands).
 
 pub mod admin;
 pub mod app;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod egress;
+pub mod get;
 pub mod metrics;
 pub mod object;
 pub mod origin;

@@ -30,6 +30,11 @@ enum Cmd {
     Demo(DemoArgs),
     /// Write a development fleet CA and certificates (not for production).
     Certs(CertsArgs),
+    /// Download a URL through the node's agent (or a one-shot one), or prefetch URLs
+    /// into its cache. Exit codes: docs/operations.md ("shoal-agent get").
+    Get(shoal_agent::get::cli::GetArgs),
+    /// Print what the node's agent is doing (from its admin API).
+    Status(shoal_agent::get::cli::StatusArgs),
 }
 
 #[derive(clap::Args)]
@@ -89,6 +94,8 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run(a),
         Cmd::Demo(a) => demo(a),
         Cmd::Certs(a) => certs(a),
+        Cmd::Get(a) => shoal_agent::get::cli::get(a),
+        Cmd::Status(a) => shoal_agent::get::cli::status(a),
     }
 }
 
@@ -98,6 +105,7 @@ fn demo(a: DemoArgs) -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let opts = DemoOptions {
@@ -177,7 +185,10 @@ fn certs(a: CertsArgs) -> ExitCode {
 fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only on a terminal: journald and log files would get escape codes.
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     if json { b.json().init() } else { b.init() }
 }
 

@@ -4,6 +4,7 @@
 
 use shoal_proto::sched::SchedError;
 
+use crate::origin::reason::FetchReason;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     Opts, Registry, TextEncoder,
@@ -93,6 +94,21 @@ pub struct Metrics {
     /// a changed origin or a lying publisher), `index_out_of_range`, `unknown_peer`,
     /// `unknown_request` (a late answer to a cancelled request: harmless), `layout`.
     pub sched_errors: IntCounterVec,
+    /// `shoal_fills_in_flight`: object versions being filled (from the origin or the
+    /// swarm) right now.
+    pub fills_in_flight: IntGauge,
+    /// `shoal_prefetch_total{result}`: URLs handled by `POST /v1/prefetch`: `cached`
+    /// (filled, or already cached), `uncacheable` (passed through, nothing kept),
+    /// `failed` (the origin or the swarm failed), `refused` (not accepted: bad URL, or
+    /// a `pass` rule).
+    pub prefetch: IntCounterVec,
+    /// `shoal_origin_fetches_total{reason}`: every request sent to an origin, by the
+    /// one [`FetchReason`] it was sent for.
+    pub origin_fetches: IntCounterVec,
+    /// `shoal_origin_bytes_total{reason}`: origin body bytes by the reason of their
+    /// request, pass-through bytes included (which `shoal_bytes_fetched_total` does
+    /// not count).
+    pub origin_bytes: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -262,6 +278,25 @@ impl Metrics {
                 "Inputs a swarm download's scheduler refused, by kind.",
                 &["kind"],
             ),
+            fills_in_flight: gauge(
+                "shoal_fills_in_flight",
+                "Object versions being filled from the origin or the swarm.",
+            ),
+            prefetch: counter_vec(
+                "shoal_prefetch_total",
+                "URLs handled by POST /v1/prefetch, by result.",
+                &["result"],
+            ),
+            origin_fetches: counter_vec(
+                "shoal_origin_fetches_total",
+                "Requests sent to origins, by the reason they were sent.",
+                &["reason"],
+            ),
+            origin_bytes: counter_vec(
+                "shoal_origin_bytes_total",
+                "Origin body bytes received, by the reason of their request.",
+                &["reason"],
+            ),
             registry,
         };
         for r in ["idle", "pressure", "full"] {
@@ -287,6 +322,13 @@ impl Metrics {
         ] {
             m.sched_errors.with_label_values(&[k]);
         }
+        for r in ["cached", "uncacheable", "failed", "refused"] {
+            m.prefetch.with_label_values(&[r]);
+        }
+        for r in FetchReason::ALL {
+            m.origin_fetches.with_label_values(&[r.label()]);
+            m.origin_bytes.with_label_values(&[r.label()]);
+        }
         m
     }
 
@@ -310,6 +352,20 @@ impl Metrics {
             SchedError::Layout(_) => "layout",
         };
         self.sched_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts `n` origin body bytes fetched into the cache for `reason` (also as
+    /// `shoal_bytes_fetched_total{source="origin"}`).
+    pub fn origin_fetched(&self, reason: FetchReason, n: u64) {
+        self.fetched(Source::Origin, n);
+        self.origin_relayed(reason, n);
+    }
+
+    /// Counts `n` origin body bytes for `reason` only (relayed, not cached).
+    pub fn origin_relayed(&self, reason: FetchReason, n: u64) {
+        self.origin_bytes
+            .with_label_values(&[reason.label()])
+            .inc_by(n);
     }
 
     /// Counts `n` bytes fetched from `source` and updates the efficiency gauge.
@@ -389,6 +445,10 @@ mod tests {
             "shoal_cache_quota_bytes",
             "shoal_cache_too_large_total",
             "shoal_stale_served_total",
+            "shoal_fills_in_flight 0",
+            "shoal_prefetch_total{result=\"cached\"} 0",
+            "shoal_origin_fetches_total{reason=\"cold_lease\"} 0",
+            "shoal_origin_bytes_total{reason=\"tracker_down\"} 0",
         ] {
             assert!(text.contains(name), "missing {name}\n{text}");
         }

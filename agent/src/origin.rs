@@ -13,6 +13,8 @@
 //! Cannot: stop hyper from reusing the connection after such a response (RFC 9112
 //! suggests treating it as an error; hyper's pool gives no way to discard one).
 
+pub mod reason;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -214,13 +216,15 @@ impl OriginClient {
     }
 
     /// Sends `method uri` without content, with the [`end_to_end`] part of `headers`,
-    /// and waits for the response head. `kind` labels `shoal_origin_requests_total`.
+    /// and waits for the response head. `kind` labels `shoal_origin_requests_total`,
+    /// `reason` `shoal_origin_fetches_total` (counted when the request is sent).
     pub async fn send(
         &self,
         method: Method,
         uri: &Uri,
         headers: HeaderMap,
         kind: &'static str,
+        reason: reason::FetchReason,
     ) -> Result<Response<Incoming>, OriginError> {
         let host = uri
             .host()
@@ -250,6 +254,10 @@ impl OriginClient {
         self.metrics
             .origin_requests
             .with_label_values(&[kind])
+            .inc();
+        self.metrics
+            .origin_fetches
+            .with_label_values(&[reason.label()])
             .inc();
         let after = self.cfg.connect_timeout + self.cfg.header_timeout;
         match tokio::time::timeout(after, self.client.request(req)).await {
@@ -391,7 +399,13 @@ mod tests {
         );
         let uri: Uri = "http://169.254.169.254/latest/meta-data/".parse().unwrap();
         let e = c
-            .send(Method::GET, &uri, HeaderMap::new(), "get")
+            .send(
+                Method::GET,
+                &uri,
+                HeaderMap::new(),
+                "get",
+                reason::FetchReason::CacheMode,
+            )
             .await
             .unwrap_err();
         assert_eq!(e.status(), StatusCode::FORBIDDEN);
@@ -399,7 +413,13 @@ mod tests {
         assert_eq!(m.ssrf_blocked.get(), 1);
         let uri: Uri = "http://localhost:1/".parse().unwrap();
         let e = c
-            .send(Method::GET, &uri, HeaderMap::new(), "get")
+            .send(
+                Method::GET,
+                &uri,
+                HeaderMap::new(),
+                "get",
+                reason::FetchReason::CacheMode,
+            )
             .await
             .unwrap_err();
         assert_eq!(e.status(), StatusCode::FORBIDDEN, "{e}");

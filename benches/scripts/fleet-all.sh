@@ -4,7 +4,7 @@
 # Needs root. Takes about an hour on the reference 2-core machine (direct dominates).
 # Usage: benches/scripts/fleet-all.sh [S1 S2 ...]
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(S1 S2 S3 S4)
 out=benches/results

@@ -9,7 +9,7 @@
 # Environment: FLEET_SYSTEMS (default direct,bittorrent,shoal),
 #              FLEET_OUT (default target/fleet-quick) for the JSON, Markdown and PNG.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 
 skip() {
     echo "SKIP fleet-quick: $*"

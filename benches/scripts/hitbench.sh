@@ -24,7 +24,7 @@ if [ "${HIT_PERF:-0}" = 1 ] && ! have perf; then missing+=(linux-perf); fi
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && have apt-get; then
         echo "hitbench: installing ${missing[*]}"
-        apt-get update && apt-get install -y "${missing[@]}" || true
+        { apt-get update && apt-get install -y "${missing[@]}"; } || true
     fi
     have nginx || { echo "hitbench: nginx is required (apt-get install -y nginx)"; exit 2; }
 fi
@@ -49,5 +49,7 @@ for mode in ${HIT_MODES:-hot default disk}; do
     ./target/release/hitbench --size "$size" --memory-size "$mem" \
         --json "$out/$mode.json" --markdown "$out/$mode.md" "${extra[@]}" "$@" || rc=$?
 done
+# Unquoted on purpose: split HIT_MODES into words as the loop above does.
+# shellcheck disable=SC2086
 echo "hitbench: reports in $out/{$(echo ${HIT_MODES:-hot default disk} | tr ' ' ',')}.md"
 exit $rc

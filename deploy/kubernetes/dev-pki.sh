@@ -32,7 +32,10 @@ for p in "${pairs[@]}"; do
   [ -n "$p" ] || continue
   n=${p%%=*} ip=${p#*=}
   ip=${ip%% *}  # first InternalIP if a node has several
-  [ -n "$n" ] && [ -n "$ip" ] && [ "$n" != "$p" ] || { echo "bad node entry: $p (want NAME=IP)" >&2; exit 2; }
+  if ! { [ -n "$n" ] && [ -n "$ip" ] && [ "$n" != "$p" ]; }; then
+    echo "bad node entry: $p (want NAME=IP)" >&2
+    exit 2
+  fi
   names+=("$n") ips+=("$ip")
 done
 [ ${#names[@]} -gt 0 ] || { echo "no nodes" >&2; exit 2; }

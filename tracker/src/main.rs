@@ -50,7 +50,10 @@ fn main() -> ExitCode {
         log_json,
     } = Cli::parse().cmd;
     let filter = EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let sub = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only on a terminal: journald and log files would get escape codes.
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     if log_json {
         sub.json().init();
     } else {

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::metrics::Source;
 use crate::object::error::FillError;
 use crate::object::meta::Repr;
+use crate::origin::reason::FetchReason;
 use crate::store::PinGuard;
 
 /// A completed chunk as a reader sees it.
@@ -41,6 +42,9 @@ pub struct Fill {
     pub url: String,
     pub layout: Layout,
     pub repr: Repr,
+    /// Set when every byte comes from one origin response (a plain fill), to the
+    /// reason of its request; `None` for a swarm fill (chunk by chunk).
+    pub origin: Option<FetchReason>,
     state: Mutex<State>,
     tx: watch::Sender<()>,
 }
@@ -60,9 +64,16 @@ impl Fill {
             url,
             layout,
             repr,
+            origin: None,
             state: Mutex::new(state),
             tx,
         }
+    }
+
+    /// Marks the fill as streamed from one origin response sent for `reason`.
+    pub fn with_origin(mut self, reason: FetchReason) -> Self {
+        self.origin = Some(reason);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -39,6 +39,7 @@ use tokio::sync::watch;
 
 use crate::config::Mode;
 use crate::metrics::Metrics;
+use crate::origin::reason::FetchReason;
 use crate::origin::{OriginClient, OriginError};
 use crate::store::{ChunkStore, MetaStore};
 pub use error::{Blame, FillError};
@@ -81,8 +82,9 @@ pub struct Want {
 pub enum Lookup {
     Object(Arc<ObjectMeta>),
     Fill(Arc<Fill>),
-    /// The origin's own response, not cacheable: relay it as is.
-    Pass(Response<Incoming>),
+    /// The origin's own response, not cacheable: relay it as is. The reason is the
+    /// one its request was sent for.
+    Pass(Response<Incoming>, FetchReason),
     /// Another client's origin response was not cacheable: make your own request.
     Retry,
     /// A stale version, served because revalidating it failed on the origin's side
@@ -326,7 +328,9 @@ impl ObjectCache {
             Err(e) => {
                 // The task panicked: drop its entry so waiters elect a new leader.
                 // Our bug, not the origin's: a 500, not a 502.
-                lock(&self.inner.flights).remove(&url_on_panic);
+                if let Some(Flight::Filling(_)) = lock(&self.inner.flights).remove(&url_on_panic) {
+                    self.inner.metrics.fills_in_flight.dec();
+                }
                 Err(OriginError::Internal(format!("origin task failed: {e}")))
             }
         }
@@ -344,7 +348,7 @@ impl ObjectCache {
                 return self.fetch_swarm(want, cached, sw.clone()).await;
             }
         }
-        self.fetch_get(want, cached).await
+        self.fetch_get(want, cached, FetchReason::CacheMode).await
     }
 
     /// Asks the origin for the head only, then downloads through the swarm. Anything
@@ -357,10 +361,11 @@ impl ObjectCache {
         swarm: Arc<crate::swarm::Swarm>,
     ) -> Result<Lookup, OriginError> {
         let h = origin_headers(want);
+        let reason = FetchReason::of_get(cached.is_some(), FetchReason::SwarmHead);
         let resp = match self
             .inner
             .origin
-            .send(Method::HEAD, &want.url, h, "head")
+            .send(Method::HEAD, &want.url, h, "head", reason)
             .await
         {
             Ok(r) => r,
@@ -380,11 +385,15 @@ impl ObjectCache {
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("bytes"));
         if !ranges {
             tracing::debug!(url = %want.url, "origin does not advertise byte ranges; plain GET");
-            return self.fetch_get(want, cached).await;
+            return self
+                .fetch_get(want, cached, FetchReason::NotSwarmable)
+                .await;
         }
         let Some((layout, key, digest)) = self.cacheable(want, &resp) else {
             tracing::debug!(url = %want.url, status = %resp.status(), "not shareable through the swarm; plain GET");
-            return self.fetch_get(want, cached).await;
+            return self
+                .fetch_get(want, cached, FetchReason::NotSwarmable)
+                .await;
         };
         if let Some(m) = cached.as_ref().filter(|m| m.manifest.key == key) {
             // Same version as cached: the HEAD revalidated it.
@@ -396,24 +405,27 @@ impl ObjectCache {
         }
         if !self.inner.store.fits(layout.size).await {
             // The plain GET path streams it through uncached.
-            return self.fetch_get(want, cached).await;
+            return self.fetch_get(want, cached, FetchReason::TooLarge).await;
         }
         let fill = Arc::new(Fill::new(
             want.url.to_string(),
             layout,
             Repr::from_headers(resp.headers()),
         ));
-        lock(&self.inner.flights).insert(fill.url.clone(), Flight::Filling(fill.clone()));
+        self.start_flight(&fill);
         crate::swarm::spawn(self.clone(), swarm, fill.clone(), key, digest);
         Ok(Lookup::Fill(fill))
     }
 
-    /// A plain or conditional GET to the origin.
+    /// A plain or conditional GET to the origin; `why` is the reason of a plain one
+    /// (a conditional one is a revalidation, [`FetchReason::of_get`]).
     async fn fetch_get(
         &self,
         want: &Want,
         cached: Option<Arc<ObjectMeta>>,
+        why: FetchReason,
     ) -> Result<Lookup, OriginError> {
+        let reason = FetchReason::of_get(cached.is_some(), why);
         let mut h = origin_headers(want);
         let kind = if cached.is_some() {
             "revalidate"
@@ -430,7 +442,7 @@ impl ObjectCache {
         let resp = match self
             .inner
             .origin
-            .send(Method::GET, &want.url, h, kind)
+            .send(Method::GET, &want.url, h, kind, reason)
             .await
         {
             Ok(r) => r,
@@ -459,21 +471,24 @@ impl ObjectCache {
                 tracing::info!(url = %want.url, size = layout.size, quota = self.inner.store.quota(),
                     "object larger than the cache quota; streaming it through uncached");
                 self.inner.metrics.cache_too_large.inc();
-                Ok(Lookup::Pass(resp))
+                Ok(Lookup::Pass(resp, reason))
             }
             Some((layout, key, digest)) => {
-                let fill = Arc::new(Fill::new(
-                    want.url.to_string(),
-                    layout,
-                    Repr::from_headers(resp.headers()),
-                ));
+                let fill = Arc::new(
+                    Fill::new(
+                        want.url.to_string(),
+                        layout,
+                        Repr::from_headers(resp.headers()),
+                    )
+                    .with_origin(reason),
+                );
                 // Registered before the fill task starts, so the task's `end_flight`
                 // always finds it, and only after the object is remembered.
-                lock(&self.inner.flights).insert(fill.url.clone(), Flight::Filling(fill.clone()));
+                self.start_flight(&fill);
                 origin_fill::spawn(self.clone(), fill.clone(), resp.into_body(), key, digest);
                 Ok(Lookup::Fill(fill))
             }
-            None => Ok(Lookup::Pass(resp)),
+            None => Ok(Lookup::Pass(resp, reason)),
         }
     }
 
@@ -585,12 +600,21 @@ impl ObjectCache {
         fill.fail(e);
     }
 
+    /// Registers `fill` as the flight of its URL (`shoal_fills_in_flight` + 1).
+    fn start_flight(&self, fill: &Arc<Fill>) {
+        let old = lock(&self.inner.flights).insert(fill.url.clone(), Flight::Filling(fill.clone()));
+        if !matches!(old, Some(Flight::Filling(_))) {
+            self.inner.metrics.fills_in_flight.inc();
+        }
+    }
+
     /// Removes the flight of `url` if it is `fill` (called when a fill ends).
     pub(crate) fn end_flight(&self, url: &str, fill: &Arc<Fill>) {
         let mut flights = lock(&self.inner.flights);
         if let Some(Flight::Filling(f)) = flights.get(url) {
             if Arc::ptr_eq(f, fill) {
                 flights.remove(url);
+                self.inner.metrics.fills_in_flight.dec();
             }
         }
     }

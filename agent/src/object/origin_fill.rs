@@ -10,6 +10,7 @@ use shoal_proto::{Chunk, Chunker, Manifest, ObjectKey};
 
 use super::{Fill, FillError, ObjectCache, ObjectMeta, meta};
 use crate::metrics::Source;
+use crate::origin::reason::FetchReason;
 use crate::origin::{OriginError, next_data};
 
 /// Starts the fill task. It runs to the end even if every client leaves, so the
@@ -117,7 +118,8 @@ async fn run(
                 "origin sent more than its Content-Length of {size} bytes"
             )));
         }
-        inner.metrics.fetched(Source::Origin, data.len() as u64);
+        let reason = fill.origin.unwrap_or(FetchReason::CacheMode);
+        inner.metrics.origin_fetched(reason, data.len() as u64);
         if let Some(s) = sha.as_mut() {
             s.update(&data);
         }

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use super::version::{self, Changed};
 use super::{Fill, FillError, ObjectCache, ObjectMeta, Repr};
 use crate::metrics::Source;
+use crate::origin::reason::FetchReason;
 use crate::origin::{OriginError, next_data};
 
 /// The response body type of the proxy.
@@ -85,17 +86,33 @@ impl ObjectCache {
                 (r.id, r.source)
             }
         };
+        // Indexed but not returned: the disk's copy failed verification, could not
+        // be read or vanished; not indexed: evicted.
+        let reason = if self.inner.store.contains(&id) {
+            FetchReason::VerifyFailed
+        } else {
+            FetchReason::Evicted
+        };
         if let Ok(Some(b)) = self.inner.store.get(&id).await {
             return Ok((b, source));
         }
-        let b = self.repair(s, index, id).await?;
+        let b = self.repair(s, index, id, reason).await?;
         Ok((b, Source::Origin))
     }
 
     /// Fetches chunk `index` again from the origin and checks it against `id`. An
     /// origin that no longer serves the version makes the object forgotten.
-    async fn repair(&self, s: &Serve, index: usize, id: ChunkId) -> Result<Bytes, FillError> {
-        let bytes = match self.fetch_range(s.url(), s.repr(), s.layout(), index).await {
+    async fn repair(
+        &self,
+        s: &Serve,
+        index: usize,
+        id: ChunkId,
+        reason: FetchReason,
+    ) -> Result<Bytes, FillError> {
+        let bytes = match self
+            .fetch_range(s.url(), s.repr(), s.layout(), index, reason)
+            .await
+        {
             Ok(b) => b,
             Err(e) => {
                 if e.is_origin_changed() {
@@ -116,7 +133,8 @@ impl ObjectCache {
     }
 
     /// Fetches the bytes of chunk `index` of the version `repr` of `url` with a `Range`
-    /// request guarded by `If-Range`; counts them as fetched from the origin. The
+    /// request guarded by `If-Range`, sent for `reason`; counts them as fetched from
+    /// the origin. The
     /// answer must be of this version, exactly this range ([`version::check`]), else
     /// it is [`FillError::OriginChanged`] (counted in `shoal_origin_changed_total`).
     /// A `5xx` or `429` is a transient [`FillError::Origin`]. The caller verifies or
@@ -127,6 +145,7 @@ impl ObjectCache {
         repr: &Repr,
         layout: Layout,
         index: usize,
+        reason: FetchReason,
     ) -> Result<Bytes, FillError> {
         let uri: Uri = url
             .parse()
@@ -157,7 +176,7 @@ impl ObjectCache {
         let resp = self
             .inner
             .origin
-            .send(Method::GET, &uri, h, "range")
+            .send(Method::GET, &uri, h, "range", reason)
             .await?;
         let status = resp.status();
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
@@ -188,7 +207,7 @@ impl ObjectCache {
             }
             .into());
         }
-        self.inner.metrics.fetched(Source::Origin, len);
+        self.inner.metrics.origin_fetched(reason, len);
         Ok(buf.freeze())
     }
 

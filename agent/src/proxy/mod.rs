@@ -13,6 +13,7 @@
 pub mod conns;
 mod framing;
 pub mod pass;
+pub mod prefetch;
 pub mod respond;
 pub mod rules;
 mod server;
@@ -33,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::object::read::{ProxyBody, Serve};
 use crate::object::{Lookup, ObjectCache, Want};
 use crate::origin::OriginError;
+use crate::origin::reason::FetchReason;
 use framing::FramingError;
 pub use rules::Rules;
 pub use server::{ProxyServer, serve};
@@ -178,13 +180,22 @@ impl Proxy {
         let headers = req.headers();
         let (mode, min_size) = self.rules.decide(&url.to_string());
         if mode == Mode::Pass || private_request(headers) {
-            return Ok((self.pass(method, &url, headers.clone()).await?, "pass"));
+            let why = if mode == Mode::Pass {
+                FetchReason::RulePass
+            } else {
+                FetchReason::Private
+            };
+            return Ok((self.pass(method, &url, headers.clone(), why).await?, "pass"));
         }
         let label = if mode == Mode::P2p { "p2p" } else { "cache" };
         if method == Method::HEAD {
             return Ok(match self.cache.peek(&url.to_string()) {
-                Some(s) => (respond::respond(&self.cache, &method, headers, s), label),
-                None => (self.pass(method, &url, headers.clone()).await?, "pass"),
+                Some(s) => (self.serve(&method, headers, s), label),
+                None => (
+                    self.pass(method, &url, headers.clone(), FetchReason::HeadMiss)
+                        .await?,
+                    "pass",
+                ),
             });
         }
         let want = Want {
@@ -196,14 +207,17 @@ impl Proxy {
             immutable: self.rules.immutable(&url.to_string()),
         };
         let resp = match self.cache.lookup(&want).await? {
-            Lookup::Object(m) => respond::respond(&self.cache, &method, headers, Serve::Object(m)),
-            Lookup::Fill(f) => respond::respond(&self.cache, &method, headers, Serve::Fill(f)),
-            Lookup::Pass(resp) => return Ok((self.relay(resp, &url), "pass")),
-            Lookup::Retry => return Ok((self.pass(method, &url, headers.clone()).await?, "pass")),
+            Lookup::Object(m) => self.serve(&method, headers, Serve::Object(m)),
+            Lookup::Fill(f) => self.serve(&method, headers, Serve::Fill(f)),
+            Lookup::Pass(resp, why) => return Ok((self.relay(resp, &url, why), "pass")),
+            Lookup::Retry => {
+                let why = FetchReason::Uncacheable;
+                return Ok((self.pass(method, &url, headers.clone(), why).await?, "pass"));
+            }
             Lookup::Stale(m) => {
                 // Stale-if-error: say how old it is (RFC 9111 §5.1).
                 let age = m.age_secs(std::time::SystemTime::now());
-                let mut r = respond::respond(&self.cache, &method, headers, Serve::Object(m));
+                let mut r = self.serve(&method, headers, Serve::Object(m));
                 let h = r.headers_mut();
                 h.insert(header::AGE, http::HeaderValue::from(age));
                 h.insert("x-shoal-cache", http::HeaderValue::from_static("stale"));
@@ -238,28 +252,40 @@ impl Proxy {
         normalize(&s.parse::<Uri>().map_err(|_| ClientError::NotProxy)?)
     }
 
+    /// A response from the cache or a fill, tagged with its [`source`].
+    fn serve(&self, method: &Method, headers: &HeaderMap, s: Serve) -> Response<ProxyBody> {
+        let (src, why) = source(&s);
+        let mut r = respond::respond(&self.cache, method, headers, s);
+        tag(r.headers_mut(), src, why);
+        r
+    }
+
     async fn pass(
         &self,
         method: Method,
         url: &Uri,
         headers: HeaderMap,
+        why: FetchReason,
     ) -> Result<Response<ProxyBody>, OriginError> {
         let resp = self
             .cache
             .origin()
-            .send(method, url, headers, "pass")
+            .send(method, url, headers, "pass", why)
             .await?;
-        Ok(self.relay(resp, url))
+        Ok(self.relay(resp, url, why))
     }
 
-    fn relay(&self, resp: Response<Incoming>, url: &Uri) -> Response<ProxyBody> {
+    fn relay(&self, resp: Response<Incoming>, url: &Uri, why: FetchReason) -> Response<ProxyBody> {
         let host = url.host().unwrap_or("origin").to_owned();
-        pass::relay(
+        let mut r = pass::relay(
             resp,
             self.cache.origin().read_timeout(),
             host,
             self.metrics.clone(),
-        )
+            why,
+        );
+        tag(r.headers_mut(), "origin", Some(why));
+        r
     }
 
     async fn connect(&self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, RouteError> {
@@ -335,6 +361,35 @@ fn normalize(uri: &Uri) -> Result<Uri, ClientError> {
     format!("{scheme}://{host}{port}{path}{q}")
         .parse()
         .map_err(|_| ClientError::NotProxy)
+}
+
+/// `X-Shoal-Source`: where the body comes from, decided when the head is sent.
+pub const SOURCE_HEADER: &str = "x-shoal-source";
+/// `X-Shoal-Origin-Reason`: with `X-Shoal-Source: origin`, why ([`FetchReason`]).
+pub const REASON_HEADER: &str = "x-shoal-origin-reason";
+
+/// The `X-Shoal-Source` value of a response served from `s`, and the origin reason
+/// when it is `origin`: a complete version is `cache`; a plain fill streams one
+/// origin response (`origin`); a swarm fill still in progress gets its chunks from
+/// peers and the origin after the head is sent, so it is `mixed`.
+fn source(s: &Serve) -> (&'static str, Option<FetchReason>) {
+    match s {
+        Serve::Object(_) => ("cache", None),
+        Serve::Fill(f) if f.is_complete() => ("cache", None),
+        Serve::Fill(f) => match f.origin {
+            Some(r) => ("origin", Some(r)),
+            None => ("mixed", None),
+        },
+    }
+}
+
+/// Sets the source headers (replacing any the origin sent).
+fn tag(h: &mut HeaderMap, src: &'static str, why: Option<FetchReason>) {
+    h.insert(SOURCE_HEADER, HeaderValue::from_static(src));
+    match why {
+        Some(r) => h.insert(REASON_HEADER, HeaderValue::from_static(r.label())),
+        None => h.remove(REASON_HEADER),
+    };
 }
 
 /// Requests that carry credentials or forbid storing are never cached.

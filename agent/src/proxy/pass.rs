@@ -22,15 +22,18 @@ use tokio::sync::mpsc;
 use crate::egress::{EgressDenied, EgressPolicy};
 use crate::metrics::{Metrics, Source};
 use crate::object::read::ProxyBody;
+use crate::origin::reason::FetchReason;
 use crate::origin::{OriginError, next_data, strip_hop_by_hop};
 
 /// Relays an origin response as is (hop-by-hop headers removed), streaming its body
 /// with `read_timeout` between frames; an origin failure mid-body cuts the response.
+/// Its bytes count in `shoal_origin_bytes_total{reason=why}`.
 pub fn relay(
     resp: Response<Incoming>,
     read_timeout: Duration,
     host: String,
     metrics: Metrics,
+    why: FetchReason,
 ) -> Response<ProxyBody> {
     let (mut parts, mut body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -40,6 +43,7 @@ pub fn relay(
             let f = match next_data(&mut body, read_timeout, &host).await {
                 Ok(Some(d)) => {
                     metrics.served(Source::Origin, d.len() as u64);
+                    metrics.origin_relayed(why, d.len() as u64);
                     Ok(Frame::data(d))
                 }
                 Ok(None) => return,

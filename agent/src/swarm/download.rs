@@ -24,6 +24,7 @@ use crate::discovery::TrackerError;
 use crate::metrics::Source;
 use crate::object::origin_fill::{complete, finish};
 use crate::object::{Fill, FillError, ObjectCache};
+use crate::origin::reason::FetchReason;
 use crate::transport::PeerError;
 
 /// What a fetch task brings back.
@@ -227,7 +228,8 @@ impl Download {
                     });
                     self.aborts.insert(req, h);
                 }
-                Action::FetchOrigin { req, index, .. } => {
+                Action::FetchOrigin { req, index, reason } => {
+                    let reason = FetchReason::of_chunk(reason, self.solo);
                     let (cache, url, repr, layout) = (
                         self.cache.clone(),
                         self.fill.url.clone(),
@@ -235,7 +237,7 @@ impl Download {
                         self.layout,
                     );
                     let h = self.tasks.spawn(async move {
-                        let r = cache.fetch_range(&url, &repr, layout, index).await;
+                        let r = cache.fetch_range(&url, &repr, layout, index, reason).await;
                         (req, index, Fetched::Origin(r))
                     });
                     self.aborts.insert(req, h);

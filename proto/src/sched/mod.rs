@@ -150,6 +150,7 @@ use crate::peer::{PeerId, Proximity};
 pub use config::SchedConfig;
 pub use peers::PeerStatus;
 use peers::Peers;
+use types::PeerTrouble;
 pub use types::{Action, OriginReason, Outcome, Progress, RequestId, SchedError};
 
 /// The download plan of one object version; see the [module docs](self).
@@ -195,6 +196,9 @@ struct Chunk {
     origin_failures: u32,
     /// No origin attempt before then.
     origin_retry_at: Option<Instant>,
+    /// What last went wrong with a peer request for this chunk: the reason of a
+    /// fallback origin fetch ([`OriginReason`]).
+    peer_trouble: Option<PeerTrouble>,
 }
 
 /// One request in flight.

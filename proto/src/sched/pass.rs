@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    Action, Chunk, OriginReason, Outcome, PeerStatus, Request, RequestId, SchedConfig, Scheduler,
-    Source, peers,
+    Action, Chunk, OriginReason, Outcome, PeerStatus, PeerTrouble, Request, RequestId, SchedConfig,
+    Scheduler, Source, peers,
 };
 
 /// `t + d`, or `None` ("never") if that is not representable.
@@ -56,7 +56,10 @@ impl Scheduler {
             if let Some(r) = self.cancel(id) {
                 match r.source {
                     Source::Peer(slot) => {
-                        self.peer_outcome(now, r.index, slot, r.epoch, Outcome::Failed)
+                        self.peer_outcome(now, r.index, slot, r.epoch, Outcome::Failed);
+                        if let Some(c) = self.chunks.get_mut(r.index) {
+                            c.peer_trouble = Some(PeerTrouble::TimedOut);
+                        }
                     }
                     Source::Origin(_) => self.origin_outcome(now, r.index, Outcome::Failed),
                 }
@@ -121,14 +124,26 @@ impl Scheduler {
                         && !c.peer_source(self.peers.holders(*i))
                 })
                 .min_by_key(|(i, c)| (!c.leased, *i))
-                .map(|(i, c)| (i, c.leased));
-            let Some((index, leased)) = pick else { break };
-            let reason = if leased {
-                OriginReason::Lease
-            } else {
-                OriginReason::Fallback
-            };
+                .map(|(i, c)| (i, self.origin_reason(c)));
+            let Some((index, reason)) = pick else { break };
             self.start(now, index, Source::Origin(reason));
+        }
+    }
+
+    /// Why chunk `c`, picked for the origin, goes there: its lease, else the
+    /// tracker's loss, else what last went wrong with its peer requests.
+    fn origin_reason(&self, c: &Chunk) -> OriginReason {
+        if c.leased {
+            return OriginReason::Lease;
+        }
+        if self.tracker_lost {
+            return OriginReason::TrackerLost;
+        }
+        match c.peer_trouble {
+            None => OriginReason::NoPeer,
+            Some(PeerTrouble::Failed) => OriginReason::PeerFailed,
+            Some(PeerTrouble::TimedOut) => OriginReason::PeerTimeout,
+            Some(PeerTrouble::Corrupt) => OriginReason::PeerCorrupt,
         }
     }
 
@@ -401,6 +416,14 @@ impl Scheduler {
         epoch: u64,
         outcome: Outcome,
     ) {
+        let trouble = match outcome {
+            Outcome::Ok | Outcome::Busy => None,
+            Outcome::NotFound | Outcome::Failed => Some(PeerTrouble::Failed),
+            Outcome::Corrupt => Some(PeerTrouble::Corrupt),
+        };
+        if let Some(c) = self.chunks.get_mut(index).filter(|_| trouble.is_some()) {
+            c.peer_trouble = trouble;
+        }
         let backoff = match outcome {
             Outcome::Ok => {
                 if let Some(p) = self.peers.get_mut(slot) {

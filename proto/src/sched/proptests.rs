@@ -147,7 +147,11 @@ impl Model {
                         OriginReason::Lease => {
                             prop_assert!(self.leased.contains(&index), "origin without lease")
                         }
-                        OriginReason::Fallback => prop_assert!(
+                        OriginReason::NoPeer
+                        | OriginReason::PeerFailed
+                        | OriginReason::PeerTimeout
+                        | OriginReason::PeerCorrupt
+                        | OriginReason::TrackerLost => prop_assert!(
                             self.ever_lost
                                 || self.now.saturating_duration_since(self.t0)
                                     >= self.cfg.origin_fallback_after,

@@ -32,13 +32,40 @@ pub enum Outcome {
     Failed,
 }
 
-/// Why a chunk is fetched from the origin.
+/// Why a chunk is fetched from the origin. Every origin fetch has exactly one: a
+/// lease, or the cause of its fallback, judged when the fetch starts (the tracker's
+/// loss first, then what last went wrong with a peer request for this chunk).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OriginReason {
     /// The tracker leased this chunk to us: others wait for us to announce it.
     Lease,
-    /// No usable holder and no lease for `origin_fallback_after`, or the tracker is lost.
-    Fallback,
+    /// No usable holder and no lease for `origin_fallback_after`, and no peer request
+    /// for this chunk ever failed: nobody had it.
+    NoPeer,
+    /// Fallen back after a peer request for this chunk failed (an error, a reset, a
+    /// peer that turned out not to have it) and no holder was left.
+    PeerFailed,
+    /// Fallen back after a peer request for this chunk was given up as too slow.
+    PeerTimeout,
+    /// Fallen back after a peer sent bytes for this chunk that failed verification.
+    PeerCorrupt,
+    /// The tracker cannot be reached ([`Scheduler::handle_tracker_lost`]).
+    TrackerLost,
+}
+
+impl OriginReason {
+    /// Whether the chunk went to the origin without a lease.
+    pub fn is_fallback(self) -> bool {
+        self != OriginReason::Lease
+    }
+}
+
+/// What last went wrong with a peer request for one chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PeerTrouble {
+    Failed,
+    TimedOut,
+    Corrupt,
 }
 
 /// Something the agent must do, drained with [`Scheduler::poll_action`].

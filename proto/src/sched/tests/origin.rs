@@ -49,7 +49,7 @@ fn lease_leads_to_origin_fetch_and_others_wait_then_fall_back() {
     let o = origin_fetches(&h.drain());
     assert_eq!(
         o.iter().map(|x| (x.1, x.2)).collect::<Vec<_>>(),
-        [(0, OriginReason::Fallback), (2, OriginReason::Fallback)]
+        [(0, OriginReason::NoPeer), (2, OriginReason::NoPeer)]
     );
 }
 
@@ -90,7 +90,7 @@ fn failed_lease_is_retried_then_released() {
     let o = origin_fetches(&h.drain());
     assert_eq!(
         o.iter().map(|x| x.2).collect::<Vec<_>>(),
-        [OriginReason::Fallback]
+        [OriginReason::NoPeer]
     );
 }
 
@@ -153,7 +153,7 @@ fn tracker_lost_sends_all_remaining_to_origin() {
     let mut got = vec![2];
     while let Some((req, index, reason)) = inflight.first().copied() {
         inflight.remove(0);
-        assert_eq!(reason, OriginReason::Fallback);
+        assert_eq!(reason, OriginReason::TrackerLost);
         got.push(index);
         h.result(req, Outcome::Ok);
         let acts = h.drain();
@@ -204,7 +204,7 @@ fn fallback_when_no_holder_for_a_while() {
     let o = origin_fetches(&h.drain());
     assert_eq!(
         o.iter().map(|x| (x.1, x.2)).collect::<Vec<_>>(),
-        [(1, OriginReason::Fallback)]
+        [(1, OriginReason::NoPeer)]
     );
 }
 
@@ -227,7 +227,7 @@ fn progress_restarts_the_fallback_clock() {
     let o = origin_fetches(&h.drain());
     assert_eq!(
         o.iter().map(|x| (x.1, x.2)).collect::<Vec<_>>(),
-        [(1, OriginReason::Fallback)]
+        [(1, OriginReason::NoPeer)]
     );
 }
 
@@ -252,4 +252,43 @@ fn leased_origin_fetch_keeps_peer_requests_few() {
     assert!(h.s.done(0));
     // 4 per peer × 4 peers, less the 4 still in flight.
     assert_eq!(h.peer_fetches().len(), 12);
+}
+
+/// A fallback's reason says what last went wrong with the chunk's peer requests.
+#[test]
+fn fallback_reason_follows_peer_trouble() {
+    let mut h = H::new(
+        3,
+        SchedConfig {
+            max_copies: 1,
+            max_failures: 1,
+            ..cfg()
+        },
+    );
+    h.ids();
+    h.peer("a", Proximity::SameZone, [0]);
+    h.peer("b", Proximity::SameZone, [1]);
+    h.peer("c", Proximity::SameZone, [2]);
+    let f = h.peer_fetches();
+    assert_eq!(pairs(&f), [(0, "a"), (1, "b"), (2, "c")]);
+    // a fails, b sends bad bytes (banned), c is given up at 6 s (2 s deadline × 3);
+    // one failure drops a peer, so each chunk is left without a holder.
+    h.result(f[0].0, Outcome::Failed);
+    h.result(f[1].0, Outcome::Corrupt);
+    h.drain();
+    h.at(ms(6000));
+    assert!(origin_fetches(&h.drain()).is_empty());
+    h.at(ms(16_000));
+    let mut o = origin_fetches(&h.drain());
+    o.sort_by_key(|x| x.1);
+    assert_eq!(
+        o.iter().map(|x| (x.1, x.2)).collect::<Vec<_>>(),
+        [
+            (0, OriginReason::PeerFailed),
+            (1, OriginReason::PeerCorrupt),
+            (2, OriginReason::PeerTimeout)
+        ]
+    );
+    assert!(o.iter().all(|x| x.2.is_fallback()));
+    assert!(!OriginReason::Lease.is_fallback());
 }
