@@ -89,21 +89,21 @@ def one_get(proxy_port, url):
     r = c.getresponse()
     body = r.read()
     c.close()
-    return time.perf_counter() - t0, r.status, len(body)
+    return time.perf_counter() - t0, r.status, len(body), body
 
 
 def measure(proxy_port, url, n):
     times = []
     for _ in range(n):
-        dt, status, size = one_get(proxy_port, url)
+        dt, status, size, body = one_get(proxy_port, url)
         if status != 200 or size != 1 << 20:
-            raise SystemExit(f"bad response: {status}, {size} bytes")
+            raise SystemExit(f"bad response: {status}, {size} bytes: {body[:200]!r}")
         times.append(dt)
     times.sort()
     return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
 
 
-async def flood(proxy_port, url, n, mode, stop):
+async def flood(proxy_port, url, n, mode, stop, settled):
     conns = []
 
     async def one():
@@ -120,11 +120,13 @@ async def flood(proxy_port, url, n, mode, stop):
             if mode == "idle":
                 w.write(f"GET {url} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-0\r\n\r\n".encode())
                 await w.drain()
-                await asyncio.wait_for(r.read(4096), 5)
+                await asyncio.wait_for(r.read(4096), 30)
+                settled.append(1)
                 await stop.wait()
             else:
                 head = f"GET {url} HTTP/1.1\r\nHost: x\r\n".encode()
                 i = 0
+                settled.append(1)
                 while not stop.is_set():
                     w.write(head[i % len(head) : i % len(head) + 1])
                     await w.drain()
@@ -146,8 +148,14 @@ async def flood(proxy_port, url, n, mode, stop):
 async def main_async(args, proxy_port, url):
     base50, base99 = measure(proxy_port, url, args.requests)
     stop = asyncio.Event()
-    tasks, conns = await flood(proxy_port, url, args.connections, args.mode, stop)
-    await asyncio.sleep(2)
+    settled = []
+    tasks, conns = await flood(proxy_port, url, args.connections, args.mode, stop, settled)
+    # Measure once the flood is in place (every connection set up, or 60 s), so the
+    # load generator's own work does not land in the legitimate client's figures.
+    end = time.time() + 60
+    while len(settled) + sum(t.done() for t in tasks) < args.connections and time.time() < end:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1)
     loop = asyncio.get_running_loop()
     load50, load99 = await loop.run_in_executor(None, measure, proxy_port, url, args.requests)
     stop.set()
@@ -169,6 +177,7 @@ def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.connections * 2 + 1024), hard))
     root = tempfile.mkdtemp(prefix="shoal-slowloris-")
+    os.chmod(root, 0o755)  # nginx's workers run unprivileged
     os.makedirs(f"{root}/www")
     with open(f"{root}/www/one.bin", "wb") as f:
         f.write(os.urandom(1 << 20))
