@@ -44,8 +44,8 @@ for t in $targets; do
   if cargo +nightly fuzz run "${flags[@]}" "$t" "$scratch/$t" -- \
       -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
       -print_final_stats=1 >"$log" 2>&1; then
-    grep -E '^#[0-9]+ +DONE' "$log" | tail -n 1 || true
-    grep -E '^stat::number_of_executed_units' "$log" | tail -n 1 || true
+    # "#<executions> DONE cov: ... exec/s: ..." is libFuzzer's last status line.
+    grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1 || true
   else
     tail -n 60 "$log" >&2
     echo "fuzz: $t FAILED; reproduce with: cargo +nightly fuzz run ${flags[*]} $t fuzz/artifacts/$t/<file>" >&2
