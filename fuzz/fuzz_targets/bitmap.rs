@@ -26,7 +26,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(b.is_full(end) == (b.missing(end).next().is_none()));
-    assert_eq!(u64::from(b.count()) + b.missing(end).count() as u64, b.end());
+    assert_eq!(
+        u64::from(b.count()) + b.missing(end).count() as u64,
+        b.end()
+    );
     assert!(set.iter().all(|&i| b.contains(i)));
     assert_eq!(set.into_iter().collect::<ChunkBitmap>(), b);
 });

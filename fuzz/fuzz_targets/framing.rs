@@ -47,11 +47,18 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(hosts.len(), 1);
     }
     if let Some(host) = hosts.first().filter(|v| !v.is_empty()) {
-        let a: http::uri::Authority = host.to_str().expect("ascii host").parse().expect("authority");
+        let a: http::uri::Authority = host
+            .to_str()
+            .expect("ascii host")
+            .parse()
+            .expect("authority");
         assert!(!a.host().is_empty() && !a.as_str().contains('@'), "{a}");
     }
     assert!(!h.contains_key(header::TRANSFER_ENCODING));
     if matches!(method, Method::GET | Method::HEAD | Method::CONNECT) {
-        assert!(!declares_content(&h), "{method} with content accepted: {h:?}");
+        assert!(
+            !declares_content(&h),
+            "{method} with content accepted: {h:?}"
+        );
     }
 });

@@ -18,12 +18,21 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(m.manifest.chunks.len(), l.chunk_count());
     let json = serde_json::to_string(&m).expect("metadata encodes");
     let back: ObjectMeta = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
-    assert_eq!(serde_json::to_string(&back).ok().as_deref(), Some(json.as_str()));
+    assert_eq!(
+        serde_json::to_string(&back).ok().as_deref(),
+        Some(json.as_str())
+    );
     let mut h = http::HeaderMap::new();
     m.repr.apply(&mut h);
-    let _ = m.is_fresh(std::time::SystemTime::now(), std::time::Duration::from_secs(60));
+    let _ = m.is_fresh(
+        std::time::SystemTime::now(),
+        std::time::Duration::from_secs(60),
+    );
     if let Some(d) = digest_in_path(&m.url) {
         let hex = d.strip_prefix("sha256:").expect("sha256: prefix");
-        assert!(hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')), "{d}");
+        assert!(
+            hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+            "{d}"
+        );
     }
 });

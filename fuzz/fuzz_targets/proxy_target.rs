@@ -16,9 +16,17 @@ use shoal_agent::proxy::fuzzing::{mirror_path, normalize_path, request_target};
 
 const MIRRORS: [(&str, &str, &str); 3] = [
     // name, upstream, what every resolved URL of it starts with
-    ("deb", "http://deb.example/debian/", "http://deb.example/debian/"),
+    (
+        "deb",
+        "http://deb.example/debian/",
+        "http://deb.example/debian/",
+    ),
     ("r", "https://R.Example:8443", "https://r.example:8443/"),
-    ("npm", "https://registry.example/a/b", "https://registry.example/a/b/"),
+    (
+        "npm",
+        "https://registry.example/a/b",
+        "https://registry.example/a/b/",
+    ),
 ];
 
 fn mirrors() -> &'static HashMap<String, Uri> {
@@ -67,11 +75,17 @@ fuzz_target!(|data: &[u8]| {
             let Ok(url) = request_target(mirrors(), &uri) else {
                 return;
             };
-            assert!(url.scheme().is_some() && url.host().is_some(), "{uri} -> {url}");
+            assert!(
+                url.scheme().is_some() && url.host().is_some(),
+                "{uri} -> {url}"
+            );
             no_dot_segments(url.path());
             assert_eq!(request_target(mirrors(), &url).as_ref(), Ok(&url), "{uri}");
             if uri.scheme().is_none() {
-                let name = uri.path().strip_prefix("/m/").and_then(|r| r.split('/').next());
+                let name = uri
+                    .path()
+                    .strip_prefix("/m/")
+                    .and_then(|r| r.split('/').next());
                 let (_, _, under) = MIRRORS
                     .iter()
                     .find(|(n, _, _)| Some(*n) == name)

@@ -33,7 +33,11 @@ fuzz_target!(|data: &[u8]| {
         RangeDecision::Full | RangeDecision::Unsatisfiable => {}
         RangeDecision::Partial(r) => inside(&r, size, h),
         RangeDecision::Multi(v) => {
-            assert!((2..=MAX_PARTS).contains(&v.len()), "{h:?}: {} parts", v.len());
+            assert!(
+                (2..=MAX_PARTS).contains(&v.len()),
+                "{h:?}: {} parts",
+                v.len()
+            );
             v.iter().for_each(|r| inside(r, size, h));
             let total: u64 = v.iter().map(ByteRange::len).sum();
             assert!(total <= size, "{h:?}: {total} > {size}");

@@ -26,7 +26,11 @@ fn check<T: std::fmt::Debug>(
             }
         }
         Ok(Decode::NeedMore(n)) => {
-            assert!(n > 0 && data.len() + n <= MAX_FRAME_LEN, "{} + {n}", data.len());
+            assert!(
+                n > 0 && data.len() + n <= MAX_FRAME_LEN,
+                "{} + {n}",
+                data.len()
+            );
         }
         Err(_) => {}
     }
