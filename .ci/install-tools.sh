@@ -17,3 +17,14 @@ else
   echo "installing cargo-deny $CARGO_DENY_VERSION from crates.io"
   cargo install --locked cargo-deny --version "$CARGO_DENY_VERSION"
 fi
+
+# cargo-fuzz: builds and runs the libFuzzer targets in fuzz/ (.ci/fuzz.sh) on the nightly
+# toolchain. The tool itself builds on stable.
+CARGO_FUZZ_VERSION=0.13.2
+
+if have_version cargo-fuzz "$CARGO_FUZZ_VERSION"; then
+  echo "cargo-fuzz $CARGO_FUZZ_VERSION already installed"
+else
+  echo "installing cargo-fuzz $CARGO_FUZZ_VERSION from crates.io"
+  cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+fi

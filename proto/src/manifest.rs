@@ -29,6 +29,10 @@ pub const MIN_CHUNK_SIZE: u32 = 16 * 1024;
 pub const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
 /// Largest object a manifest can describe (1 TiB).
 pub const MAX_OBJECT_SIZE: u64 = 1 << 40;
+/// Longest whole-object digest a manifest carries, in bytes. Real ones are
+/// `sha256:<64 hex>` (71 bytes); the bound keeps the canonical encoding's u16 length
+/// exact, so a manifest always encodes to bytes that decode back to it.
+pub const MAX_DIGEST_LEN: usize = 1024;
 
 const MAGIC: &[u8; 4] = b"SHM1";
 
@@ -57,6 +61,8 @@ pub enum ManifestError {
     ChunkCount { got: usize, want: usize },
     #[error("manifest encoding is malformed: {0}")]
     Malformed(&'static str),
+    #[error("whole-object digest of {0} bytes exceeds {MAX_DIGEST_LEN}")]
+    DigestTooLong(usize),
 }
 
 /// The chunk list of one object version.
@@ -164,6 +170,9 @@ impl Manifest {
         digest: Option<String>,
     ) -> Result<Self, ManifestError> {
         let layout = Layout::new(layout.size, layout.chunk_size)?;
+        if let Some(d) = digest.as_deref().filter(|d| d.len() > MAX_DIGEST_LEN) {
+            return Err(ManifestError::DigestTooLong(d.len()));
+        }
         if chunks.len() != layout.chunk_count() {
             return Err(ManifestError::ChunkCount {
                 got: chunks.len(),
@@ -195,6 +204,8 @@ impl Manifest {
         for c in &self.chunks {
             out.extend_from_slice(c.as_bytes());
         }
+        // Manifest::new bounds the digest by MAX_DIGEST_LEN, far below u16::MAX; a
+        // value built by hand with a longer one is cut (and will not decode back).
         let dig_len = dig.len().min(u16::MAX as usize);
         out.extend_from_slice(&(dig_len as u16).to_be_bytes());
         out.extend_from_slice(&dig[..dig_len]);
@@ -253,6 +264,9 @@ impl Manifest {
             })
             .collect();
         let dig_len = u16::from_be_bytes(be(&mut buf)?) as usize;
+        if dig_len > MAX_DIGEST_LEN {
+            return Err(ManifestError::DigestTooLong(dig_len));
+        }
         let dig = std::str::from_utf8(take(&mut buf, dig_len)?)
             .map_err(|_| Malformed("digest not UTF-8"))?;
         if !buf.is_empty() {
@@ -309,6 +323,36 @@ mod tests {
         let mut extra = enc.clone();
         extra.push(0);
         assert!(Manifest::decode(&extra).is_err());
+    }
+
+    /// A digest too long for the encoding's u16 length was cut on encode (mid-UTF-8
+    /// even), so the manifest's bytes did not decode back and its id was not of it.
+    #[test]
+    fn long_digest_refused() {
+        let l = Layout::new(40_000, 16384).unwrap();
+        let ids: Vec<ChunkId> = (0..3u8).map(|i| ChunkId::of(&[i])).collect();
+        let long = format!("sha256:{}", "\u{e9}".repeat(40_000));
+        assert_eq!(
+            Manifest::new(key(), l, ids.clone(), Some(long.clone())),
+            Err(ManifestError::DigestTooLong(long.len()))
+        );
+        let j = serde_json::json!({"key": key(), "layout": l, "chunks": ids, "digest": long});
+        let e = serde_json::from_value::<Manifest>(j)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("digest of 80007 bytes exceeds 1024"), "{e}");
+        let ok = "x".repeat(MAX_DIGEST_LEN);
+        let m = Manifest::new(key(), l, ids, Some(ok)).unwrap();
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        let mut enc = m.encode();
+        // Lengthen the digest by one byte: refused on decode too.
+        let at = enc.len() - MAX_DIGEST_LEN - 2;
+        enc[at..at + 2].copy_from_slice(&((MAX_DIGEST_LEN + 1) as u16).to_be_bytes());
+        enc.push(b'x');
+        assert_eq!(
+            Manifest::decode(&enc),
+            Err(ManifestError::DigestTooLong(MAX_DIGEST_LEN + 1))
+        );
     }
 
     #[test]

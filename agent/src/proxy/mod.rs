@@ -229,27 +229,7 @@ impl Proxy {
 
     /// The absolute origin URL a request is for, in canonical form.
     fn target(&self, uri: &Uri) -> Result<Uri, ClientError> {
-        if uri.scheme().is_some() && uri.authority().is_some() {
-            return normalize(uri);
-        }
-        let path = uri.path();
-        let Some(rest) = path.strip_prefix("/m/") else {
-            return Err(ClientError::NotProxy);
-        };
-        let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
-        let base = self
-            .mirrors
-            .get(name)
-            .ok_or_else(|| ClientError::NoMirror(name.to_owned()))?;
-        let path = target::mirror_path(base.path(), tail)?;
-        let q = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-        let (scheme, auth) = (base.scheme_str(), base.authority());
-        let s = format!(
-            "{}://{}{path}{q}",
-            scheme.unwrap_or("http"),
-            auth.map_or("", |a| a.as_str())
-        );
-        normalize(&s.parse::<Uri>().map_err(|_| ClientError::NotProxy)?)
+        request_target(&self.mirrors, uri)
     }
 
     /// A response from the cache or a fill, tagged with its [`source`].
@@ -343,6 +323,31 @@ enum RouteError {
     Origin(#[from] OriginError),
 }
 
+/// The absolute origin URL the request-target `uri` is for, in canonical form:
+/// absolute-form as is, `/m/NAME/tail` under the upstream of mirror `NAME`.
+fn request_target(mirrors: &HashMap<String, Uri>, uri: &Uri) -> Result<Uri, ClientError> {
+    if uri.scheme().is_some() && uri.authority().is_some() {
+        return normalize(uri);
+    }
+    let path = uri.path();
+    let Some(rest) = path.strip_prefix("/m/") else {
+        return Err(ClientError::NotProxy);
+    };
+    let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let base = mirrors
+        .get(name)
+        .ok_or_else(|| ClientError::NoMirror(name.to_owned()))?;
+    let path = target::mirror_path(base.path(), tail)?;
+    let q = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let (scheme, auth) = (base.scheme_str(), base.authority());
+    let s = format!(
+        "{}://{}{path}{q}",
+        scheme.unwrap_or("http"),
+        auth.map_or("", |a| a.as_str())
+    );
+    normalize(&s.parse::<Uri>().map_err(|_| ClientError::NotProxy)?)
+}
+
 /// Lower-cases scheme and host, drops the default port, user info and any fragment,
 /// and puts the path in canonical form ([`target::normalize_path`]); the query is
 /// kept as is.
@@ -413,6 +418,24 @@ fn cache_control(h: &HeaderMap) -> impl Iterator<Item = String> + '_ {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|d| d.trim().to_ascii_lowercase())
+}
+
+/// The proxy's pure request checks, for the fuzz targets in `fuzz/` (not an API: no
+/// stability promised). Errors are their `Display` text.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::collections::HashMap;
+
+    use http::Uri;
+
+    pub use super::framing::{FramingError, check as check_framing, declares_content};
+    pub use super::target::{PathError, mirror_path, normalize_path};
+
+    /// [`Proxy`](super::Proxy)'s request-target resolution with these mirrors
+    /// (`NAME` → upstream URL).
+    pub fn request_target(mirrors: &HashMap<String, Uri>, uri: &Uri) -> Result<Uri, String> {
+        super::request_target(mirrors, uri).map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]
