@@ -562,3 +562,43 @@ async fn a_body_that_never_finishes_gets_408() {
     let rest = read_head(&mut s, Duration::from_secs(5)).await;
     assert!(!rest.starts_with("HTTP/1.1"), "{rest:?}");
 }
+
+/// Issue 13's tracker flood at its own scale: 15,000 silent TCP connections from one
+/// address against the default limits, then three fresh agent syncs from another.
+/// A measurement, not a test (it needs 15,000 file descriptors):
+/// `cargo test -p shoal-tracker --test api -- --ignored --nocapture flood_15000`.
+#[tokio::test]
+#[ignore = "measurement: 15,000 connections; run with --ignored --nocapture"]
+async fn flood_15000_silent_connections_then_three_syncs() {
+    let f = start(Config::default()).await;
+    let addr = f.tracker.local_addr();
+    let flooder: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..15_000 {
+        match connect_from(flooder, addr).await {
+            Ok(s) => silent.push(s),
+            Err(e) => {
+                eprintln!("stopped opening at {} connections: {e}", silent.len());
+                break;
+            }
+        }
+    }
+    for i in 0..3u8 {
+        let src: IpAddr = format!("127.0.0.{}", 20 + i).parse().unwrap();
+        let body = serde_json::to_vec(&sync_req("0.0.0.0:7000", &[], 0)).unwrap();
+        let t0 = std::time::Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(30),
+            post_from(src, addr, tls_for(&f, 1), SYNC_PATH, body),
+        )
+        .await;
+        let ok = matches!(&r, Ok(Ok((StatusCode::OK, _, _))));
+        eprintln!(
+            "sync {i} with {} silent connections open: {:?}, ok={ok}",
+            silent.len(),
+            t0.elapsed()
+        );
+        assert!(ok, "sync {i}: {r:?}");
+    }
+    drop(silent);
+}
