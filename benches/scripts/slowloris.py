@@ -191,6 +191,12 @@ def main():
         url = f"http://127.0.0.1:{origin_port}/one.bin"
         one_get(proxy_port, url)  # warm the cache
         b50, b99, l50, l99 = asyncio.run(main_async(args, proxy_port, url))
+        hwm = "?"
+        with open(f"/proc/{procs[1].pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    hwm = line.split(":", 1)[1].strip()
+        print(f"agent peak RSS (VmHWM) {hwm}")
         print(
             f"mode={args.mode} connections={args.connections} requests={args.requests}\n"
             f"baseline p50 {b50 * 1000:.2f} ms p99 {b99 * 1000:.2f} ms\n"
