@@ -363,18 +363,11 @@ impl ObjectCache {
         let h = origin_headers(want);
         let reason = FetchReason::of_get(cached.is_some(), FetchReason::SwarmHead);
         let resp = match self
-            .inner
-            .origin
-            .send(Method::HEAD, &want.url, h, "head", reason)
-            .await
+            .send_or_stale(Method::HEAD, want, h, "head", reason, &cached)
+            .await?
         {
             Ok(r) => r,
-            Err(e) => {
-                return match self.stale(&cached, &stale::Failure::Error(&e)) {
-                    Some(m) => Ok(Lookup::Stale(m)),
-                    None => Err(e),
-                };
-            }
+            Err(stale) => return Ok(stale),
         };
         // Peers and leases fetch chunk ranges: an origin that does not advertise
         // byte ranges is fetched whole instead.
@@ -440,18 +433,11 @@ impl ObjectCache {
             }
         }
         let resp = match self
-            .inner
-            .origin
-            .send(Method::GET, &want.url, h, kind, reason)
-            .await
+            .send_or_stale(Method::GET, want, h, kind, reason, &cached)
+            .await?
         {
             Ok(r) => r,
-            Err(e) => {
-                return match self.stale(&cached, &stale::Failure::Error(&e)) {
-                    Some(m) => Ok(Lookup::Stale(m)),
-                    None => Err(e),
-                };
-            }
+            Err(stale) => return Ok(stale),
         };
         if let Some(m) = self.stale(&cached, &stale::Failure::Status(resp.status())) {
             return Ok(Lookup::Stale(m));
@@ -489,6 +475,31 @@ impl ObjectCache {
                 Ok(Lookup::Fill(fill))
             }
             None => Ok(Lookup::Pass(resp, reason)),
+        }
+    }
+
+    /// Sends `method` for `want`. If the origin cannot be reached (or times out) and
+    /// `cached` may be served stale ([`ObjectCache::stale`]), that is `Ok(Err(stale))`.
+    async fn send_or_stale(
+        &self,
+        method: Method,
+        want: &Want,
+        h: HeaderMap,
+        kind: &'static str,
+        reason: FetchReason,
+        cached: &Option<Arc<ObjectMeta>>,
+    ) -> Result<Result<Response<Incoming>, Lookup>, OriginError> {
+        match self
+            .inner
+            .origin
+            .send(method, &want.url, h, kind, reason)
+            .await
+        {
+            Ok(r) => Ok(Ok(r)),
+            Err(e) => match self.stale(cached, &stale::Failure::Error(&e)) {
+                Some(m) => Ok(Err(Lookup::Stale(m))),
+                None => Err(e),
+            },
         }
     }
 
