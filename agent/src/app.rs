@@ -18,7 +18,7 @@ use crate::origin::OriginClient;
 use crate::proxy::{self, Proxy};
 use crate::store::{ChunkStore, MetaStore, StoreConfig};
 use crate::swarm::{Swarm, announce};
-use shoal_tracker::tls::Identity;
+use shoal_pki::Identity;
 
 /// Why an agent could not start. Always a local problem (configuration, ports, files).
 #[derive(Debug, thiserror::Error)]

@@ -4,12 +4,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bytesize::ByteSize;
 use clap::{Parser, Subcommand};
 
 use shoal_agent::app::Agent;
 use shoal_agent::config::Config;
-use shoal_agent::demo::DemoOptions;
 
 #[derive(Parser)]
 #[command(
@@ -26,7 +24,8 @@ struct Cli {
 enum Cmd {
     /// Run the agent (the default). Without --config it runs on built-in defaults.
     Run(RunArgs),
-    /// Run a whole swarm in this process (origin, tracker, agents) through one flash crowd.
+    /// Run a whole swarm on this machine (origin, tracker, agents) through one flash
+    /// crowd: starts the `shoal-demo` binary.
     Demo(DemoArgs),
     /// Write a development fleet CA and certificates (not for production).
     Certs(CertsArgs),
@@ -37,23 +36,12 @@ enum Cmd {
     Status(shoal_agent::get::cli::StatusArgs),
 }
 
+/// Everything after `demo` goes to `shoal-demo` (`shoal-agent demo --help` lists it).
 #[derive(clap::Args)]
+#[command(disable_help_flag = true)]
 struct DemoArgs {
-    /// Number of agents.
-    #[arg(long, default_value_t = 8)]
-    agents: usize,
-    /// Object size (e.g. 256MiB).
-    #[arg(long, default_value = "256MiB")]
-    size: ByteSize,
-    /// Chunk size (16KiB..16MiB).
-    #[arg(long, default_value = "1MiB")]
-    chunk_size: ByteSize,
-    /// Upload limit per agent per second (0 = none), to mimic finite links.
-    #[arg(long, default_value = "0B")]
-    upload_rate: ByteSize,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    json: bool,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<std::ffi::OsString>,
 }
 
 #[derive(clap::Args)]
@@ -92,65 +80,46 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd.unwrap_or(Cmd::Run(RunArgs::default())) {
         Cmd::Run(a) => run(a),
-        Cmd::Demo(a) => demo(a),
+        Cmd::Demo(a) => demo(a.args),
         Cmd::Certs(a) => certs(a),
         Cmd::Get(a) => shoal_agent::get::cli::get(a),
         Cmd::Status(a) => shoal_agent::get::cli::status(a),
     }
 }
 
-fn demo(a: DemoArgs) -> ExitCode {
-    // The demo prints its own report; keep logs to warnings unless RUST_LOG says otherwise.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
-    let opts = DemoOptions {
-        agents: a.agents,
-        size: a.size.as_u64(),
-        chunk_size: a.chunk_size.as_u64(),
-        upload_rate: a.upload_rate.as_u64(),
-    };
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("shoal-agent: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+/// `shoal-agent demo`: runs the `shoal-demo` binary, which carries the tracker and the
+/// origin this binary does not link. Under `cargo run` cargo builds and runs it; else
+/// it is looked up next to this executable (an install, or `target/<profile>/`).
+fn demo(args: Vec<std::ffi::OsString>) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().ok();
+    let dir = exe.as_ref().and_then(|e| e.parent());
+    let mut cmd = if let Some(cargo) = std::env::var_os("CARGO") {
+        // Under `cargo run -p shoal-agent -- demo`, which builds only this package's
+        // binary: have cargo build (or find up to date) and run the demo, same profile.
+        let mut c = std::process::Command::new(cargo);
+        c.args(["run", "-p", "shoal-demo"]);
+        if dir.is_some_and(|d| d.ends_with("release")) {
+            c.arg("--release");
         }
-    };
-    if !a.json {
+        if let Some(manifest_dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
+            c.current_dir(manifest_dir);
+        }
+        c.arg("--");
+        c
+    } else if let Some(bin) = dir.map(|d| d.join("shoal-demo")).filter(|p| p.is_file()) {
+        std::process::Command::new(bin)
+    } else {
         eprintln!(
-            "starting an origin, a tracker and {} agents on 127.0.0.x ...",
-            a.agents
+            "shoal-agent demo: the demo is the separate binary `shoal-demo` (it carries a \
+             tracker and an origin the agent does not link) and none is installed next to \
+             this one; build it with `cargo build --release -p shoal-demo`"
         );
-    }
-    match rt.block_on(shoal_agent::demo::run(opts)) {
-        Ok(r) => {
-            if a.json {
-                match serde_json::to_string_pretty(&r) {
-                    Ok(j) => println!("{j}"),
-                    Err(e) => {
-                        eprintln!("shoal-agent: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            } else {
-                print!("{}", r.table());
-            }
-            if r.all_verified {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("shoal-agent demo: {e}");
-            ExitCode::FAILURE
-        }
-    }
+        return ExitCode::from(2);
+    };
+    let err = cmd.args(args).exec();
+    eprintln!("shoal-agent demo: cannot start shoal-demo: {err}");
+    ExitCode::FAILURE
 }
 
 fn certs(a: CertsArgs) -> ExitCode {
@@ -167,7 +136,7 @@ fn certs(a: CertsArgs) -> ExitCode {
     } else {
         a.ips.iter().map(|i| vec![*i]).collect()
     };
-    match shoal_tracker::tls::write_dev_pki(&a.out, &a.names, &ips) {
+    match shoal_pki::write_dev_pki(&a.out, &a.names, &ips) {
         Ok(()) => {
             println!(
                 "wrote {}/ca.pem and a certificate per name (development use only)",

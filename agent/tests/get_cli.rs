@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use shoal_agent::app::{Agent, RunningAgent};
 use shoal_agent::config::Config;
-use shoal_agent::demo::origin::{Object, Origin, random_bytes};
+use shoal_demo::origin::{Object, Origin, random_bytes};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoal-agent");
 

@@ -14,8 +14,8 @@ pub mod fault_origin;
 pub mod swarm;
 pub mod version_origin;
 
-/// The origin lives in the agent crate, where the demo uses it too.
-pub use shoal_agent::demo::origin::{self, Object, Origin, random_bytes};
+/// The origin lives in the demo crate, which uses it too.
+pub use shoal_demo::origin::{self, Object, Origin, random_bytes};
 
 /// Installs a test log subscriber once (`RUST_LOG` controls it).
 pub fn logs() {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use shoal_agent::app::{Agent, RunningAgent};
 use shoal_agent::config::Config;
+use shoal_pki::{DevPki, Identity, dev_pki};
 use shoal_tracker::app::{RunningTracker, Tracker};
-use shoal_tracker::tls::{DevPki, Identity, dev_pki};
 
 use crate::agent::TEST_CHUNK;
 use crate::origin::Origin;

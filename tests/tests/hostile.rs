@@ -145,8 +145,7 @@ async fn foreign_certificates_and_spoofed_addresses_are_refused() {
     let cfg = s.config(5, std::path::Path::new("/nonexistent"));
 
     // Same name as a fleet member, but signed by another CA.
-    let foreign =
-        shoal_tracker::tls::dev_pki(&["agent-1".to_owned()], &[vec![ip(35, 40)]]).unwrap();
+    let foreign = shoal_pki::dev_pki(&["agent-1".to_owned()], &[vec![ip(35, 40)]]).unwrap();
     let fid = foreign.identity(0).unwrap();
     let ep = PeerEndpoint::bind(
         SocketAddr::new(ip(35, 40), 0),

@@ -579,7 +579,7 @@ async fn responses_that_vary_are_not_cached() {
 #[tokio::test]
 async fn https_mirror_under_a_private_ca_is_cached() {
     let (_plain, dir) = setup("127.0.0.26").await;
-    let pki = shoal_tracker::tls::dev_pki(
+    let pki = shoal_pki::dev_pki(
         &["origin".to_owned()],
         &[vec!["127.0.0.26".parse().unwrap()]],
     )

@@ -27,7 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::api::{Api, ClientInfo};
 use crate::config::{Config, ConfigError};
 use crate::metrics::{Metrics, Reject};
-use crate::tls::{Identity, TlsError, ip_sans_of, peer_id_of};
+use shoal_pki::{Identity, TlsError, ip_sans_of, peer_id_of};
 
 /// How long open connections get to finish their requests at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

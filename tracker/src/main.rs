@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use shoal_pki::Identity;
 use shoal_tracker::app::{StartError, Tracker};
 use shoal_tracker::config::Config;
-use shoal_tracker::tls::Identity;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use rustls::pki_types::pem::PemObject;
+use shoal_pki::{DevPki, dev_pki};
 use shoal_proto::tracker::{
     ALPN, ANNOUNCE_PATH, AgentInfo, AnnounceRequest, AnnounceResponse, ErrorBody, HeldObject,
     SYNC_PATH, SyncRequest, SyncResponse,
@@ -18,7 +19,6 @@ use shoal_proto::tracker::{
 use shoal_proto::{Layout, ObjectKey, Topology};
 use shoal_tracker::app::{RunningTracker, Tracker};
 use shoal_tracker::config::Config;
-use shoal_tracker::tls::{DevPki, dev_pki};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 

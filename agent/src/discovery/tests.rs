@@ -2,10 +2,10 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use shoal_pki::{DevPki, dev_pki};
 use shoal_proto::Layout;
 use shoal_proto::tracker::ChunkBitmap;
 use shoal_tracker::app::{RunningTracker, Tracker};
-use shoal_tracker::tls::{DevPki, dev_pki};
 
 use super::*;
 

@@ -22,9 +22,9 @@ mod download;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use shoal_pki::Identity;
 use shoal_proto::sched::SchedConfig;
 use shoal_proto::{ChunkId, PeerId};
-use shoal_tracker::tls::Identity;
 
 use crate::config::Config;
 use crate::discovery::TrackerClient;
@@ -49,7 +49,7 @@ pub struct Swarm {
 #[derive(Debug, thiserror::Error)]
 pub enum SwarmError {
     #[error("tls: {0}")]
-    Tls(#[from] shoal_tracker::tls::TlsError),
+    Tls(#[from] shoal_pki::TlsError),
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
     #[error("tracker client: {0}")]

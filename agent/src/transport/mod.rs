@@ -2,7 +2,7 @@
 //!
 //! One [`PeerEndpoint`] per agent owns one UDP socket and one `quinn::Endpoint` that is
 //! both server and client. Every connection is mutual TLS under the fleet CA (see
-//! [`shoal_tracker::tls`]) with ALPN [`ALPN`]; a peer without a fleet certificate is
+//! [`shoal_pki`]) with ALPN [`ALPN`]; a peer without a fleet certificate is
 //! refused during the handshake. A peer's id is the first DNS name of its certificate:
 //! we dial a peer by that name, and log and rate-limit the peers that dial us by it.
 //!
@@ -31,9 +31,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use shoal_pki::{Identity, TlsError};
 use shoal_proto::wire::{ErrorCode, WireError};
 use shoal_proto::{ChunkId, PeerAddr, PeerId};
-use shoal_tracker::tls::{Identity, TlsError};
 use tokio::task::JoinHandle;
 
 use crate::config::PeerConfig;
@@ -41,11 +41,8 @@ use crate::metrics::Metrics;
 
 mod client;
 mod limit;
-mod probe;
 mod quic;
 mod server;
-
-pub use probe::{Goodput, ProbeError, goodput_probe};
 
 /// ALPN protocol id of the peer protocol, version 1.
 pub const ALPN: &[u8] = b"shoal/1";
@@ -298,6 +295,12 @@ impl PeerEndpoint {
     }
 
     /// Our own peer id (from our certificate).
+    /// Statistics of every live connection this endpoint dialled (diagnostics and the
+    /// goodput probe in `benches/`).
+    pub fn connection_stats(&self) -> Vec<(PeerId, quinn::ConnectionStats)> {
+        self.pool.stats()
+    }
+
     pub fn peer_id(&self) -> &PeerId {
         &self.peer_id
     }

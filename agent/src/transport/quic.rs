@@ -1,6 +1,6 @@
 //! quinn endpoint construction and QUIC tuning.
 //!
-//! Tuning for goodput on loopback and LAN, measured with [`super::goodput_probe`] (1 GiB,
+//! Tuning for goodput on loopback and LAN, measured with the goodput probe (`benches/src/probe.rs`) (1 GiB,
 //! one connection, release build; figures in the commit that set them). On loopback the
 //! transport is CPU-bound: AES-GCM both ways, BLAKE3 on receipt and three copies per
 //! byte. What mattered, and what did not:
@@ -38,8 +38,8 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{
     IdleTimeout, MtuDiscoveryConfig, ReadError, ReadExactError, RecvStream, TransportConfig, VarInt,
 };
+use shoal_pki::Identity;
 use shoal_proto::wire::{Decode, MAX_FRAME_LEN, WireError};
-use shoal_tracker::tls::Identity;
 
 use super::{ALPN, PeerOptions, TransportError};
 

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use rustls::pki_types::CertificateDer;
+use shoal_pki::peer_id_of;
 use shoal_proto::PeerId;
 use shoal_proto::wire::{ErrorCode, Request, Response, code};
-use shoal_tracker::tls::peer_id_of;
 
 use super::limit::{Gate, Permit, TokenBucket};
 use super::quic::{FrameError, read_frame};

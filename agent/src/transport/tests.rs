@@ -4,8 +4,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use shoal_pki::{DevPki, Identity, dev_pki};
 use shoal_proto::wire::{self, ErrorCode, Request, Response};
-use shoal_tracker::tls::{DevPki, Identity, dev_pki};
 use tokio::sync::Semaphore;
 
 use super::*;
@@ -624,22 +624,4 @@ async fn peer_closing_its_connection_is_reported_gone() {
     eventually("connection closed", || cm.peers_connected.get() == 0).await;
     assert!(gone.try_recv().is_err(), "our own close is not reported");
     server2.shutdown().await;
-}
-
-/// Goodput of 1 GiB over one loopback connection; run with
-/// `cargo test --release -p shoal-agent --lib transport -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement, not a test: run in release with --nocapture"]
-async fn goodput_1gib_loopback() {
-    for (chunk, in_flight) in [
-        (1u32 << 20, 1usize),
-        (1 << 20, 8),
-        (4 << 20, 4),
-        (256 << 10, 16),
-    ] {
-        let g = goodput_probe(LOCAL, 1 << 30, chunk, in_flight)
-            .await
-            .unwrap();
-        println!("goodput chunk={chunk} in_flight={in_flight}: {g}");
-    }
 }

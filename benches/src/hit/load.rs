@@ -250,7 +250,7 @@ async fn probe(t: &Target) -> Result<StatusCode> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use shoal_agent::demo::origin::{Object, Origin, random_bytes};
+    use shoal_demo::origin::{Object, Origin, random_bytes};
 
     async fn origin_target(len: usize) -> (Origin, Target) {
         let o = Origin::start("127.0.0.1").await.unwrap();

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use shoal_agent::demo::origin::{Object, Origin, random_bytes};
+use shoal_demo::origin::{Object, Origin, random_bytes};
 
 use crate::fleet::cleanup::Registry;
 use crate::fleet::cpu::machine_ticks;

@@ -9,11 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use shoal_pki::{TlsError, dev_pki};
 use shoal_proto::{ChunkId, PeerAddr};
-use shoal_tracker::tls::{TlsError, dev_pki};
 
-use super::{MemorySource, PeerEndpoint, PeerError, PeerOptions, TransportError, UploadLimits};
-use crate::metrics::Metrics;
+use shoal_agent::metrics::Metrics;
+use shoal_agent::transport::{
+    MemorySource, PeerEndpoint, PeerError, PeerOptions, TransportError, UploadLimits,
+};
 
 /// Bytes moved and time taken by [`goodput_probe`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -127,7 +129,7 @@ pub async fn goodput_probe(
     run(&client, &peer, &ids, chunk_size, count, in_flight).await?;
     let elapsed = start.elapsed();
     // The probe dials exactly one peer.
-    let stats = client.pool.stats().into_iter().next().map(|(_, s)| s);
+    let stats = client.connection_stats().into_iter().next().map(|(_, s)| s);
     client.shutdown().await;
     server.shutdown().await;
     Ok(Goodput {

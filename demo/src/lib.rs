@@ -1,4 +1,5 @@
-//! `shoal-agent demo`: a whole swarm in one process, on embedded defaults.
+//! `shoal-demo` (also started by `shoal-agent demo`): a whole swarm in one process, on
+//! embedded defaults.
 //!
 //! Starts a real HTTP origin serving one generated object, a tracker, and N agents on
 //! 127.0.0.x addresses (port 0) with a freshly generated fleet PKI; then every agent's
@@ -6,6 +7,8 @@
 //! verified against the object's BLAKE3, and the figures are reported: per-agent
 //! completion time, where each agent's bytes came from, and origin bytes divided by
 //! the object size. Everything is torn down at the end, the cache directories too.
+//!
+//! [`origin`] is also the HTTP origin the integration tests and benchmarks use.
 
 pub mod origin;
 mod report;
@@ -19,16 +22,16 @@ use bytes::Bytes;
 use bytesize::ByteSize;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use shoal_pki::dev_pki;
 use shoal_tracker::app::Tracker;
-use shoal_tracker::tls::dev_pki;
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
 
-use crate::app::{Agent, RunningAgent};
-use crate::config::Config;
-use crate::metrics::Source;
 pub use origin::{Object, Origin, random_bytes};
 pub use report::{AgentResult, Report};
+use shoal_agent::app::{Agent, RunningAgent};
+use shoal_agent::config::Config;
+use shoal_agent::metrics::Source;
 
 /// What to run.
 #[derive(Debug, Clone)]
