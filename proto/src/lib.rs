@@ -6,6 +6,7 @@
 //! I/O that the state machines ask for. This keeps the protocol testable with simulated
 //! time and lets the agent, the tracker and the benches share one definition.
 
+pub mod bucket;
 pub mod chunker;
 pub mod id;
 pub mod key;
@@ -13,6 +14,7 @@ pub mod manifest;
 pub mod peer;
 pub mod range;
 
+pub use bucket::TokenBucket;
 pub use chunker::{Chunk, Chunker};
 pub use id::{ChunkId, ManifestId};
 pub use key::{ObjectKey, Validator};

@@ -22,6 +22,7 @@ use hyper::body::Body;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shoal_proto::PeerId;
+use shoal_proto::TokenBucket;
 use shoal_proto::tracker::{
     ANNOUNCE_PATH, AgentInfo, AnnounceRequest, ErrorBody, SYNC_PATH, SyncRequest,
 };
@@ -56,13 +57,7 @@ pub struct Api {
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
-    buckets: HashMap<PeerId, Bucket>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
+    buckets: HashMap<PeerId, TokenBucket>,
 }
 
 /// Which endpoint a request was for, as the `endpoint` label.
@@ -300,27 +295,15 @@ impl RateLimiter {
     /// Takes one token from `peer`'s bucket; false if it is empty.
     pub fn check(&mut self, now: Instant, peer: &PeerId) -> bool {
         let (rate, burst) = (self.rate, self.burst);
-        let b = self.buckets.entry(peer.clone()).or_insert(Bucket {
-            tokens: burst,
-            last: now,
-        });
-        let dt = now.saturating_duration_since(b.last).as_secs_f64();
-        b.tokens = (b.tokens + dt * rate).min(burst);
-        b.last = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.buckets
+            .entry(peer.clone())
+            .or_insert_with(|| TokenBucket::new(rate, burst, now))
+            .try_take(1.0, now)
     }
 
     /// Drops buckets that have refilled (equivalent to absent).
     pub fn sweep(&mut self, now: Instant) {
-        let (rate, burst) = (self.rate, self.burst);
-        self.buckets.retain(|_, b| {
-            b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < burst
-        });
+        self.buckets.retain(|_, b| !b.is_full(now));
     }
 }
 

@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use shoal_proto::TokenBucket;
 
 use shoal_proto::PeerId;
 use tokio::sync::Notify;
@@ -34,17 +36,12 @@ pub(super) struct Permit {
     peer: PeerId,
 }
 
-/// A token bucket in bytes that may go into debt: a sender reserves what it is about
-/// to send and waits until the debt is paid off. Capacity (burst) is a quarter second
-/// of rate, at least 64 KiB.
-#[derive(Debug, Clone)]
-pub(super) struct TokenBucket {
-    /// Bytes per second, > 0.
-    rate: f64,
-    burst: f64,
-    /// Tokens available; negative = debt.
-    level: f64,
-    last: Instant,
+/// The upload byte-rate bucket: a [`shoal_proto::TokenBucket`] in bytes, which may go
+/// into debt (a sender reserves what it is about to send and waits the debt off).
+/// Capacity (burst) is a quarter second of rate, at least 64 KiB.
+pub(super) fn upload_bucket(rate: u64, now: Instant) -> TokenBucket {
+    let rate = rate.max(1) as f64;
+    TokenBucket::new(rate, (rate / 4.0).max(64.0 * 1024.0), now)
 }
 
 impl Gate {
@@ -113,51 +110,11 @@ impl Drop for Permit {
     }
 }
 
-impl TokenBucket {
-    /// A full bucket for `rate` bytes per second (> 0).
-    pub(super) fn new(rate: u64, now: Instant) -> Self {
-        let rate = rate.max(1) as f64;
-        let burst = (rate / 4.0).max(64.0 * 1024.0);
-        Self {
-            rate,
-            burst,
-            level: burst,
-            last: now,
-        }
-    }
-
-    /// Reserves `n` bytes and returns how long the caller must wait before sending
-    /// them (zero if the bucket covered them).
-    pub(super) fn take(&mut self, n: u64, now: Instant) -> Duration {
-        self.refill(now);
-        self.level -= n as f64;
-        self.debt()
-    }
-
-    /// How long until the bucket is out of debt, reserving nothing.
-    pub(super) fn backlog(&mut self, now: Instant) -> Duration {
-        self.refill(now);
-        self.debt()
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = self.last.max(now);
-        self.level = (self.level + dt * self.rate).min(self.burst);
-    }
-
-    fn debt(&self) -> Duration {
-        if self.level >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.level / self.rate)
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn limits(max: usize, per_peer: usize) -> UploadLimits {
@@ -197,26 +154,13 @@ mod tests {
         assert_eq!(g.active(), 0);
     }
 
-    /// Milliseconds, rounded (the bucket works in floating point).
-    fn ms(d: Duration) -> u128 {
-        (d.as_secs_f64() * 1000.0).round() as u128
-    }
-
     #[test]
-    fn bucket_paces_with_simulated_time() {
+    fn upload_bucket_bursts_a_quarter_second() {
         let t0 = Instant::now();
-        let mut b = TokenBucket::new(1_000_000, t0);
-        // Burst: 250 kB free.
-        assert_eq!(b.take(250_000, t0), Duration::ZERO);
-        // The next 500 kB are owed: half a second.
-        assert_eq!(ms(b.take(500_000, t0)), 500);
-        assert_eq!(ms(b.backlog(t0 + Duration::from_millis(200))), 300);
-        assert_eq!(ms(b.backlog(t0 + Duration::from_millis(500))), 0);
-        // Refill is capped at the burst.
-        let later = t0 + Duration::from_secs(100);
-        assert_eq!(b.take(250_000, later), Duration::ZERO);
-        assert!(b.take(1, later) > Duration::ZERO);
-        // Time going backwards is ignored.
-        assert!(b.backlog(t0) > Duration::ZERO);
+        let mut b = upload_bucket(1_000_000, t0);
+        assert_eq!(b.take(250_000.0, t0), Duration::ZERO);
+        assert!(b.take(1.0, t0) > Duration::ZERO);
+        let mut slow = upload_bucket(1000, t0);
+        assert_eq!(slow.take(65_536.0, t0), Duration::ZERO, "at least 64 KiB");
     }
 }

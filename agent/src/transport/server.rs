@@ -18,7 +18,9 @@ use shoal_pki::peer_id_of;
 use shoal_proto::PeerId;
 use shoal_proto::wire::{ErrorCode, Request, Response, code};
 
-use super::limit::{Gate, Permit, TokenBucket};
+use shoal_proto::TokenBucket;
+
+use super::limit::{Gate, Permit, upload_bucket};
 use super::quic::{FrameError, read_frame};
 use super::{ChunkSource, PeerOptions};
 use crate::metrics::Metrics;
@@ -61,7 +63,7 @@ impl Server {
         Self {
             source,
             gate: Arc::new(Gate::new(options.limits)),
-            bucket: (rate > 0).then(|| Mutex::new(TokenBucket::new(rate, Instant::now()))),
+            bucket: (rate > 0).then(|| Mutex::new(upload_bucket(rate, Instant::now()))),
             metrics,
             frame_timeout: options.request_frame_timeout,
             ack_timeout: options.idle_timeout,
@@ -246,7 +248,7 @@ impl Server {
         while at < bytes.len() {
             let piece = bytes.slice(at..(at + PIECE).min(bytes.len()));
             at += piece.len();
-            let wait = lock(bucket).take(piece.len() as u64, Instant::now());
+            let wait = lock(bucket).take(piece.len() as f64, Instant::now());
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
