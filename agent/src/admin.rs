@@ -5,18 +5,14 @@
 //! without authentication: whoever reaches it can read counters and make the agent
 //! fetch URLs its rules allow, so it must stay node-local.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use shoal_node::admin::AdminLimits;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
@@ -83,46 +79,17 @@ pub async fn serve(
     proxy: Option<Arc<Proxy>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(5))
-        .keep_alive(true);
-    let limit = Arc::new(tokio::sync::Semaphore::new(64));
     let prefetch = prefetch::Prefetcher::new(proxy);
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = &mut shutdown => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            // Scrapers do not need more than a few connections; shed the rest.
-            continue;
-        };
+    let handler = move |req: Request<Incoming>| {
         let (m, r, p) = (metrics.clone(), ready.clone(), prefetch.clone());
-        let svc = service_fn(move |req: Request<Incoming>| {
-            let (m, r, p) = (m.clone(), r.clone(), p.clone());
-            async move {
-                if req.uri().path() == prefetch::PATH {
-                    return Ok::<_, Infallible>(p.handle(req).await);
-                }
-                Ok::<_, Infallible>(route(&req, &m, &r))
+        async move {
+            if req.uri().path() == prefetch::PATH {
+                return p.handle(req).await;
             }
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc);
-        tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
-        });
-    }
+            route(&req, &m, &r)
+        }
+    };
+    shoal_node::admin::serve(listener, AdminLimits::default(), handler, shutdown).await;
 }
 
 fn route(req: &Request<Incoming>, metrics: &Metrics, ready: &Ready) -> Response<ProxyBody> {
@@ -137,7 +104,7 @@ fn route(req: &Request<Incoming>, metrics: &Metrics, ready: &Ready) -> Response<
             let mut r = Response::new(full(metrics.render()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                HeaderValue::from_static(shoal_node::metrics::CONTENT_TYPE),
             );
             r
         }

@@ -393,30 +393,14 @@ impl Config {
         overrides: &[(&str, String)],
         env: Option<std::collections::HashMap<String, String>>,
     ) -> Result<Self, ConfigError> {
-        let mut b = config::Config::builder();
-        if let Some(f) = file {
-            b = b.add_source(
-                config::File::from(f)
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
-        }
-        let mut e = config::Environment::with_prefix("SHOAL_AGENT")
-            .prefix_separator("__")
-            .separator("__")
-            .list_separator(",")
-            .with_list_parse_key("egress.allow_cidrs")
-            .with_list_parse_key("egress.allow_hosts")
-            .with_list_parse_key("tracker.urls")
-            .try_parsing(true);
-        if let Some(env) = env {
-            e = e.source(Some(env));
-        }
-        b = b.add_source(e);
-        for (k, v) in overrides {
-            b = b.set_override(*k, v.clone())?;
-        }
-        let cfg: Config = b.build()?.try_deserialize()?;
+        let layers = shoal_node::config::Layers {
+            file,
+            overrides,
+            env: env.as_ref(),
+        };
+        let lists = ["egress.allow_cidrs", "egress.allow_hosts", "tracker.urls"];
+        let cfg: Config =
+            shoal_node::config::layered("SHOAL_AGENT", &lists, layers)?.try_deserialize()?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -5,10 +5,8 @@
 use shoal_proto::sched::SchedError;
 
 use crate::origin::reason::FetchReason;
-use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
-};
+use prometheus::{Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
+use shoal_node::metrics::Registrar;
 
 /// Where bytes came from or went to, as the `source` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,52 +109,20 @@ pub struct Metrics {
     pub origin_bytes: IntCounterVec,
 }
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
-    // Names are unique by construction (one Metrics per Registry); a clash is a bug
-    // caught by the unit test below.
-    if let Err(e) = r.register(Box::new(m.clone())) {
-        tracing::error!(error = %e, "metric registration failed");
-    }
-    m
-}
-
 impl Metrics {
     /// Creates and registers every metric in `registry`.
     pub fn new(registry: Registry) -> Self {
-        let r = &registry;
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            // Opts are static and valid; an error here is a programming bug.
-            reg(
-                r,
-                IntCounterVec::new(Opts::new(name, help), labels)
-                    .unwrap_or_else(|e| panic!("{name}: {e}")),
-            )
-        };
-        let counter = |name: &str, help: &str| {
-            reg(
-                r,
-                IntCounter::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}")),
-            )
-        };
-        let gauge = |name: &str, help: &str| {
-            reg(
-                r,
-                IntGauge::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}")),
-            )
-        };
+        let reg = Registrar::new(&registry);
+        let counter_vec =
+            |name: &str, help: &str, labels: &[&str]| reg.counter_vec(name, help, labels);
+        let counter = |name: &str, help: &str| reg.counter(name, help);
+        let gauge = |name: &str, help: &str| reg.gauge(name, help);
         let latency = [
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             60.0, 300.0,
         ];
         let hist_vec = |name: &str, help: &str, labels: &[&str]| {
-            reg(
-                r,
-                HistogramVec::new(
-                    HistogramOpts::new(name, help).buckets(latency.to_vec()),
-                    labels,
-                )
-                .unwrap_or_else(|e| panic!("{name}: {e}")),
-            )
+            reg.histogram_vec(name, help, labels, &latency)
         };
         let m = Self {
             bytes_served: counter_vec(
@@ -173,13 +139,9 @@ impl Metrics {
                 "shoal_bytes_uploaded_total",
                 "Bytes served to other agents.",
             ),
-            swarm_efficiency: reg(
-                r,
-                Gauge::new(
-                    "shoal_swarm_efficiency",
-                    "Peer bytes / (peer + origin bytes) fetched since start.",
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+            swarm_efficiency: reg.float_gauge(
+                "shoal_swarm_efficiency",
+                "Peer bytes / (peer + origin bytes) fetched since start.",
             ),
             verify_failures: counter_vec(
                 "shoal_chunk_verify_failures_total",
@@ -222,16 +184,10 @@ impl Metrics {
                 "Peer chunk requests answered busy.",
             ),
             tracker_errors: counter("shoal_tracker_errors_total", "Failed tracker requests."),
-            tracker_announce_duration: reg(
-                r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "shoal_tracker_announce_duration_seconds",
-                        "Tracker request duration.",
-                    )
-                    .buckets(latency.to_vec()),
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+            tracker_announce_duration: reg.histogram(
+                "shoal_tracker_announce_duration_seconds",
+                "Tracker request duration.",
+                &latency,
             ),
             ssrf_blocked: counter(
                 "shoal_ssrf_blocked_total",
@@ -389,11 +345,7 @@ impl Metrics {
 
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::error!(error = %e, "metrics encoding failed");
-        }
-        String::from_utf8_lossy(&buf).into_owned()
+        shoal_node::metrics::render(&self.registry)
     }
 
     pub fn registry(&self) -> &Registry {

@@ -18,6 +18,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use shoal_node::admin::AdminLimits;
 use shoal_proto::tracker::ALPN;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -347,51 +348,24 @@ async fn connection(
     drop(admitted);
 }
 
-/// `/metrics`, `/live`, `/ready` in plain HTTP, until `stop`.
+/// `/metrics`, `/live`, `/ready` in plain HTTP, until `stop` (node-local: see
+/// `shoal_node::admin` for its caps and deadlines).
 async fn serve_admin(listener: TcpListener, metrics: Metrics, mut stop: watch::Receiver<bool>) {
-    let mut conns = JoinSet::new();
-    loop {
-        let tcp = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
-        while conns.try_join_next().is_some() {}
-        let metrics = metrics.clone();
-        let mut stop = stop.clone();
-        conns.spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(admin(&metrics, &req)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tcp), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
-    drain(conns).await;
+    let handler = move |req: Request<Incoming>| {
+        let response = admin(&metrics, &req);
+        async move { response }
+    };
+    let stopped = async move {
+        let _ = stop.changed().await;
+    };
+    shoal_node::admin::serve(listener, AdminLimits::default(), handler, stopped).await;
 }
 
 fn admin(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
         "/metrics" => (
             StatusCode::OK,
-            "text/plain; version=0.0.4",
+            shoal_node::metrics::CONTENT_TYPE,
             metrics.render(),
         ),
         "/live" | "/ready" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),

@@ -201,26 +201,13 @@ impl Config {
         overrides: &[(&str, String)],
         env: Option<HashMap<String, String>>,
     ) -> Result<Self, ConfigError> {
-        let mut b = config::Config::builder();
-        if let Some(f) = file {
-            b = b.add_source(
-                config::File::from(f)
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
-        }
-        let mut e = config::Environment::with_prefix("SHOAL_TRACKER")
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true);
-        if let Some(env) = env {
-            e = e.source(Some(env));
-        }
-        b = b.add_source(e);
-        for (k, v) in overrides {
-            b = b.set_override(*k, v.clone())?;
-        }
-        let cfg: Config = b.build()?.try_deserialize()?;
+        let layers = shoal_node::config::Layers {
+            file,
+            overrides,
+            env: env.as_ref(),
+        };
+        let cfg: Config =
+            shoal_node::config::layered("SHOAL_TRACKER", &[], layers)?.try_deserialize()?;
         cfg.validate()?;
         cfg.tls.paths()?;
         Ok(cfg)

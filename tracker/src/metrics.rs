@@ -2,10 +2,8 @@
 //! every metric is registered in a [`Registry`] passed in, never a global one, so
 //! several trackers can run in one process (tests, the demo).
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
+use shoal_node::metrics::Registrar;
 
 use crate::registry::Events;
 
@@ -89,32 +87,12 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
 }
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
-    // Names are unique by construction (one Metrics per Registry); a clash is a bug
-    // caught by the unit test below.
-    if let Err(e) = r.register(Box::new(m.clone())) {
-        tracing::error!(error = %e, "metric registration failed");
-    }
-    m
-}
-
 impl Metrics {
     /// Creates and registers every metric in `registry`.
     pub fn new(registry: Registry) -> Self {
-        let r = &registry;
-        // Names and help texts are static and valid: an error here is a programming bug.
-        let counter = |name: &str, help: &str| {
-            reg(
-                r,
-                IntCounter::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}")),
-            )
-        };
-        let gauge = |name: &str, help: &str| {
-            reg(
-                r,
-                IntGauge::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}")),
-            )
-        };
+        let reg = Registrar::new(&registry);
+        let counter = |name: &str, help: &str| reg.counter(name, help);
+        let gauge = |name: &str, help: &str| reg.gauge(name, help);
         let buckets = vec![
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
         ];
@@ -143,28 +121,16 @@ impl Metrics {
                 "shoal_tracker_publishes_refused_total",
                 "Published chunk ids ignored: the agent was over its publish budget.",
             ),
-            rejected: reg(
-                r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "shoal_tracker_rejected_total",
-                        "Requests and connections refused, by reason.",
-                    ),
-                    &["reason"],
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+            rejected: reg.counter_vec(
+                "shoal_tracker_rejected_total",
+                "Requests and connections refused, by reason.",
+                &["reason"],
             ),
-            request_duration: reg(
-                r,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "shoal_tracker_request_duration_seconds",
-                        "Time to answer an agent's request, by endpoint.",
-                    )
-                    .buckets(buckets),
-                    &["endpoint"],
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+            request_duration: reg.histogram_vec(
+                "shoal_tracker_request_duration_seconds",
+                "Time to answer an agent's request, by endpoint.",
+                &["endpoint"],
+                &buckets,
             ),
             registry,
         };
@@ -192,11 +158,7 @@ impl Metrics {
 
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::error!(error = %e, "metrics encoding failed");
-        }
-        String::from_utf8_lossy(&buf).into_owned()
+        shoal_node::metrics::render(&self.registry)
     }
 
     pub fn registry(&self) -> &Registry {
