@@ -2,6 +2,7 @@
 //! Tests and the demo run several agents in one process through [`Agent::start`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use prometheus::Registry;
@@ -10,14 +11,14 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::admin::{self, Ready};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::egress::EgressPolicy;
 use crate::metrics::Metrics;
 use crate::object::{CacheSettings, ObjectCache};
 use crate::origin::OriginClient;
 use crate::proxy::{self, Proxy};
 use crate::store::{ChunkStore, MetaStore, StoreConfig};
-use crate::swarm::{Swarm, announce};
+use crate::swarm::{Swarm, SwarmError, announce};
 use shoal_pki::Identity;
 
 /// Why an agent could not start. Always a local problem (configuration, ports, files).
@@ -29,10 +30,27 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("TLS setup: {0}")]
-    Tls(String),
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("origin.ca_file {}: {source}", path.display())]
+    OriginCaRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("origin.ca_file {}: {reason}", path.display())]
+    OriginCaPem { path: PathBuf, reason: String },
+    #[error("tls.ca, tls.cert and tls.key are required when tracker.urls is set")]
+    TlsMissing,
+    #[error("fleet TLS identity: {0}")]
+    Tls(#[from] shoal_pki::TlsError),
     #[error("swarm setup: {0}")]
-    Swarm(String),
+    Swarm(#[from] Box<SwarmError>),
+}
+
+impl From<SwarmError> for StartError {
+    fn from(e: SwarmError) -> Self {
+        Self::Swarm(Box::new(e))
+    }
 }
 
 /// Entry point; see [`Agent::start`].
@@ -72,23 +90,24 @@ impl Agent {
         registry: Registry,
         identity: Option<Identity>,
     ) -> Result<RunningAgent, StartError> {
+        // `Config::load` validated it; a hand-built one (tests, the demo) is checked here.
+        cfg.validate_settings()?;
         let metrics = Metrics::new(registry);
         let store = ChunkStore::open(StoreConfig::from(&cfg.cache), metrics.clone()).await;
         let meta = MetaStore::new(cfg.cache.dir.join("objects"));
         let policy = EgressPolicy::new(&cfg.egress);
         let extra_roots = match &cfg.origin.ca_file {
             None => Vec::new(),
-            Some(p) => load_pem_certs(p).map_err(StartError::Tls)?,
+            Some(p) => load_pem_certs(p)?,
         };
         let origin = OriginClient::new(&cfg.origin, policy.clone(), metrics.clone(), extra_roots);
         let settings = CacheSettings {
-            // Validated to be within 16KiB..=16MiB by Config::validate.
+            // Within 16KiB..=16MiB: checked by validate_settings above.
             chunk_size: cfg.cache.chunk_size.as_u64() as u32,
             freshness: cfg.cache.freshness,
             stale_if_error: cfg.cache.stale_if_error,
         };
         let ready = Ready::with_store(store.clone());
-        let cache = ObjectCache::open(store.clone(), meta, origin, metrics.clone(), settings).await;
         let swarm = if cfg.swarm_enabled() {
             let identity = match identity {
                 Some(i) => i,
@@ -96,22 +115,25 @@ impl Agent {
                     let (Some(ca), Some(cert), Some(key)) =
                         (&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key)
                     else {
-                        return Err(StartError::Tls(
-                            "tls.ca, tls.cert and tls.key are required".into(),
-                        ));
+                        return Err(StartError::TlsMissing);
                     };
-                    Identity::load(ca, cert, key).map_err(|e| StartError::Tls(e.to_string()))?
+                    Identity::load(ca, cert, key)?
                 }
             };
-            let sw = Swarm::start(&cfg, &identity, store, metrics.clone())
-                .await
-                .map_err(|e| StartError::Swarm(e.to_string()))?;
-            let sw = Arc::new(sw);
-            cache.attach_swarm(sw.clone());
-            Some(sw)
+            let sw = Swarm::start(&cfg, &identity, store.clone(), metrics.clone()).await?;
+            Some(Arc::new(sw))
         } else {
             None
         };
+        let cache = ObjectCache::open(
+            store,
+            meta,
+            origin,
+            metrics.clone(),
+            settings,
+            swarm.clone(),
+        )
+        .await;
         let proxy = Arc::new(Proxy::new(&cfg, cache.clone(), policy, metrics.clone()));
 
         let bind = |what: &'static str, addr: SocketAddr| async move {
@@ -196,17 +218,24 @@ impl Agent {
 /// Every certificate in a PEM file; errors name the file.
 fn load_pem_certs(
     p: &std::path::Path,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-    let data = std::fs::read(p).map_err(|e| format!("origin.ca_file {}: {e}", p.display()))?;
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, StartError> {
     use rustls::pki_types::pem::PemObject as _;
+    let path = p.to_path_buf();
+    let data = std::fs::read(p).map_err(|source| StartError::OriginCaRead {
+        path: path.clone(),
+        source,
+    })?;
     let certs: Result<Vec<_>, _> =
         rustls::pki_types::CertificateDer::pem_slice_iter(&data).collect();
-    let certs = certs.map_err(|e| format!("origin.ca_file {}: {e}", p.display()))?;
+    let certs = certs.map_err(|e| StartError::OriginCaPem {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
     if certs.is_empty() {
-        return Err(format!(
-            "origin.ca_file {}: no PEM certificate in it",
-            p.display()
-        ));
+        return Err(StartError::OriginCaPem {
+            path,
+            reason: "no PEM certificate in it".into(),
+        });
     }
     Ok(certs)
 }
@@ -293,5 +322,29 @@ impl RunningAgent {
     /// Resolves when any listener task ends (it only ends on shutdown or a bug).
     pub async fn wait(&mut self) {
         let _ = self.tasks.join_next().await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use bytesize::ByteSize;
+
+    use super::*;
+
+    /// Review defect (d)12: a hand-built configuration `Config::load` would refuse
+    /// (here a 1-byte chunk size, which `as u32` and the layout math would take) does
+    /// not start an agent.
+    #[tokio::test]
+    async fn start_refuses_a_config_load_would_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.cache.dir = dir.path().to_path_buf();
+        cfg.proxy.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.cache.chunk_size = ByteSize::b(1);
+        let e = Agent::start(cfg, Registry::new()).await.unwrap_err();
+        assert!(matches!(e, StartError::Config(_)), "{e}");
+        assert!(e.to_string().contains("cache.chunk_size"), "{e}");
     }
 }

@@ -380,6 +380,9 @@ impl Default for TrackerConfig {
     }
 }
 
+const TLS_REQUIRED: &str =
+    "tracker.urls is set, so tls.ca, tls.cert and tls.key are required (mutual TLS)";
+
 impl Config {
     /// Loads defaults < `file` < environment (`SHOAL_AGENT__…`) < `overrides`
     /// (`("section.key", value)` pairs from command-line flags), then validates.
@@ -405,8 +408,21 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Cross-field checks that serde cannot express.
+    /// Cross-field checks that serde cannot express: [`Config::validate_settings`], and
+    /// that `tls.*` paths are set when `tracker.urls` is.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.tracker.urls.is_empty()
+            && (self.tls.ca.is_none() || self.tls.cert.is_none() || self.tls.key.is_none())
+        {
+            return Err(ConfigError::Invalid(TLS_REQUIRED.into()));
+        }
+        self.validate_settings()
+    }
+
+    /// Every check but the one an in-memory TLS identity makes moot (the `tls.*`
+    /// paths): what [`crate::app::Agent::start_with`] checks again, so a configuration
+    /// built by hand cannot start an agent that `Config::load` would have refused.
+    pub fn validate_settings(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let c = &self.cache;
         if !(0.0 < c.low_watermark
@@ -478,14 +494,6 @@ impl Config {
                 Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => {}
                 _ => return bad(format!("tracker.urls: {u:?} must be an https:// URL")),
             }
-        }
-        if !self.tracker.urls.is_empty()
-            && (self.tls.ca.is_none() || self.tls.cert.is_none() || self.tls.key.is_none())
-        {
-            return bad(
-                "tracker.urls is set, so tls.ca, tls.cert and tls.key are required (mutual TLS)"
-                    .into(),
-            );
         }
         if self.swarm_enabled()
             && self

@@ -68,7 +68,8 @@ fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> DemoError + '_ {
     move |e| DemoError::Setup(format!("{what}: {e}"))
 }
 
-/// Address of the demo's node `n` (origin 2, tracker 3, agents 10…).
+/// Address of the demo's node `n`: `127.0.0.(n + 2)`, so the origin (`n = 0`) is
+/// 127.0.0.2, the tracker 127.0.0.3 and agent `i` (`n = 10 + i`) 127.0.0.12 and up.
 fn ip(n: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, (n / 250) as u8, (n % 250 + 2) as u8))
 }

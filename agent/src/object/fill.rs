@@ -6,15 +6,17 @@
 //! fill is dropped, so a full or read-only disk never fails a client.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use shoal_proto::{ChunkId, Layout};
+use shoal_proto::{Chunk, ChunkId, Layout, Manifest, ObjectKey};
 use tokio::sync::watch;
 
 use crate::metrics::Source;
 use crate::object::error::FillError;
-use crate::object::meta::Repr;
+use crate::object::meta::{self, Repr};
+use crate::object::{ObjectCache, ObjectMeta};
 use crate::origin::reason::FetchReason;
 use crate::store::PinGuard;
 
@@ -208,6 +210,84 @@ impl Fill {
             if rx.changed().await.is_err() {
                 return Err(FillError::Internal("fill dropped".into()));
             }
+        }
+    }
+}
+
+// What every fill does at its end, whoever fetched the chunks (the origin GET in
+// `origin_fill`, the swarm download in `crate::swarm`).
+
+/// Stores the last chunks, records the object, ends the flight, and only then tells
+/// readers the last chunks are there: a client that saw its last byte and asks again
+/// finds the object cached, and an agent stopped right after keeps it.
+pub(crate) async fn finish(
+    cache: &ObjectCache,
+    fill: &Arc<Fill>,
+    key: ObjectKey,
+    digest: Option<String>,
+    last: Vec<Chunk>,
+    source: Source,
+) {
+    let url = fill.url.clone();
+    let mut held = Vec::new();
+    for c in last {
+        let stored = cache.inner.store.put(c.id, c.bytes.clone()).await.is_ok();
+        held.push((c, stored));
+    }
+    let mut ids = fill.chunk_ids_partial();
+    for (c, _) in &held {
+        if let Some(slot) = ids.get_mut(c.index) {
+            *slot = Some(c.id);
+        }
+    }
+    let ids: Option<Vec<_>> = ids.into_iter().collect();
+    // Remembered only if the disk holds every chunk (the fill pins them): an object
+    // the disk kept in part would cost origin `Range` repairs on every later "hit".
+    let on_disk = |m: &Manifest| {
+        m.chunks
+            .iter()
+            .all(|id| cache.inner.store.chunk_len(id).is_some())
+    };
+    match ids.map(|ids| Manifest::new(key, fill.layout, ids, digest.clone())) {
+        Some(Ok(manifest)) if on_disk(&manifest) => {
+            let m = ObjectMeta {
+                url: url.clone(),
+                manifest,
+                repr: fill.repr.clone(),
+                validated_at_ms: meta::unix_ms(SystemTime::now()),
+                immutable: digest.is_some(),
+            };
+            cache.remember(Arc::new(m)).await;
+        }
+        Some(Err(e)) => tracing::error!(%url, error = %e, "manifest rejected"),
+        Some(Ok(_)) => {
+            tracing::info!(%url, "object served but not cached: the disk did not keep all its chunks")
+        }
+        None => {}
+    }
+    cache.end_flight(&url, fill);
+    for (c, stored) in held {
+        if stored {
+            let pin = cache.inner.store.pin([c.id]);
+            fill.complete(c.index, c.id, source, None, Some(pin));
+        } else {
+            fill.complete(c.index, c.id, source, Some(c.bytes), None);
+        }
+    }
+}
+
+/// Stores a verified chunk from any source and completes it in the fill; if the store
+/// cannot keep it, the fill holds the bytes.
+pub(crate) async fn complete(cache: &ObjectCache, fill: &Fill, c: Chunk, source: Source) {
+    let store = &cache.inner.store;
+    match store.put(c.id, c.bytes.clone()).await {
+        Ok(()) => {
+            let pin = store.pin([c.id]);
+            fill.complete(c.index, c.id, source, None, Some(pin));
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "chunk kept in memory only");
+            fill.complete(c.index, c.id, source, Some(c.bytes), None);
         }
     }
 }

@@ -114,7 +114,7 @@ enum Flight {
 /// The object layer. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ObjectCache {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
@@ -126,7 +126,8 @@ pub(crate) struct Inner {
     pub(crate) settings: CacheSettings,
     objects: RwLock<HashMap<String, Arc<ObjectMeta>>>,
     flights: Mutex<HashMap<String, Flight>>,
-    swarm: std::sync::OnceLock<Arc<crate::swarm::Swarm>>,
+    /// The swarm `p2p` URLs go through, when a tracker is configured.
+    swarm: Option<Arc<crate::swarm::Swarm>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -142,6 +143,7 @@ impl ObjectCache {
         origin: OriginClient,
         metrics: Metrics,
         settings: CacheSettings,
+        swarm: Option<Arc<crate::swarm::Swarm>>,
     ) -> Self {
         let mut objects = HashMap::new();
         for (name, data) in meta.load_all().await {
@@ -164,16 +166,11 @@ impl ObjectCache {
             settings,
             objects: RwLock::new(objects),
             flights: Mutex::new(HashMap::new()),
-            swarm: std::sync::OnceLock::new(),
+            swarm,
         };
         Self {
             inner: Arc::new(inner),
         }
-    }
-
-    /// Makes `p2p` URLs go through the swarm. Set once, at start.
-    pub fn attach_swarm(&self, swarm: Arc<crate::swarm::Swarm>) {
-        let _ = self.inner.swarm.set(swarm);
     }
 
     pub fn store(&self) -> &ChunkStore {
@@ -344,7 +341,7 @@ impl ObjectCache {
         cached: Option<Arc<ObjectMeta>>,
     ) -> Result<Lookup, OriginError> {
         if want.mode == Mode::P2p {
-            if let Some(sw) = self.inner.swarm.get() {
+            if let Some(sw) = &self.inner.swarm {
                 return self.fetch_swarm(want, cached, sw.clone()).await;
             }
         }

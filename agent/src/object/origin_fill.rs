@@ -2,13 +2,12 @@
 //! chunk to the fill's readers as it completes.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
-use shoal_proto::{Chunk, Chunker, Manifest, ObjectKey};
+use shoal_proto::{Chunk, Chunker, ObjectKey};
 
-use super::{Fill, FillError, ObjectCache, ObjectMeta, meta};
+use super::{Fill, FillError, ObjectCache};
 use crate::metrics::Source;
 use crate::origin::reason::FetchReason;
 use crate::origin::{OriginError, next_data};
@@ -24,69 +23,10 @@ pub(super) fn spawn(
 ) {
     tokio::spawn(async move {
         match run(&cache, &fill, body, digest.as_deref()).await {
-            Ok(last) => finish(&cache, &fill, key, digest, last, Source::Origin).await,
+            Ok(last) => super::fill::finish(&cache, &fill, key, digest, last, Source::Origin).await,
             Err(e) => cache.abort_fill(&fill, e).await,
         }
     });
-}
-
-/// Stores the last chunks, records the object, ends the flight, and only then tells
-/// readers the last chunks are there: a client that saw its last byte and asks again
-/// finds the object cached, and an agent stopped right after keeps it.
-pub(crate) async fn finish(
-    cache: &ObjectCache,
-    fill: &Arc<Fill>,
-    key: ObjectKey,
-    digest: Option<String>,
-    last: Vec<Chunk>,
-    source: Source,
-) {
-    let url = fill.url.clone();
-    let mut held = Vec::new();
-    for c in last {
-        let stored = cache.inner.store.put(c.id, c.bytes.clone()).await.is_ok();
-        held.push((c, stored));
-    }
-    let mut ids = fill.chunk_ids_partial();
-    for (c, _) in &held {
-        if let Some(slot) = ids.get_mut(c.index) {
-            *slot = Some(c.id);
-        }
-    }
-    let ids: Option<Vec<_>> = ids.into_iter().collect();
-    // Remembered only if the disk holds every chunk (the fill pins them): an object
-    // the disk kept in part would cost origin `Range` repairs on every later "hit".
-    let on_disk = |m: &Manifest| {
-        m.chunks
-            .iter()
-            .all(|id| cache.inner.store.chunk_len(id).is_some())
-    };
-    match ids.map(|ids| Manifest::new(key, fill.layout, ids, digest.clone())) {
-        Some(Ok(manifest)) if on_disk(&manifest) => {
-            let m = ObjectMeta {
-                url: url.clone(),
-                manifest,
-                repr: fill.repr.clone(),
-                validated_at_ms: meta::unix_ms(SystemTime::now()),
-                immutable: digest.is_some(),
-            };
-            cache.remember(Arc::new(m)).await;
-        }
-        Some(Err(e)) => tracing::error!(%url, error = %e, "manifest rejected"),
-        Some(Ok(_)) => {
-            tracing::info!(%url, "object served but not cached: the disk did not keep all its chunks")
-        }
-        None => {}
-    }
-    cache.end_flight(&url, fill);
-    for (c, stored) in held {
-        if stored {
-            let pin = cache.inner.store.pin([c.id]);
-            fill.complete(c.index, c.id, source, None, Some(pin));
-        } else {
-            fill.complete(c.index, c.id, source, Some(c.bytes), None);
-        }
-    }
 }
 
 async fn run(
@@ -154,20 +94,5 @@ async fn run(
 /// Stores a verified chunk and completes it in the fill; if the store cannot keep
 /// it, the fill holds the bytes.
 pub(crate) async fn store_chunk(cache: &ObjectCache, fill: &Fill, c: Chunk) {
-    complete(cache, fill, c, Source::Origin).await
-}
-
-/// As [`store_chunk`], for chunks from any source.
-pub(crate) async fn complete(cache: &ObjectCache, fill: &Fill, c: Chunk, source: Source) {
-    let store = &cache.inner.store;
-    match store.put(c.id, c.bytes.clone()).await {
-        Ok(()) => {
-            let pin = store.pin([c.id]);
-            fill.complete(c.index, c.id, source, None, Some(pin));
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "chunk kept in memory only");
-            fill.complete(c.index, c.id, source, Some(c.bytes), None);
-        }
-    }
+    super::fill::complete(cache, fill, c, Source::Origin).await
 }

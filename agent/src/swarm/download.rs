@@ -22,7 +22,7 @@ use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use super::Swarm;
 use crate::discovery::TrackerError;
 use crate::metrics::Source;
-use crate::object::origin_fill::{complete, finish};
+use crate::object::fill::{complete, finish};
 use crate::object::{Fill, FillError, ObjectCache};
 use crate::origin::reason::FetchReason;
 use crate::transport::PeerError;
@@ -372,7 +372,7 @@ impl Download {
     /// publisher lied (the first id is kept, so bytes are still checked against it).
     fn noted(&self, r: Result<(), SchedError>) {
         let Err(e) = r else { return };
-        self.cache.inner.metrics.sched_error(&e);
+        self.swarm.metrics.sched_error(&e);
         match e {
             SchedError::IdConflict { .. } => {
                 tracing::warn!(key = %self.key, error = %e, "tracker sent a conflicting chunk id");
@@ -422,7 +422,7 @@ impl Download {
                     Some(known) if known != id => {
                         // Either the origin changed under the same validator, or the
                         // publisher lied; neither is fixable here.
-                        self.cache.inner.metrics.verify_failed(Source::Origin);
+                        self.swarm.metrics.verify_failed(Source::Origin);
                         return Err(FillError::IdMismatch { index });
                     }
                     Some(_) => {}
@@ -480,7 +480,7 @@ impl Download {
         if let Some(d) = &digest {
             if let Err(e) = self.check_digest(d).await {
                 if let FillError::DigestMismatch { from, .. } = &e {
-                    self.cache.inner.metrics.verify_failed(*from);
+                    self.swarm.metrics.verify_failed(*from);
                 }
                 self.cache.abort_fill(&self.fill, e).await;
                 return;

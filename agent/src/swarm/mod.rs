@@ -41,6 +41,8 @@ pub struct Swarm {
     pub(crate) me: PeerId,
     pub(crate) sched: SchedConfig,
     pub(crate) poll_interval: std::time::Duration,
+    /// The agent's metrics (the download counts verify failures and scheduler errors).
+    pub(crate) metrics: Metrics,
     /// Where each known peer listens (from tracker hints).
     pub(crate) addrs: Mutex<HashMap<PeerId, std::net::SocketAddr>>,
 }
@@ -89,7 +91,7 @@ impl Swarm {
             region: cfg.topology.region.clone(),
         };
         let tls = identity.client_config(&[shoal_proto::tracker::ALPN])?;
-        let tracker = TrackerClient::new(&cfg.tracker, tls, advertise, topology, metrics)?;
+        let tracker = TrackerClient::new(&cfg.tracker, tls, advertise, topology, metrics.clone())?;
         // Agents with the same view of the swarm must not all pick the same peer.
         let salt = u64::from_le_bytes(
             blake3::hash(identity.peer_id().as_str().as_bytes()).as_bytes()[..8]
@@ -107,6 +109,7 @@ impl Swarm {
             tracker,
             sched,
             poll_interval: cfg.tracker.poll_interval,
+            metrics,
             addrs: Mutex::new(HashMap::new()),
         })
     }
