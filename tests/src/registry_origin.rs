@@ -340,23 +340,19 @@ fn split(path: &str) -> Option<(&str, &str, &str)> {
     Some((name, kind, reference))
 }
 
-/// `Ok(())` if `h` may pull `repo`, else the 401 to send.
-fn authorize(
-    shared: &Shared,
-    h: &HeaderMap,
-    repo: Option<&str>,
-) -> Result<(), Response<Full<Bytes>>> {
+/// `None` if `h` may pull `repo`, else the 401 to send.
+fn authorize(shared: &Shared, h: &HeaderMap, repo: Option<&str>) -> Option<Response<Full<Bytes>>> {
     let got = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let addr = lock(&shared.registry_addr)
         .map(|a| a.to_string())
         .unwrap_or_default();
     match &shared.auth {
-        Auth::None => Ok(()),
+        Auth::None => None,
         Auth::Basic { user, password } => {
             if got == Some(basic(user, password).as_str()) {
-                Ok(())
+                None
             } else {
-                Err(oci_err(
+                Some(oci_err(
                     StatusCode::UNAUTHORIZED,
                     "UNAUTHORIZED",
                     "authentication required",
@@ -376,12 +372,12 @@ fn authorize(
                 _ => false,
             };
             if ok {
-                return Ok(());
+                return None;
             }
             let scope = repo
                 .map(|r| format!(",scope=\"repository:{r}:pull\""))
                 .unwrap_or_default();
-            Err(oci_err(
+            Some(oci_err(
                 StatusCode::UNAUTHORIZED,
                 "UNAUTHORIZED",
                 "authentication required",
@@ -407,18 +403,18 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         token_endpoint(shared, req)
     } else if path == "/v2/" || path == "/v2" {
         match authorize(shared, h, None) {
-            Ok(()) => resp(
+            None => resp(
                 StatusCode::OK,
                 &[("content-type", "application/json".into())],
                 Bytes::from_static(b"{}"),
             ),
-            Err(r) => r,
+            Some(r) => r,
         }
     } else {
         match split(&path) {
             Some((repo, kind, reference)) => match authorize(shared, h, Some(repo)) {
-                Err(r) => r,
-                Ok(()) => match kind {
+                Some(r) => r,
+                None => match kind {
                     "manifests" => manifest(shared, h, repo, reference),
                     "blobs" => blob(shared, req, reference, head),
                     _ => oci_err(StatusCode::NOT_FOUND, "UNSUPPORTED", "unsupported", &[]),

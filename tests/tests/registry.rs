@@ -2,6 +2,7 @@
 //! `shoal_tests::registry_origin`: pulls as containerd makes them (ping, challenge,
 //! token, manifest by tag with containerd's `Accept`, blobs), in every auth mode, with
 //! the registry's own counters as the measure of what the agent saved.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -40,7 +41,7 @@ async fn registry(ip: &str, storage_ip: &str, auth: Auth) -> (RegistryOrigin, Ve
     let layers: Vec<Bytes> = [300_000usize, 70_000, 1_000]
         .iter()
         .enumerate()
-        .map(|(i, n)| Bytes::from(random_bytes(*n, 90 + i as u64)))
+        .map(|(i, n)| random_bytes(*n, 90 + i as u64))
         .collect();
     let digests: Vec<String> = layers.iter().map(|b| r.blob(b.clone())).collect();
     r.image(REPO, "v1", OCI_MANIFEST, &digests);
