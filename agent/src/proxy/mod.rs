@@ -8,7 +8,8 @@
 //! ([`framing`]); its path is put in canonical form ([`target`]), which keeps mirror
 //! paths under their upstream prefix and gives one cache key per resource.
 //! Requests with `Authorization` or `Cookie`, or `Cache-Control: no-store`, and URLs
-//! whose rule says `pass`, are relayed uncached.
+//! whose rule says `pass`, are relayed uncached; registry mirrors ([`registry`]) are
+//! the exception: they cache authorised pulls, checking each client with the registry.
 
 pub mod conns;
 mod framing;
