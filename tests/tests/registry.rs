@@ -530,3 +530,47 @@ async fn swarm_second_node_blobs_come_from_the_first() {
     assert_eq!(peer, total(&layers));
     s.shutdown().await;
 }
+
+/// One blob named by two repositories is stored once: the second repository's pull
+/// asks the registry only whether the client may read it there (a `HEAD`), then
+/// serves the cached bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_blob_in_two_repositories_is_stored_once() {
+    shoal_tests::logs();
+    let ip = "127.0.0.211";
+    let (r, layers) = registry(ip, ip, Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(agent_config(ip, dir.path(), &r)).await;
+    let d = digest(&layers[0]);
+    let one = get(a.proxy_addr(), &format!("/m/reg/v2/{REPO}/blobs/{d}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(one.body, layers[0]);
+    let before = r.blob_bytes();
+    let two = get(
+        a.proxy_addr(),
+        &format!("/m/reg/v2/other/repo/blobs/{d}"),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(two.body, layers[0]);
+    assert_eq!(two.header("x-shoal-source"), Some("cache"));
+    assert_eq!(
+        r.blob_bytes(),
+        before,
+        "no blob bytes for the second repository"
+    );
+    assert_eq!(
+        r.served(&format!("/v2/other/repo/blobs/{d}")).0,
+        1,
+        "one HEAD: the registry was asked about the second repository"
+    );
+    let keys: Vec<String> = a.cache().all().iter().map(|m| m.url.clone()).collect();
+    assert_eq!(
+        keys,
+        vec![format!("oci:{d}")],
+        "one object, keyed by digest"
+    );
+    a.shutdown().await;
+}
