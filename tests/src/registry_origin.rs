@@ -74,6 +74,8 @@ struct Content {
     blobs: HashMap<String, Bytes>,
     /// Blobs served with one byte flipped.
     corrupt: HashSet<String>,
+    /// repo → blobs it holds (as distribution links blobs into repositories).
+    links: HashMap<String, HashSet<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -152,6 +154,15 @@ impl RegistryOrigin {
         d
     }
 
+    /// Makes blob `digest` available in `repo` (`image` links its layers itself).
+    pub fn link(&self, repo: &str, digest: &str) {
+        lock(&self.shared.content)
+            .links
+            .entry(repo.to_owned())
+            .or_default()
+            .insert(digest.to_owned());
+    }
+
     /// Adds a manifest of `media_type` and points `repo:tag` at it; returns its digest.
     pub fn manifest(&self, repo: &str, tag: &str, media_type: &str, bytes: Bytes) -> String {
         let d = digest(&bytes);
@@ -191,6 +202,9 @@ impl RegistryOrigin {
             layer_json.join(",")
         ));
         let d = self.manifest(repo, tag, media_type, body.clone());
+        for l in layers {
+            self.link(repo, l);
+        }
         (d, body)
     }
 
@@ -416,7 +430,7 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 Some(r) => r,
                 None => match kind {
                     "manifests" => manifest(shared, h, repo, reference),
-                    "blobs" => blob(shared, req, reference, head),
+                    "blobs" => blob(shared, req, repo, reference, head),
                     _ => oci_err(StatusCode::NOT_FOUND, "UNSUPPORTED", "unsupported", &[]),
                 },
             },
@@ -567,8 +581,18 @@ fn ranged(
     }
 }
 
-fn blob(shared: &Shared, req: &Request<Incoming>, d: &str, head: bool) -> Response<Full<Bytes>> {
-    let Some(b) = blob_bytes(shared, d) else {
+fn blob(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    repo: &str,
+    d: &str,
+    head: bool,
+) -> Response<Full<Bytes>> {
+    let linked = lock(&shared.content)
+        .links
+        .get(repo)
+        .is_some_and(|l| l.contains(d));
+    let Some(b) = blob_bytes(shared, d).filter(|_| linked) else {
         return oci_err(
             StatusCode::NOT_FOUND,
             "BLOB_UNKNOWN",

@@ -6,8 +6,8 @@
 //!   answers, so containerd's token flow works unchanged. Requests with
 //!   `Authorization` are cached all the same, but a cached blob or manifest is served
 //!   to a client only after the registry accepted *that* client's credentials for
-//!   *that* repository: a `HEAD` of the same URL with the client's headers, its
-//!   success remembered for `auth_ttl` ([`grants`]). A client the registry refuses gets
+//!   *that* repository and object: a `HEAD` of the same URL with the client's
+//!   headers, its success remembered for `auth_ttl` ([`grants`]). A client the registry refuses gets
 //!   the registry's own answer to its request (status, `WWW-Authenticate`, body),
 //!   relayed, and no cached byte.
 //! - **Blobs** (`/v2/<name>/blobs/sha256:…`) are keyed by digest only
@@ -248,11 +248,22 @@ impl Proxy {
         }
         let manifest = matches!(path, RegistryPath::Manifest { .. });
         if method == Method::HEAD {
-            // Relayed; a success is the registry accepting this client.
+            // Relayed; a success is the registry accepting this client for this
+            // object (the digest in the path, or the one a tag names).
             let (r, label, o) = self.registry_pass(method, headers, url, manifest).await?;
-            if r.status().is_success() {
-                self.grants
-                    .grant(GrantKey::new(headers, url, &name), Instant::now());
+            let named = match &path {
+                RegistryPath::Blob { digest, .. }
+                | RegistryPath::Manifest {
+                    reference: Reference::Digest(digest),
+                    ..
+                } => Some(*digest),
+                _ => head_digest(r.headers()),
+            };
+            if let Some(d) = named.filter(|_| r.status().is_success()) {
+                if !mirror.auth_ttl.is_zero() {
+                    self.grants
+                        .grant(GrantKey::new(headers, url, &name, &d), Instant::now());
+                }
             }
             return Ok((r, label, o));
         }
@@ -265,7 +276,7 @@ impl Proxy {
                 reference: Reference::Digest(d),
                 ..
             } => {
-                match self.check(headers, url, mirror, &name).await? {
+                match self.check(headers, url, mirror, &name, &d).await? {
                     Check::Refused(r) => return Ok((r, "pass", Outcome::Refused)),
                     Check::Remembered | Check::Granted => {}
                 }
@@ -301,17 +312,18 @@ impl Proxy {
         Ok((r, "pass", Outcome::Pass))
     }
 
-    /// Whether the client of `headers` may have cached bytes of `repo` at the
-    /// registry of `url`: a grant within `auth_ttl`, else a `HEAD` of `url` with the
-    /// client's headers.
+    /// Whether the client of `headers` may have the cached bytes of `digest` in
+    /// `repo` at the registry of `url`: a grant within `auth_ttl`, else a `HEAD` of
+    /// `url` with the client's headers.
     async fn check(
         &self,
         headers: &HeaderMap,
         url: &Uri,
         mirror: &MirrorSettings,
         repo: &RepoName,
+        digest: &Digest,
     ) -> Result<Check, RouteError> {
-        let key = GrantKey::new(headers, url, repo);
+        let key = GrantKey::new(headers, url, repo, digest);
         let checks = &self.metrics.registry_auth_checks;
         if self.grants.granted(&key, mirror.auth_ttl, Instant::now()) {
             checks.with_label_values(&["remembered"]).inc();
@@ -361,7 +373,7 @@ impl Proxy {
         digest: Digest,
         mode: Mode,
     ) -> Result<(Response<ProxyBody>, &'static str, Outcome), RouteError> {
-        if let Check::Refused(r) = self.check(headers, url, mirror, repo).await? {
+        if let Check::Refused(r) = self.check(headers, url, mirror, repo, &digest).await? {
             return Ok((r, "pass", Outcome::Refused));
         }
         let up = Upstream {
@@ -437,11 +449,13 @@ impl Proxy {
         tag: &Tag,
     ) -> Result<(Response<ProxyBody>, &'static str, Outcome), RouteError> {
         let now = Instant::now();
-        let key = GrantKey::new(headers, url, repo);
         let known = self
             .grants
             .tag(url, repo, tag, headers, mirror.tag_ttl, now)
-            .filter(|_| self.grants.granted(&key, mirror.auth_ttl, now));
+            .filter(|r| {
+                let key = GrantKey::new(headers, url, repo, &r.digest);
+                self.grants.granted(&key, mirror.auth_ttl, now)
+            });
         let resolved = match known {
             Some(r) => {
                 self.metrics
@@ -451,15 +465,11 @@ impl Proxy {
                 r
             }
             None => {
-                let head = match self.check_fresh(headers, url, mirror, key).await? {
+                let head = match self.check_fresh(headers, url).await? {
                     Ok(h) => h,
                     Err(refused) => return Ok((refused, "pass", Outcome::Refused)),
                 };
-                let digest = head
-                    .get("docker-content-digest")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|d| Digest::parse(d.trim()).ok());
-                let Some(digest) = digest else {
+                let Some(digest) = head_digest(&head) else {
                     // No digest to key it by: the registry's answer, uncached.
                     tracing::debug!(repo = %repo, %tag, "registry named no sha256 digest for the tag; relaying");
                     return self.registry_pass(&Method::GET, headers, url, true).await;
@@ -468,6 +478,10 @@ impl Proxy {
                     .get(header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
+                if !mirror.auth_ttl.is_zero() {
+                    let key = GrantKey::new(headers, url, repo, &digest);
+                    self.grants.grant(key, Instant::now());
+                }
                 let r = Resolved {
                     digest,
                     content_type,
@@ -486,14 +500,12 @@ impl Proxy {
             .await
     }
 
-    /// A `HEAD` of `url` with the client's headers, whatever grant exists; a success
-    /// is remembered as a grant. `Err`: the registry refused, with its answer.
+    /// A `HEAD` of `url` with the client's headers, whatever grant exists: its head.
+    /// `Err`: the registry refused, with its answer to the client's GET.
     async fn check_fresh(
         &self,
         headers: &HeaderMap,
         url: &Uri,
-        mirror: &MirrorSettings,
-        key: GrantKey,
     ) -> Result<Result<HeaderMap, Response<ProxyBody>>, RouteError> {
         let resp = self
             .cache
@@ -509,9 +521,6 @@ impl Proxy {
         let checks = &self.metrics.registry_auth_checks;
         if resp.status().is_success() {
             checks.with_label_values(&["granted"]).inc();
-            if !mirror.auth_ttl.is_zero() {
-                self.grants.grant(key, Instant::now());
-            }
             return Ok(Ok(resp.headers().clone()));
         }
         checks.with_label_values(&["refused"]).inc();
@@ -544,6 +553,13 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The sha256 digest a registry's answer names (`Docker-Content-Digest`).
+fn head_digest(h: &HeaderMap) -> Option<Digest> {
+    h.get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|d| Digest::parse(d.trim()).ok())
 }
 
 /// Where a response's bytes came from, for the metric.
