@@ -95,6 +95,10 @@ struct Shared {
     /// Redirect blob GETs to this storage address.
     storage: Mutex<Option<SocketAddr>>,
     registry_addr: Mutex<Option<SocketAddr>>,
+    /// Blob GETs wait until this is true ([`RegistryOrigin::hold_blobs`]).
+    open: tokio::sync::watch::Sender<bool>,
+    /// Blob GETs that arrived (before the gate).
+    arrived: Mutex<u64>,
 }
 
 /// A running fake registry (and its storage server, when redirects are on).
@@ -131,6 +135,8 @@ impl RegistryOrigin {
             auth,
             storage: Mutex::new(None),
             registry_addr: Mutex::new(None),
+            open: tokio::sync::watch::channel(true).0,
+            arrived: Mutex::new(0),
         });
         let reg = TcpListener::bind((ip, 0)).await?;
         let sto = TcpListener::bind((storage_ip, 0)).await?;
@@ -213,6 +219,20 @@ impl RegistryOrigin {
         lock(&self.shared.content).corrupt.insert(digest.to_owned());
     }
 
+    /// Blob GETs wait before answering until [`RegistryOrigin::release_blobs`].
+    pub fn hold_blobs(&self) {
+        self.shared.open.send_replace(false);
+    }
+
+    pub fn release_blobs(&self) {
+        self.shared.open.send_replace(true);
+    }
+
+    /// Blob GETs received so far (counted on arrival, held or not).
+    pub fn blob_gets_arrived(&self) -> u64 {
+        *lock(&self.shared.arrived)
+    }
+
     /// Blob GETs are answered `307` to the storage server from now on.
     pub fn redirect_blobs(&self) {
         *lock(&self.shared.storage) = Some(self.storage_addr);
@@ -291,6 +311,13 @@ fn serve(l: TcpListener, shared: Arc<Shared>, storage: bool) -> AbortHandle {
                 let svc = service_fn(move |req| {
                     let shared = shared.clone();
                     async move {
+                        let blob_get =
+                            req.method() == Method::GET && req.uri().path().contains("/blobs/");
+                        if blob_get && !storage {
+                            *lock(&shared.arrived) += 1;
+                            let mut rx = shared.open.subscribe();
+                            let _ = rx.wait_for(|open| *open).await;
+                        }
                         let r = if storage {
                             handle_storage(&shared, &req)
                         } else {

@@ -163,6 +163,11 @@ async fn pull_twice(ip: &str, auth: Auth) {
     let first = pull(a.proxy_addr(), creds).await;
     assert!(first.layers == layers, "layers differ");
     assert_eq!(r.blob_bytes(), total(&layers), "cold pull: each blob once");
+    assert_eq!(
+        r.blob_requests(),
+        3,
+        "cold pull: one GET per blob, no extra HEAD (the fill's own answer is the check)"
+    );
     let (blob_requests, blob_bytes) = (r.blob_requests(), r.blob_bytes());
     let second = pull(a.proxy_addr(), creds).await;
     assert!(second.layers == layers, "layers differ");
@@ -618,5 +623,41 @@ async fn a_layer_of_one_repository_is_not_served_through_another() {
     assert_eq!(leak.status, StatusCode::NOT_FOUND);
     assert!(String::from_utf8_lossy(&leak.body).contains("BLOB_UNKNOWN"));
     assert!(leak.body.len() < 1000, "{} bytes", leak.body.len());
+    a.shutdown().await;
+}
+
+/// A client that joins another client's fill in flight is checked like one asking
+/// for cached bytes: without credentials it gets the registry's 401, while the
+/// client that started the fill gets the blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_joining_a_fill_in_flight_is_checked_too() {
+    shoal_tests::logs();
+    let ip = "127.0.0.213";
+    let (user, password) = users();
+    let (r, layers) = registry(ip, ip, Auth::Basic { user, password }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(agent_config(ip, dir.path(), &r)).await;
+    let p = a.proxy_addr();
+    let d = digest(&layers[0]);
+    let path = format!("/m/reg/v2/{REPO}/blobs/{d}");
+    r.hold_blobs();
+    let good = {
+        let path = path.clone();
+        let auth = basic(&users().0, &users().1);
+        tokio::spawn(async move { get(p, &path, &[("authorization", &auth)]).await })
+    };
+    assert!(eventually(Duration::from_secs(5), || r.blob_gets_arrived() == 1).await);
+    let bad = {
+        let path = path.clone();
+        tokio::spawn(async move { get(p, &path, &[]).await })
+    };
+    r.release_blobs();
+    let good = good.await.unwrap().unwrap();
+    let bad = bad.await.unwrap().unwrap();
+    assert_eq!(good.status, StatusCode::OK);
+    assert!(good.body == layers[0]);
+    assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
+    assert!(bad.header("www-authenticate").is_some());
+    assert!(bad.body.len() < 1000, "{} bytes", bad.body.len());
     a.shutdown().await;
 }

@@ -239,9 +239,22 @@ impl Proxy {
         label: &'static str,
         fits: Option<&(dyn Fn(&crate::object::Repr) -> bool + Sync)>,
     ) -> Result<(Response<ProxyBody>, &'static str), RouteError> {
-        let url = &want.url;
-        let method = method.clone();
         let lookup = self.cache.lookup(want).await?;
+        self.serve_found(method, headers, &want.url, lookup, label, fits)
+            .await
+    }
+
+    /// [`Proxy::serve_lookup`] for a lookup already made.
+    async fn serve_found(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        url: &Uri,
+        lookup: Lookup,
+        label: &'static str,
+        fits: Option<&(dyn Fn(&crate::object::Repr) -> bool + Sync)>,
+    ) -> Result<(Response<ProxyBody>, &'static str), RouteError> {
+        let method = method.clone();
         let misfit = match (&lookup, fits) {
             (Lookup::Object(m) | Lookup::Stale(m), Some(f)) => !f(&m.repr),
             (Lookup::Fill(fill), Some(f)) => !f(&fill.repr),

@@ -47,7 +47,7 @@ use shoal_proto::oci::{Digest, OciPathError, Reference, RegistryPath, RepoName, 
 use super::{Proxy, RouteError, respond};
 use crate::config::{Mirror, MirrorKind, Mode};
 use crate::object::read::ProxyBody;
-use crate::object::{Repr, Upstream, Want};
+use crate::object::{Lookup, Repr, Upstream, Want};
 use crate::origin::reason::FetchReason;
 use crate::origin::redirect;
 use grants::{GrantKey, Resolved};
@@ -276,11 +276,8 @@ impl Proxy {
                 reference: Reference::Digest(d),
                 ..
             } => {
-                match self.check(headers, url, mirror, &name, &d).await? {
-                    Check::Refused(r) => return Ok((r, "pass", Outcome::Refused)),
-                    Check::Remembered | Check::Granted => {}
-                }
-                self.registry_manifest(headers, url, d, None).await
+                self.registry_manifest(headers, url, mirror, &name, d, None)
+                    .await
             }
             RegistryPath::Manifest {
                 reference: Reference::Tag(t),
@@ -373,9 +370,6 @@ impl Proxy {
         digest: Digest,
         mode: Mode,
     ) -> Result<(Response<ProxyBody>, &'static str, Outcome), RouteError> {
-        if let Check::Refused(r) = self.check(headers, url, mirror, repo, &digest).await? {
-            return Ok((r, "pass", Outcome::Refused));
-        }
         let up = Upstream {
             key: format!("oci:{digest}"),
             digest: digest.to_string(),
@@ -389,13 +383,63 @@ impl Proxy {
         let label = if mode == Mode::P2p { "p2p" } else { "cache" };
         self.forget_incomplete(&up.key).await;
         let want = self.registry_want(headers, url, mode, up);
-        let (mut r, label) = self
-            .serve_lookup(&Method::GET, headers, &want, label, None)
+        let (mut r, label, outcome) = self
+            .serve_checked(headers, mirror, repo, &digest, &want, label, None)
+            .await?;
+        if r.status().is_success() {
+            if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+                r.headers_mut().insert("docker-content-digest", v);
+            }
+        }
+        Ok((r, label, outcome))
+    }
+
+    /// Looks `want` up and serves it only to a client the registry accepted: one
+    /// whose own request started the fill (the registry answered it `200`: remembered
+    /// as a grant), or, for cached bytes and other clients' fills, one that passes
+    /// [`Proxy::check`]. Nothing is sent to the client before that.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_checked(
+        &self,
+        headers: &HeaderMap,
+        mirror: &MirrorSettings,
+        repo: &RepoName,
+        digest: &Digest,
+        want: &Want,
+        label: &'static str,
+        fits: Option<&(dyn Fn(&Repr) -> bool + Sync)>,
+    ) -> Result<(Response<ProxyBody>, &'static str, Outcome), RouteError> {
+        let url = &want.url;
+        let lookup = self.cache.lookup(want).await?;
+        let led = match (&lookup, &want.upstream) {
+            (Lookup::Fill(f), Some(mine)) => f
+                .upstream
+                .as_ref()
+                .is_some_and(|(_, theirs)| Arc::ptr_eq(theirs, mine)),
+            _ => false,
+        };
+        let cached_bytes = matches!(
+            lookup,
+            Lookup::Object(_) | Lookup::Fill(_) | Lookup::Stale(_)
+        );
+        if led {
+            self.metrics
+                .registry_auth_checks
+                .with_label_values(&["granted"])
+                .inc();
+            if !mirror.auth_ttl.is_zero() {
+                let key = GrantKey::new(headers, url, repo, digest);
+                self.grants.grant(key, Instant::now());
+            }
+        } else if cached_bytes {
+            if let Check::Refused(r) = self.check(headers, url, mirror, repo, digest).await? {
+                return Ok((r, "pass", Outcome::Refused));
+            }
+        }
+        let (r, label) = self
+            .serve_found(&Method::GET, headers, url, lookup, label, fits)
             .await?;
         let outcome = outcome_of(&r, label);
-        if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
-            r.headers_mut().insert("docker-content-digest", v);
-        }
         Ok((r, label, outcome))
     }
 
@@ -407,6 +451,8 @@ impl Proxy {
         &self,
         headers: &HeaderMap,
         url: &Uri,
+        mirror: &MirrorSettings,
+        repo: &RepoName,
         digest: Digest,
         content_type: Option<String>,
     ) -> Result<(Response<ProxyBody>, &'static str, Outcome), RouteError> {
@@ -424,10 +470,9 @@ impl Proxy {
                 None => accept::acceptable(headers, ct),
             }
         };
-        let (mut r, label) = self
-            .serve_lookup(&Method::GET, headers, &want, "cache", Some(&fits))
+        let (mut r, label, outcome) = self
+            .serve_checked(headers, mirror, repo, &digest, &want, "cache", Some(&fits))
             .await?;
-        let outcome = outcome_of(&r, label);
         vary_accept(r.headers_mut());
         if r.status().is_success() {
             if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
@@ -496,8 +541,15 @@ impl Proxy {
         let Some(by_digest) = with_reference(url, &resolved.digest.to_string()) else {
             return self.registry_pass(&Method::GET, headers, url, true).await;
         };
-        self.registry_manifest(headers, &by_digest, resolved.digest, resolved.content_type)
-            .await
+        self.registry_manifest(
+            headers,
+            &by_digest,
+            mirror,
+            repo,
+            resolved.digest,
+            resolved.content_type,
+        )
+        .await
     }
 
     /// A `HEAD` of `url` with the client's headers, whatever grant exists: its head.
