@@ -6,8 +6,9 @@
 //!   answers, so containerd's token flow works unchanged. Requests with
 //!   `Authorization` are cached all the same, but a cached blob or manifest is served
 //!   to a client only after the registry accepted *that* client's credentials for
-//!   *that* repository and object: a `HEAD` of the same URL with the client's
-//!   headers, its success remembered for `auth_ttl` ([`grants`]). A client the registry refuses gets
+//!   *that* repository and object: the fill the client's own request started (a
+//!   `200` to it), else a `HEAD` of the same URL with the client's headers, its
+//!   success remembered for `auth_ttl` ([`grants`]). A client the registry refuses gets
 //!   the registry's own answer to its request (status, `WWW-Authenticate`, body),
 //!   relayed, and no cached byte.
 //! - **Blobs** (`/v2/<name>/blobs/sha256:…`) are keyed by digest only
