@@ -661,3 +661,80 @@ async fn a_client_joining_a_fill_in_flight_is_checked_too() {
     assert!(bad.body.len() < 1000, "{} bytes", bad.body.len());
     a.shutdown().await;
 }
+
+/// `auth_ttl = 0s`: every response from the cache is preceded by a `HEAD` with the
+/// client's credentials; a client `HEAD` is relayed (with `Vary: Accept` on
+/// manifests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zero_auth_ttl_asks_before_every_cached_response() {
+    shoal_tests::logs();
+    let ip = "127.0.0.214";
+    let (r, layers) = registry(ip, ip, Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = agent::config(ip, dir.path());
+    cfg.mirrors.push(Mirror {
+        auth_ttl: Duration::ZERO,
+        ..mirror("reg", &r)
+    });
+    let a = start(cfg).await;
+    let d = digest(&layers[1]);
+    let path = format!("/m/reg/v2/{REPO}/blobs/{d}");
+    for _ in 0..3 {
+        let b = get(a.proxy_addr(), &path, &[]).await.unwrap();
+        assert!(b.body == layers[1]);
+    }
+    // One GET (the fill), then one HEAD per cached response.
+    assert_eq!(r.served(&format!("/v2/{REPO}/blobs/{d}")).0, 3);
+    let checks = &a.metrics().registry_auth_checks;
+    assert_eq!(checks.with_label_values(&["granted"]).get(), 3);
+    assert_eq!(checks.with_label_values(&["remembered"]).get(), 0);
+    let head = reg::request(
+        a.proxy_addr(),
+        Method::HEAD,
+        &format!("/m/reg/v2/{REPO}/manifests/v1"),
+        &[("accept", OCI_MANIFEST)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.header("content-type"), Some(OCI_MANIFEST));
+    assert!(head.header("docker-content-digest").is_some());
+    assert!(head.header("vary").is_some_and(|v| v.contains("Accept")));
+    a.shutdown().await;
+}
+
+/// In a swarm, a blob whose bytes do not hash to its digest is cut and counted, and
+/// no node records it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn swarm_digest_mismatch_is_cut_and_not_recorded() {
+    shoal_tests::logs();
+    let (r, layers) = registry("127.0.202.100", "127.0.202.100", Auth::None).await;
+    let m = mirror("reg", &r);
+    let s = TestSwarm::builder()
+        .net(202)
+        .agents(1)
+        .tweak(move |_, c| c.mirrors.push(m.clone()))
+        .spawn()
+        .await
+        .unwrap();
+    let d = digest(&layers[0]);
+    r.corrupt(&d);
+    let res = get(
+        s.agent(0).proxy_addr(),
+        &format!("/m/reg/v2/{REPO}/blobs/{d}"),
+        &[],
+    )
+    .await;
+    assert!(res.is_err(), "cut: {:?}", res.map(|r| r.status));
+    let a = s.agent(0);
+    assert!(
+        eventually(Duration::from_secs(5), || a
+            .metrics()
+            .registry_digest_mismatch
+            .get()
+            == 1)
+        .await
+    );
+    assert!(a.cache().cached(&format!("oci:{d}")).is_none());
+    s.shutdown().await;
+}
