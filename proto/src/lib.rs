@@ -11,6 +11,7 @@ pub mod chunker;
 pub mod id;
 pub mod key;
 pub mod manifest;
+pub mod oci;
 pub mod peer;
 pub mod range;
 

@@ -14,6 +14,7 @@ use shoal_proto::{Chunk, ChunkId, Layout, Manifest, ObjectKey};
 use tokio::sync::watch;
 
 use crate::metrics::Source;
+use crate::object::Upstream;
 use crate::object::error::FillError;
 use crate::object::meta::{self, Repr};
 use crate::object::{ObjectCache, ObjectMeta};
@@ -47,6 +48,9 @@ pub struct Fill {
     /// Set when every byte comes from one origin response (a plain fill), to the
     /// reason of its request; `None` for a swarm fill (chunk by chunk).
     pub origin: Option<FetchReason>,
+    /// Registry mirrors: the URL to fetch chunks from and how (`url` is then the
+    /// digest key, not a URL).
+    pub upstream: Option<(http::Uri, Arc<Upstream>)>,
     state: Mutex<State>,
     tx: watch::Sender<()>,
 }
@@ -67,6 +71,7 @@ impl Fill {
             layout,
             repr,
             origin: None,
+            upstream: None,
             state: Mutex::new(state),
             tx,
         }
@@ -75,6 +80,12 @@ impl Fill {
     /// Marks the fill as streamed from one origin response sent for `reason`.
     pub fn with_origin(mut self, reason: FetchReason) -> Self {
         self.origin = Some(reason);
+        self
+    }
+
+    /// Makes origin requests for chunks go to `url` as `upstream` says (when set).
+    pub fn with_upstream(mut self, url: http::Uri, upstream: Option<Arc<Upstream>>) -> Self {
+        self.upstream = upstream.map(|u| (url, u));
         self
     }
 
@@ -295,7 +306,6 @@ pub(crate) async fn complete(cache: &ObjectCache, fill: &Fill, c: Chunk, source:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[tokio::test]
     async fn readers_wake_in_any_order() {
