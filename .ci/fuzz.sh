@@ -6,7 +6,7 @@
 #
 # Needs the nightly toolchain and cargo-fuzz (.ci/install-tools.sh installs it).
 # Environment:
-#   SHOAL_FUZZ_SECONDS  seconds per target (default 35; 8 targets, ~5 min, plus the build)
+#   SHOAL_FUZZ_SECONDS  seconds per target (default 35; 9 targets, ~5.5 min, plus the build)
 #   SHOAL_FUZZ_TARGETS  space-separated subset (default: all of `cargo fuzz list`)
 # New inputs libFuzzer finds go to a scratch copy of the corpus, not into the repository:
 # a CI run leaves the checkout clean. See docs/fuzzing.md for longer campaigns.

@@ -157,11 +157,23 @@ def framing():
     ]
 
 
+def oci_path():
+    h = "0123456789abcdef" * 4
+    return [p.encode() for p in [
+        "/v2/", "/v2", "/v2/library/debian/manifests/bookworm-slim",
+        f"/v2/library/debian/manifests/sha256:{h}", f"/v2/a/b/c/blobs/sha256:{h}",
+        "/v2/my-org/my__img.x/tags/list", f"/v2/x/referrers/sha256:{h}",
+        "/v2/x/blobs/uploads/", "/v2/X/manifests/a", "/v2/a--b/manifests/.x",
+        f"/v2/manifests/blobs/manifests/sha512:{h}{h}",
+    ]]
+
+
 def main():
     root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "corpus")
     for target, seeds in [("wire", wire()), ("tracker_json", tracker()), ("bitmap", bitmap()),
                           ("range", rng()), ("manifest", manifest()), ("object_meta", object_meta()),
-                          ("proxy_target", proxy_target()), ("framing", framing())]:
+                          ("proxy_target", proxy_target()), ("framing", framing()),
+                          ("oci_path", oci_path())]:
         d = os.path.join(root, target)
         os.makedirs(d, exist_ok=True)
         for i, s in enumerate(seeds):

@@ -201,6 +201,56 @@ pub struct Mirror {
     pub name: String,
     /// `http://` or `https://` base URL (TLS verified against the Web PKI roots).
     pub upstream: String,
+    /// How requests under this mirror are handled: `"auto"` (default: a path starting
+    /// with `/v2/` or equal to `/v2` is a container registry request, anything else a
+    /// plain HTTP one), `"registry"` (every request is an OCI Distribution request;
+    /// other paths get `400` with an OCI error body) or `"http"` (never registry-aware:
+    /// the plain cache, as before registry mode existed). Set `"registry"` for a mirror
+    /// of a container registry, `"http"` for a file server that happens to have `/v2/`.
+    #[serde(default)]
+    pub kind: MirrorKind,
+    /// Registry mirrors: how long a tag's resolution (tag → digest and content type)
+    /// is reused without asking the registry. Default `0s`: every by-tag manifest
+    /// request is resolved with the registry (a `HEAD`), so a moved tag is seen at
+    /// once. A few seconds spare the registry in a flash crowd of one tag, at the cost
+    /// of seeing a moved tag that much later.
+    #[serde(default, with = "humantime_serde")]
+    pub tag_ttl: Duration,
+    /// Registry mirrors: how long the registry's acceptance of one client's
+    /// credentials (or of anonymous access) for one repository is remembered before
+    /// cached blobs and manifests are served to that client again without asking.
+    /// Default `60s`. Lower it where revoked credentials must stop working sooner;
+    /// `0s` checks with the registry before every cached response.
+    #[serde(default = "default_auth_ttl", with = "humantime_serde")]
+    pub auth_ttl: Duration,
+}
+
+fn default_auth_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for Mirror {
+    /// No name or upstream (not valid as is); `kind`, `tag_ttl`, `auth_ttl` at their
+    /// defaults. For struct-update syntax in tests.
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            upstream: String::new(),
+            kind: MirrorKind::Auto,
+            tag_ttl: Duration::ZERO,
+            auth_ttl: default_auth_ttl(),
+        }
+    }
+}
+
+/// See [`Mirror::kind`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MirrorKind {
+    #[default]
+    Auto,
+    Registry,
+    Http,
 }
 
 /// The QUIC peer endpoint (serves and fetches chunks).
@@ -545,6 +595,35 @@ mod tests {
         let c = Config::load_from_env(Some(&p), &[], Some(HashMap::new())).unwrap();
         assert_eq!(c.cache.max_size, ByteSize::gib(10));
         assert_eq!(c.cache.stale_if_error, Duration::from_secs(300));
+    }
+
+    /// The commented registry mirror example in configs/agent.toml parses, with the
+    /// keys and values it documents.
+    #[test]
+    fn registry_mirror_example_parses() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/agent.toml");
+        let text = std::fs::read_to_string(p).unwrap();
+        let start = text.find("# registry-mirror-example").unwrap();
+        let block: String = text[start..]
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| {
+                let l = &l[1..];
+                format!("{}\n", l.strip_prefix(' ').unwrap_or(l))
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.toml");
+        std::fs::write(&f, &block).unwrap();
+        let c = Config::load_from_env(Some(&f), &[], Some(HashMap::new())).unwrap();
+        assert_eq!(c.mirrors.len(), 2, "{block}");
+        assert_eq!(c.mirrors[0].kind, MirrorKind::Registry);
+        assert_eq!(c.mirrors[0].tag_ttl, Duration::from_secs(5));
+        assert_eq!(c.mirrors[0].auth_ttl, Duration::from_secs(30));
+        assert_eq!(c.mirrors[1].kind, MirrorKind::Auto);
+        assert_eq!(c.mirrors[1].tag_ttl, Duration::ZERO);
+        assert_eq!(c.mirrors[1].auth_ttl, Duration::from_secs(60));
     }
 
     #[test]

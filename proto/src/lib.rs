@@ -10,6 +10,7 @@ pub mod chunker;
 pub mod id;
 pub mod key;
 pub mod manifest;
+pub mod oci;
 pub mod peer;
 pub mod range;
 

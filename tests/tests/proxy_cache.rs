@@ -478,6 +478,7 @@ async fn no_store_passes_through_and_mirrors_map_paths() {
     cfg.mirrors.push(shoal_agent::config::Mirror {
         name: "deb".into(),
         upstream: format!("http://{}", origin.addr()),
+        ..Default::default()
     });
     let a = agent::start(cfg).await.unwrap();
     for _ in 0..2 {
@@ -605,6 +606,7 @@ async fn https_mirror_under_a_private_ca_is_cached() {
     let mirror = shoal_agent::config::Mirror {
         name: "sec".into(),
         upstream: format!("https://{}", origin.addr()),
+        ..Default::default()
     };
     let req = b"GET /m/sec/pkg/x.deb HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n";
 

@@ -355,6 +355,7 @@ async fn mirror_paths_stay_under_the_prefix_with_one_key() {
     cfg.mirrors.push(shoal_agent::config::Mirror {
         name: "up".into(),
         upstream: format!("http://{}/prefix", origin.addr),
+        ..Default::default()
     });
     let a = agent::start(cfg).await.unwrap();
     let proxy = a.proxy_addr();
