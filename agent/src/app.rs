@@ -87,7 +87,8 @@ impl Agent {
             freshness: cfg.cache.freshness,
             stale_if_error: cfg.cache.stale_if_error,
         };
-        let ready = Ready::with_store(store.clone());
+        let ready = Ready::with_store(store.clone())
+            .with_wiring(crate::containerd::Wiring::for_ready(&cfg));
         let cache = ObjectCache::open(store.clone(), meta, origin, metrics.clone(), settings).await;
         let swarm = if cfg.swarm_enabled() {
             let identity = match identity {
