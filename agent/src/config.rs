@@ -354,8 +354,11 @@ pub struct ContainerdConfig {
     /// `plugins."io.containerd.cri.v1.images".registry`). Default
     /// `/etc/containerd/config.toml`.
     pub config_file: PathBuf,
-    /// The hosts directory (`certs.d`) to write and check, instead of the
-    /// `config_path` in `config_file`. Default: none. `/ready` reports whether each
+    /// The hosts directory (`certs.d`) to write and check. Default: none
+    /// (`containerd-config` writes the first directory of `config_file`'s
+    /// `config_path`). When set and `config_file` exists, it must be one of
+    /// `config_path`'s directories (else `containerd-config` fails, saying so); when
+    /// `config_file` is absent it is used as is. `/ready` reports whether each
     /// registry mirror is wired only when this is set (the agent does not read
     /// containerd's config at run time); set it where the agent can read that
     /// directory, e.g. `/etc/containerd/certs.d`.

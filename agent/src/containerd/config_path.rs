@@ -5,7 +5,7 @@
 //! `plugins."io.containerd.cri.v1.images".registry.config_path`, 1.x (config
 //! version 2) `plugins."io.containerd.grpc.v1.cri".registry.config_path`, and 1.x
 //! config version 1's short `plugins.cri.registry.config_path`. containerd accepts a
-//! `:`-separated list; the first directory is the one written. What this cannot
+//! `:`-separated list (every directory is returned, in order). What this cannot
 //! know: drop-in files (`imports = […]`) are not followed, and `ctr --hosts-dir`
 //! (which bypasses the CRI setting) is invisible here.
 
@@ -29,8 +29,9 @@ const PLUGINS: [&str; 3] = [
     "cri",
 ];
 
-/// The first directory of the registry `config_path` in containerd config `text`.
-pub fn config_path(text: &str) -> Result<PathBuf, ConfigPathError> {
+/// The directories of the registry `config_path` in containerd config `text` (at
+/// least one).
+pub fn config_path(text: &str) -> Result<Vec<PathBuf>, ConfigPathError> {
     let doc: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ConfigPathError::Toml(e.message().to_owned()))?;
@@ -44,8 +45,14 @@ pub fn config_path(text: &str) -> Result<PathBuf, ConfigPathError> {
                 .get("config_path")?
                 .as_str()
         })
-        .and_then(|s| s.split(':').find(|d| !d.trim().is_empty()))
-        .map(|d| PathBuf::from(d.trim()))
+        .map(|s| {
+            s.split(':')
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .collect::<Vec<_>>()
+        })
+        .filter(|d| !d.is_empty())
         .ok_or(ConfigPathError::Unset)
 }
 
@@ -58,15 +65,18 @@ mod tests {
         let v1 = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n";
         assert_eq!(
             config_path(v1).unwrap(),
-            PathBuf::from("/etc/containerd/certs.d")
+            vec![PathBuf::from("/etc/containerd/certs.d")]
         );
         let v2 = "version = 3\n[plugins]\n  [plugins.'io.containerd.cri.v1.images']\n    [plugins.'io.containerd.cri.v1.images'.registry]\n      config_path = '/etc/containerd/certs.d:/other'\n";
         assert_eq!(
             config_path(v2).unwrap(),
-            PathBuf::from("/etc/containerd/certs.d")
+            vec![
+                PathBuf::from("/etc/containerd/certs.d"),
+                PathBuf::from("/other")
+            ]
         );
         let old = "[plugins.cri.registry]\nconfig_path = \"/x\"\n";
-        assert_eq!(config_path(old).unwrap(), PathBuf::from("/x"));
+        assert_eq!(config_path(old).unwrap(), vec![PathBuf::from("/x")]);
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //! pulls to this agent's `/m/NAME` (falling back to the registry itself), and
 //! `/ready` reports whether each of those files still names this agent ([`Wiring`]).
 //!
-//! `CERTS_DIR` is `containerd.certs_dir`, else the registry `config_path` of
-//! containerd's `config.toml` ([`config_path`]); when neither gives one the command
-//! fails saying so, since containerd without `config_path` ignores hosts files. No
+//! `CERTS_DIR` is the registry `config_path` of containerd's `config.toml`
+//! ([`config_path`]), or `containerd.certs_dir`, which must then be one of its
+//! directories. A `config.toml` without `config_path` fails the command, saying so:
+//! containerd would ignore the files. Only with `certs_dir` set may `config.toml` be
+//! absent (containerd 2.x defaults `config_path` to `/etc/containerd/certs.d`; 1.x
+//! has no default, and this cannot tell which one runs). No
 //! containerd restart is needed: containerd reads `hosts.toml` at every pull. What it
 //! does not do: remove files of registries no longer configured (they may be the
 //! operator's own), or edit containerd's `config.toml`.
@@ -32,6 +35,14 @@ pub enum WiringError {
     ConfigPath {
         path: PathBuf,
         source: config_path::ConfigPathError,
+    },
+    #[error(
+        "containerd config {path} reads hosts files from {config_path}, not from containerd.certs_dir {certs_dir}"
+    )]
+    Mismatch {
+        path: PathBuf,
+        config_path: String,
+        certs_dir: PathBuf,
     },
     #[error(
         "no [[mirrors]] entry has a registry = \"HOST\" (e.g. registry = \"docker.io\"): nothing to write"
@@ -85,10 +96,7 @@ impl Wiring {
 
     /// `containerd-config`: resolves the hosts directory and writes every file.
     pub fn write_all(cfg: &Config) -> Result<Vec<Report>, WiringError> {
-        let certs_dir = match &cfg.containerd.certs_dir {
-            Some(d) => d.clone(),
-            None => certs_dir_of(&cfg.containerd.config_file)?,
-        };
+        let certs_dir = certs_dir(cfg)?;
         let w = Self::new(cfg, certs_dir);
         if w.files.is_empty() {
             return Err(WiringError::NoRegistries);
@@ -153,16 +161,39 @@ pub fn agent_url(cfg: &Config) -> String {
     format!("http://{}", SocketAddr::new(ip, l.port()))
 }
 
-/// The hosts directory containerd's config file names.
-fn certs_dir_of(file: &Path) -> Result<PathBuf, WiringError> {
-    let text = std::fs::read_to_string(file).map_err(|source| WiringError::Read {
-        path: file.to_path_buf(),
+/// The hosts directory to write: see the module docs.
+fn certs_dir(cfg: &Config) -> Result<PathBuf, WiringError> {
+    let file = &cfg.containerd.config_file;
+    let wanted = cfg.containerd.certs_dir.as_ref();
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && wanted.is_some() => {
+            return Ok(wanted.cloned().unwrap_or_default());
+        }
+        Err(source) => {
+            return Err(WiringError::Read {
+                path: file.clone(),
+                source,
+            });
+        }
+    };
+    let dirs = config_path::config_path(&text).map_err(|source| WiringError::ConfigPath {
+        path: file.clone(),
         source,
     })?;
-    config_path::config_path(&text).map_err(|source| WiringError::ConfigPath {
-        path: file.to_path_buf(),
-        source,
-    })
+    match wanted {
+        None => Ok(dirs[0].clone()),
+        Some(w) if dirs.contains(w) => Ok(w.clone()),
+        Some(w) => Err(WiringError::Mismatch {
+            path: file.clone(),
+            config_path: dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":"),
+            certs_dir: w.clone(),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -243,8 +274,31 @@ mod tests {
         let e = Wiring::write_all(&c).unwrap_err().to_string();
         assert!(e.contains("config_path is not set"), "{e}");
         assert!(!e.contains('\n'), "one line: {e}");
+        let certs = d.path().join("certs.d");
+        std::fs::write(
+            &c.containerd.config_file,
+            format!(
+                "[plugins.\"io.containerd.cri.v1.images\".registry]\nconfig_path = \"/etc/containerd/certs.d:{}\"\n",
+                certs.display()
+            ),
+        )
+        .unwrap();
+        c.containerd.certs_dir = Some(d.path().join("elsewhere"));
+        let e = Wiring::write_all(&c).unwrap_err().to_string();
+        assert!(e.contains("not from containerd.certs_dir"), "{e}");
+        c.containerd.certs_dir = Some(certs.clone());
+        assert_eq!(
+            Wiring::write_all(&c).unwrap().len(),
+            1,
+            "a later directory of the list"
+        );
+        // Without containerd's config file, certs_dir alone is enough.
+        std::fs::remove_file(&c.containerd.config_file).unwrap();
+        assert_eq!(
+            Wiring::write_all(&c).unwrap()[0].outcome,
+            Written::Unchanged
+        );
         c.mirrors.retain(|m| m.registry.is_none());
-        c.containerd.certs_dir = Some(d.path().to_path_buf());
         assert!(matches!(
             Wiring::write_all(&c),
             Err(WiringError::NoRegistries)
