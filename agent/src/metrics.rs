@@ -109,6 +109,20 @@ pub struct Metrics {
     /// request, pass-through bytes included (which `shoal_bytes_fetched_total` does
     /// not count).
     pub origin_bytes: IntCounterVec,
+    /// `shoal_registry_requests_total{kind,result}`: requests under registry mirrors.
+    /// `kind`: `ping`, `manifest_tag`, `manifest_digest`, `blob`, `tags`, `referrers`,
+    /// `invalid` (refused path). `result`: `cache` (cached bytes, after the registry
+    /// accepted the client), `fill` (fetched and cached), `pass` (relayed uncached),
+    /// `refused` (the registry refused the client: its answer relayed, no cached
+    /// bytes), `invalid` (`400`), `error` (the agent or the registry failed).
+    pub registry_requests: IntCounterVec,
+    /// `shoal_registry_digest_mismatch_total`: registry blobs and manifests whose bytes
+    /// did not hash to their digest: the response was cut, nothing was kept.
+    pub registry_digest_mismatch: IntCounter,
+    /// `shoal_registry_auth_checks_total{result}`: whether a client may have cached
+    /// registry bytes: `remembered` (a grant within `auth_ttl`), `granted` (the
+    /// registry accepted a `HEAD` with the client's credentials), `refused`.
+    pub registry_auth_checks: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -297,6 +311,20 @@ impl Metrics {
                 "Origin body bytes received, by the reason of their request.",
                 &["reason"],
             ),
+            registry_requests: counter_vec(
+                "shoal_registry_requests_total",
+                "Requests under registry mirrors, by endpoint kind and result.",
+                &["kind", "result"],
+            ),
+            registry_digest_mismatch: counter(
+                "shoal_registry_digest_mismatch_total",
+                "Registry blobs and manifests whose bytes did not hash to their digest.",
+            ),
+            registry_auth_checks: counter_vec(
+                "shoal_registry_auth_checks_total",
+                "Checks that a client may have cached registry bytes, by result.",
+                &["result"],
+            ),
             registry,
         };
         for r in ["idle", "pressure", "full"] {
@@ -449,6 +477,7 @@ mod tests {
             "shoal_prefetch_total{result=\"cached\"} 0",
             "shoal_origin_fetches_total{reason=\"cold_lease\"} 0",
             "shoal_origin_bytes_total{reason=\"tracker_down\"} 0",
+            "shoal_registry_digest_mismatch_total 0",
         ] {
             assert!(text.contains(name), "missing {name}\n{text}");
         }

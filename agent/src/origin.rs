@@ -1,8 +1,10 @@
 //! Requests to origins: one pooled hyper client with the egress policy in its DNS
 //! resolver, rustls for HTTPS upstreams, and a deadline on every step.
 //!
-//! The client never follows redirects (the proxy hands them to its client, which
-//! comes back through the policy). Requests carry only the end-to-end headers of
+//! [`OriginClient::send`] never follows redirects (the proxy hands them to its client,
+//! which comes back through the policy); only registry mirrors' fills use
+//! [`OriginClient::send_following`], which applies the policy to every hop
+//! ([`redirect`]). Requests carry only the end-to-end headers of
 //! [`FORWARDED`] (never framing, `Host`, hop-by-hop, `Expect` or `Proxy-*` ones) and
 //! no content, so the framing of every request on a pooled connection is the one
 //! hyper writes. The `User-Agent` is the client's with `shoal/VERSION` appended.
@@ -14,6 +16,7 @@
 //! suggests treating it as an error; hyper's pool gives no way to discard one).
 
 pub mod reason;
+pub mod redirect;
 
 use std::time::Duration;
 
@@ -282,6 +285,49 @@ impl OriginClient {
                 Err(OriginError::Upstream { host, detail })
             }
         }
+    }
+}
+
+impl OriginClient {
+    /// As [`send`](Self::send), following up to [`redirect::MAX_HOPS`] redirects (a
+    /// registry sending a blob download to its storage). Every hop is one `send`, so
+    /// the egress policy judges every hop's host and addresses; `Authorization` is
+    /// dropped once a hop leaves the first URL's scheme, host and port. Only hosts are
+    /// logged: storage URLs carry signatures in their query.
+    pub async fn send_following(
+        &self,
+        method: Method,
+        uri: &Uri,
+        mut headers: HeaderMap,
+        kind: &'static str,
+        reason: reason::FetchReason,
+    ) -> Result<Response<Incoming>, OriginError> {
+        let mut cur = uri.clone();
+        for _ in 0..=redirect::MAX_HOPS {
+            let resp = self
+                .send(method.clone(), &cur, headers.clone(), kind, reason)
+                .await?;
+            let host = || cur.host().unwrap_or("origin").to_owned();
+            let next = redirect::next_hop(&cur, resp.status(), resp.headers()).map_err(|e| {
+                OriginError::Upstream {
+                    host: host(),
+                    detail: e.to_string(),
+                }
+            })?;
+            let Some(next) = next else {
+                return Ok(resp);
+            };
+            if !redirect::same_origin(uri, &next) {
+                headers.remove(header::AUTHORIZATION);
+            }
+            tracing::debug!(from = %host(), to = next.host().unwrap_or(""), status = %resp.status(),
+                "following a redirect");
+            cur = next;
+        }
+        Err(OriginError::Upstream {
+            host: cur.host().unwrap_or("origin").to_owned(),
+            detail: redirect::RedirectError::TooMany.to_string(),
+        })
     }
 }
 

@@ -6,13 +6,14 @@
 //! fill is dropped, so a full or read-only disk never fails a client.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use shoal_proto::{ChunkId, Layout};
 use tokio::sync::watch;
 
 use crate::metrics::Source;
+use crate::object::Upstream;
 use crate::object::error::FillError;
 use crate::object::meta::Repr;
 use crate::origin::reason::FetchReason;
@@ -45,6 +46,9 @@ pub struct Fill {
     /// Set when every byte comes from one origin response (a plain fill), to the
     /// reason of its request; `None` for a swarm fill (chunk by chunk).
     pub origin: Option<FetchReason>,
+    /// Registry mirrors: the URL to fetch chunks from and how (`url` is then the
+    /// digest key, not a URL).
+    pub upstream: Option<(http::Uri, Arc<Upstream>)>,
     state: Mutex<State>,
     tx: watch::Sender<()>,
 }
@@ -65,6 +69,7 @@ impl Fill {
             layout,
             repr,
             origin: None,
+            upstream: None,
             state: Mutex::new(state),
             tx,
         }
@@ -73,6 +78,12 @@ impl Fill {
     /// Marks the fill as streamed from one origin response sent for `reason`.
     pub fn with_origin(mut self, reason: FetchReason) -> Self {
         self.origin = Some(reason);
+        self
+    }
+
+    /// Makes origin requests for chunks go to `url` as `upstream` says (when set).
+    pub fn with_upstream(mut self, url: http::Uri, upstream: Option<Arc<Upstream>>) -> Self {
+        self.upstream = upstream.map(|u| (url, u));
         self
     }
 
@@ -215,7 +226,6 @@ impl Fill {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[tokio::test]
     async fn readers_wake_in_any_order() {

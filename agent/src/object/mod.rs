@@ -75,6 +75,53 @@ pub struct Want {
     pub user_agent: Option<HeaderValue>,
     /// The URL's rule says its bytes never change (`Rule::immutable`).
     pub immutable: bool,
+    /// Registry mirrors: the object is keyed by digest, not by `url`, and fetched
+    /// with the client's credentials and redirects followed ([`Upstream`]).
+    pub upstream: Option<Arc<Upstream>>,
+}
+
+/// How a registry mirror's object is keyed and fetched (`proxy/registry`): the
+/// index and flight key is its digest (`oci:sha256:…`, the same whatever repository
+/// or registry named it), its bytes must hash to that digest, and its origin
+/// requests carry the client's `Authorization`/`Accept` and follow redirects.
+/// Held in memory only, for the fill's life: never persisted, never sent to peers
+/// or the tracker (which see the digest's [`ObjectKey`] and chunk ids).
+#[derive(Clone)]
+pub struct Upstream {
+    /// The index key, also `ObjectMeta::url` of the cached version.
+    pub key: String,
+    /// `sha256:<hex>`: the object key and the whole-object check.
+    pub digest: String,
+    /// Request headers for the origin besides the agent's own (`Authorization`,
+    /// `Accept`).
+    pub headers: HeaderMap,
+}
+
+impl std::fmt::Debug for Upstream {
+    /// Header values are left out: they hold credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("key", &self.key)
+            .field("digest", &self.digest)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Want {
+    /// The index and flight key: the upstream's key, else the URL.
+    pub fn key(&self) -> String {
+        match &self.upstream {
+            Some(u) => u.key.clone(),
+            None => self.url.to_string(),
+        }
+    }
+}
+
+/// Whether `key` is a registry object's digest key (see [`Upstream`]), which has no
+/// URL of its own to repair chunks from.
+pub fn is_registry_key(key: &str) -> bool {
+    key.starts_with("oci:") || key.starts_with("oci-manifest:")
 }
 
 /// How to serve a GET. See the module docs.
@@ -249,7 +296,7 @@ impl ObjectCache {
     }
 
     async fn lookup_flight(&self, want: &Want) -> Result<Lookup, OriginError> {
-        let url = want.url.to_string();
+        let url = want.key();
         loop {
             let step = {
                 let mut flights = lock(&self.inner.flights);
@@ -306,7 +353,7 @@ impl ObjectCache {
         tx: watch::Sender<Option<Outcome>>,
     ) -> Result<Lookup, OriginError> {
         let this = self.clone();
-        let url = want.url.to_string();
+        let url = want.key();
         let url_on_panic = url.clone();
         let task = tokio::spawn(async move {
             let res = this.fetch(&want, cached).await;
@@ -400,11 +447,10 @@ impl ObjectCache {
             // The plain GET path streams it through uncached.
             return self.fetch_get(want, cached, FetchReason::TooLarge).await;
         }
-        let fill = Arc::new(Fill::new(
-            want.url.to_string(),
-            layout,
-            Repr::from_headers(resp.headers()),
-        ));
+        let fill = Arc::new(
+            Fill::new(want.key(), layout, Repr::from_headers(resp.headers()))
+                .with_upstream(want.url.clone(), want.upstream.clone()),
+        );
         self.start_flight(&fill);
         crate::swarm::spawn(self.clone(), swarm, fill.clone(), key, digest);
         Ok(Lookup::Fill(fill))
@@ -461,12 +507,9 @@ impl ObjectCache {
             }
             Some((layout, key, digest)) => {
                 let fill = Arc::new(
-                    Fill::new(
-                        want.url.to_string(),
-                        layout,
-                        Repr::from_headers(resp.headers()),
-                    )
-                    .with_origin(reason),
+                    Fill::new(want.key(), layout, Repr::from_headers(resp.headers()))
+                        .with_origin(reason)
+                        .with_upstream(want.url.clone(), want.upstream.clone()),
                 );
                 // Registered before the fill task starts, so the task's `end_flight`
                 // always finds it, and only after the object is remembered.
@@ -489,12 +532,15 @@ impl ObjectCache {
         reason: FetchReason,
         cached: &Option<Arc<ObjectMeta>>,
     ) -> Result<Result<Response<Incoming>, Lookup>, OriginError> {
-        match self
-            .inner
-            .origin
-            .send(method, &want.url, h, kind, reason)
-            .await
-        {
+        let origin = &self.inner.origin;
+        let sent = if want.upstream.is_some() {
+            origin
+                .send_following(method, &want.url, h, kind, reason)
+                .await
+        } else {
+            origin.send(method, &want.url, h, kind, reason).await
+        };
+        match sent {
             Ok(r) => Ok(Ok(r)),
             Err(e) => match self.stale(cached, &stale::Failure::Error(&e)) {
                 Some(m) => Ok(Err(Lookup::Stale(m))),
@@ -544,13 +590,14 @@ impl ObjectCache {
             return None;
         }
         // A representation that varies by request headers other than the encoding
-        // (which we pin to identity) cannot be shared under its URL alone.
-        let varies = h
-            .get_all(header::VARY)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|f| !f.trim().eq_ignore_ascii_case("accept-encoding") && !f.trim().is_empty());
+        // (which we pin to identity) cannot be shared under its URL alone; a
+        // registry object is keyed and checked by its digest, whatever it varies by.
+        let varies = want.upstream.is_none()
+            && h.get_all(header::VARY)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|f| !f.trim().eq_ignore_ascii_case("accept-encoding") && !f.trim().is_empty());
         if varies || h.contains_key(header::SET_COOKIE) || h.contains_key(header::CONTENT_RANGE) {
             return None;
         }
@@ -572,7 +619,13 @@ impl ObjectCache {
             return None;
         }
         let layout = Layout::new(size, self.inner.settings.chunk_size).ok()?;
-        let (key, digest) = version_key(&want.url, want.immutable, h, size)?;
+        let (key, digest) = match &want.upstream {
+            Some(u) => (
+                ObjectKey::immutable(&u.digest, size).ok()?,
+                Some(u.digest.clone()),
+            ),
+            None => version_key(&want.url, want.immutable, h, size)?,
+        };
         Some((layout, key, digest))
     }
 
@@ -604,6 +657,9 @@ impl ObjectCache {
     /// forgotten too: the origin no longer serves it.
     pub(crate) async fn abort_fill(&self, fill: &Arc<Fill>, e: FillError) {
         tracing::warn!(url = %fill.url, error = %e, blame = ?e.blame(), "fill failed");
+        if is_registry_key(&fill.url) && matches!(e, FillError::DigestMismatch { .. }) {
+            self.inner.metrics.registry_digest_mismatch.inc();
+        }
         if e.is_origin_changed() {
             self.invalidate(&fill.url).await;
         }
@@ -664,7 +720,11 @@ fn version_key(
 /// The headers of the agent's own origin requests: no client headers but the
 /// leader's `User-Agent`, identity encoding (see the module docs).
 fn origin_headers(want: &Want) -> HeaderMap {
-    let mut h = HeaderMap::new();
+    let mut h = want
+        .upstream
+        .as_ref()
+        .map(|u| u.headers.clone())
+        .unwrap_or_default();
     if let Some(ua) = &want.user_agent {
         h.insert(header::USER_AGENT, ua.clone());
     }

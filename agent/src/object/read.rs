@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use http_body::Frame;
 use http_body_util::StreamBody;
@@ -109,8 +109,28 @@ impl ObjectCache {
         id: ChunkId,
         reason: FetchReason,
     ) -> Result<Bytes, FillError> {
+        let upstream = match s {
+            Serve::Fill(f) => f.upstream.clone(),
+            Serve::Object(_) => None,
+        };
+        if upstream.is_none() && super::is_registry_key(s.url()) {
+            // A registry object's fetch URL and credentials belong to the request
+            // that filled it: forgotten, so the next request fills it anew.
+            self.forget(s).await;
+            return Err(FillError::Store(format!(
+                "chunk {index} of {} is gone from the disk; forgotten",
+                s.url()
+            )));
+        }
         let bytes = match self
-            .fetch_range(s.url(), s.repr(), s.layout(), index, reason)
+            .fetch_range(
+                s.url(),
+                upstream.as_ref(),
+                s.repr(),
+                s.layout(),
+                index,
+                reason,
+            )
             .await
         {
             Ok(b) => b,
@@ -142,17 +162,21 @@ impl ObjectCache {
     pub async fn fetch_range(
         &self,
         url: &str,
+        upstream: Option<&(Uri, Arc<super::Upstream>)>,
         repr: &Repr,
         layout: Layout,
         index: usize,
         reason: FetchReason,
     ) -> Result<Bytes, FillError> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|_| FillError::Internal(format!("unparsable URL {url:?}")))?;
+        let uri: Uri = match upstream {
+            Some((u, _)) => u.clone(),
+            None => url
+                .parse()
+                .map_err(|_| FillError::Internal(format!("unparsable URL {url:?}")))?,
+        };
         let bounds = layout.chunk_bounds(index);
         let len = bounds.end - bounds.start;
-        let mut h = HeaderMap::new();
+        let mut h = upstream.map(|(_, u)| u.headers.clone()).unwrap_or_default();
         let range = format!("bytes={}-{}", bounds.start, bounds.end.saturating_sub(1));
         h.insert(
             header::RANGE,
@@ -173,11 +197,14 @@ impl ObjectCache {
         {
             h.insert(header::IF_RANGE, v);
         }
-        let resp = self
-            .inner
-            .origin
-            .send(Method::GET, &uri, h, "range", reason)
-            .await?;
+        let origin = &self.inner.origin;
+        let resp = if upstream.is_some() {
+            origin
+                .send_following(Method::GET, &uri, h, "range", reason)
+                .await?
+        } else {
+            origin.send(Method::GET, &uri, h, "range", reason).await?
+        };
         let status = resp.status();
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
             return Err(OriginError::Upstream {

@@ -55,11 +55,17 @@ pub enum FetchReason {
     /// Another client's answer for this URL was not cacheable: this client's own
     /// request, relayed.
     Uncacheable,
+    /// A registry mirror's `HEAD` asking the registry whether it accepts a client's
+    /// credentials for a repository, or what digest a tag names (no body).
+    RegistryAuth,
+    /// A registry request relayed uncached: the `/v2/` ping, tag lists, referrers,
+    /// client `HEAD`s, and every answer of a registry that refused the client.
+    RegistryPass,
 }
 
 impl FetchReason {
     /// Every reason, in label order of the docs (for pre-registering label values).
-    pub const ALL: [FetchReason; 17] = [
+    pub const ALL: [FetchReason; 19] = [
         FetchReason::ColdLease,
         FetchReason::NoPeer,
         FetchReason::PeerFailed,
@@ -77,6 +83,8 @@ impl FetchReason {
         FetchReason::TooLarge,
         FetchReason::CacheMode,
         FetchReason::Uncacheable,
+        FetchReason::RegistryAuth,
+        FetchReason::RegistryPass,
     ];
 
     /// The metric label and header value.
@@ -99,6 +107,8 @@ impl FetchReason {
             FetchReason::TooLarge => "too_large",
             FetchReason::CacheMode => "cache_mode",
             FetchReason::Uncacheable => "uncacheable",
+            FetchReason::RegistryAuth => "registry_auth",
+            FetchReason::RegistryPass => "registry_pass",
         }
     }
 

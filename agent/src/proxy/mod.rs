@@ -14,6 +14,7 @@ pub mod conns;
 mod framing;
 pub mod pass;
 pub mod prefetch;
+pub mod registry;
 pub mod respond;
 pub mod rules;
 mod server;
@@ -52,6 +53,10 @@ pub struct Proxy {
     connect_ports: Vec<u16>,
     tunnels: Arc<tokio::sync::Semaphore>,
     tunnel_limits: pass::TunnelLimits,
+    /// Registry settings of each mirror by name (`Mirror::kind` and its TTLs).
+    registries: HashMap<String, registry::MirrorSettings>,
+    /// Credential grants and tag resolutions of registry mirrors.
+    grants: registry::grants::Grants,
 }
 
 /// Why a request was refused before reaching an origin: the client's fault.
@@ -93,7 +98,14 @@ impl Proxy {
                     .map(|u| (m.name.clone(), u))
             })
             .collect();
+        let registries = cfg
+            .mirrors
+            .iter()
+            .map(|m| (m.name.clone(), registry::MirrorSettings::of(m)))
+            .collect();
         Self {
+            registries,
+            grants: registry::grants::Grants::new(),
             cache,
             rules: Rules::new(&cfg.rules, default_mode),
             mirrors,
@@ -178,6 +190,9 @@ impl Proxy {
             return Err(ClientError::Method(method).into());
         }
         let headers = req.headers();
+        if let Some((mirror, path)) = self.registry_path(req.uri(), &url) {
+            return self.registry(&method, headers, url, mirror, path).await;
+        }
         let (mode, min_size) = self.rules.decide(&url.to_string());
         if mode == Mode::Pass || private_request(headers) {
             let why = if mode == Mode::Pass {
@@ -205,14 +220,43 @@ impl Proxy {
             revalidate: wants_revalidation(headers),
             user_agent: headers.get(header::USER_AGENT).cloned(),
             immutable: self.rules.immutable(&url.to_string()),
+            upstream: None,
         };
-        let resp = match self.cache.lookup(&want).await? {
+        self.serve_lookup(&method, headers, &want, label, None)
+            .await
+    }
+
+    /// Serves a GET for `want` from the cache, a fill or the origin (labelled
+    /// `label`, or `pass` when relayed). `fits`, when given, must accept the
+    /// representation of a cached version or fill, else the client's own request is
+    /// relayed (registry manifests: a type the client does not accept).
+    async fn serve_lookup(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        want: &Want,
+        label: &'static str,
+        fits: Option<&(dyn Fn(&crate::object::Repr) -> bool + Sync)>,
+    ) -> Result<(Response<ProxyBody>, &'static str), RouteError> {
+        let url = &want.url;
+        let method = method.clone();
+        let lookup = self.cache.lookup(want).await?;
+        let misfit = match (&lookup, fits) {
+            (Lookup::Object(m) | Lookup::Stale(m), Some(f)) => !f(&m.repr),
+            (Lookup::Fill(fill), Some(f)) => !f(&fill.repr),
+            _ => false,
+        };
+        if misfit {
+            let why = FetchReason::Uncacheable;
+            return Ok((self.pass(method, url, headers.clone(), why).await?, "pass"));
+        }
+        let resp = match lookup {
             Lookup::Object(m) => self.serve(&method, headers, Serve::Object(m)),
             Lookup::Fill(f) => self.serve(&method, headers, Serve::Fill(f)),
-            Lookup::Pass(resp, why) => return Ok((self.relay(resp, &url, why), "pass")),
+            Lookup::Pass(resp, why) => return Ok((self.relay(resp, url, why), "pass")),
             Lookup::Retry => {
                 let why = FetchReason::Uncacheable;
-                return Ok((self.pass(method, &url, headers.clone(), why).await?, "pass"));
+                return Ok((self.pass(method, url, headers.clone(), why).await?, "pass"));
             }
             Lookup::Stale(m) => {
                 // Stale-if-error: say how old it is (RFC 9111 §5.1).

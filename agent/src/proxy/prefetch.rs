@@ -68,6 +68,7 @@ impl Proxy {
             min_size,
             revalidate: false,
             user_agent: None,
+            upstream: None,
         })
     }
 

@@ -236,8 +236,11 @@ impl Download {
                         self.fill.repr.clone(),
                         self.layout,
                     );
+                    let up = self.fill.upstream.clone();
                     let h = self.tasks.spawn(async move {
-                        let r = cache.fetch_range(&url, &repr, layout, index, reason).await;
+                        let r = cache
+                            .fetch_range(&url, up.as_ref(), &repr, layout, index, reason)
+                            .await;
                         (req, index, Fetched::Origin(r))
                     });
                     self.aborts.insert(req, h);
