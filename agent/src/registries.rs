@@ -11,9 +11,14 @@
 //!   `location = "AGENT/m/NAME"` becomes `GET /v2/m/NAME/REPO/…`, the path prefix
 //!   being taken as part of the repository name.
 //!
-//! What this cannot do: route a `/v2/` request that has neither (`docker pull` against
-//! the agent as a registry, a client without `ns`); those are left to the proxy,
-//! which refuses them as it always has. `ns` only picks the mirror: the upstream is
+//! The bare ping `GET /v2/` (or `/v2`) without `ns`, which containers/image sends
+//! before anything else, goes to the one registry mirror (`kind = "registry"` or a
+//! `registry` set) when there is exactly one.
+//!
+//! What this cannot do: route any other `/v2/` request that has neither (`docker pull`
+//! against the agent as a registry, a client without `ns`), or a ping when several
+//! registry mirrors are configured; those are left to the proxy, which refuses them as
+//! it always has. `ns` only picks the mirror: the upstream is
 //! the mirror's, never a host taken from the request.
 
 use std::collections::HashMap;
@@ -44,6 +49,9 @@ pub struct BadRegistryHost(pub String);
 pub struct Routes {
     by_host: HashMap<RegistryHost, String>,
     registry_mirrors: Vec<String>,
+    /// The mirror answering a bare `/v2/` ping: the only one of kind `registry` or
+    /// with a `registry`, if there is exactly one.
+    ping: Option<String>,
 }
 
 impl RegistryHost {
@@ -140,9 +148,17 @@ impl Routes {
             .iter()
             .filter_map(|m| Some((m.registry.clone()?, m.name.clone())))
             .collect();
+        let mut sure = mirrors
+            .iter()
+            .filter(|m| m.kind == MirrorKind::Registry || m.registry.is_some());
+        let ping = match (sure.next(), sure.next()) {
+            (Some(m), None) => Some(m.name.clone()),
+            _ => None,
+        };
         Routes {
             by_host,
             registry_mirrors,
+            ping,
         }
     }
 
@@ -172,9 +188,12 @@ impl Routes {
             }
         }
         let ns = uri
-            .query()?
-            .split('&')
-            .find_map(|p| p.strip_prefix("ns="))?;
+            .query()
+            .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("ns=")));
+        let Some(ns) = ns else {
+            let name = self.ping.as_ref().filter(|_| rest.is_empty())?;
+            return format!("/m/{name}/v2/{q}").parse().ok();
+        };
         let host = RegistryHost::try_from(percent_decode(ns)?).ok()?;
         let name = self.by_host.get(&host)?;
         format!("/m/{name}{path}{q}").parse().ok()
@@ -291,7 +310,9 @@ mod tests {
             route("/v2/m/hub/library/alpine/manifests/3").as_deref(),
             Some("/m/hub/v2/library/alpine/manifests/3")
         );
-        // Not routed: unknown registry, no ns, an http-kind mirror, not /v2, absolute form.
+        // Not routed: unknown registry, no ns, an http-kind mirror, not /v2, absolute form,
+        // a ping with two registry mirrors.
+        assert_eq!(route("/v2/"), None);
         assert_eq!(route("/v2/x/manifests/1?ns=ghcr.io"), None);
         assert_eq!(route("/v2/x/manifests/1"), None);
         assert_eq!(route("/v2/m/files/x/manifests/1"), None);
@@ -300,5 +321,14 @@ mod tests {
         assert_eq!(route("http://docker.io/v2/a?ns=docker.io"), None);
         assert_eq!(route("/v2/a?ns=%zz"), None);
         assert_eq!(route("/v2/a?ns=evil.example%2Fx"), None);
+
+        let one = Routes::new(&[
+            mirror("hub", None, MirrorKind::Registry),
+            mirror("deb", None, MirrorKind::Auto),
+        ]);
+        let route = |s: &str| one.route(&s.parse().unwrap()).map(|u| u.to_string());
+        assert_eq!(route("/v2/").as_deref(), Some("/m/hub/v2/"));
+        assert_eq!(route("/v2").as_deref(), Some("/m/hub/v2/"));
+        assert_eq!(route("/v2/x/manifests/1"), None, "only the ping");
     }
 }

@@ -11,16 +11,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use http::StatusCode;
 use shoal_agent::app::RunningAgent;
 use shoal_agent::config::{Config, Mirror};
+use shoal_agent::containerd::Wiring;
 use shoal_tests::real::containerd::{Containerd, hosts_dir};
 use shoal_tests::real::front::Front;
-use shoal_tests::real::image::Image;
-use shoal_tests::real::origin_form_get;
+use shoal_tests::real::image::{self, Image};
 use shoal_tests::real::registry::{self, Auth, Registry};
 use shoal_tests::real::token::{self, TokenServer};
+use shoal_tests::real::{origin_form_get, run};
 use shoal_tests::require_real;
 use shoal_tests::swarm::TestSwarm;
 
@@ -410,9 +412,10 @@ async fn swarm_second_node_takes_the_blobs_from_the_first() {
     s.shutdown().await;
 }
 
-/// skopeo pulls through the agent's mirror. containers/image puts a mirror's path
-/// prefix into the repository (`AGENT/m/reg` → `/v2/m/reg/demo/app/…`), so skopeo is
-/// pointed at the mirror's `/m/NAME` only through `docker://AGENT/m/NAME/REPO`.
+/// skopeo (containers/image: podman and CRI-O pull the same way) through the agent.
+/// containers/image takes a mirror's path as part of the repository name
+/// (`AGENT/m/reg/demo/app` → `GET /v2/m/reg/demo/app/…`) and pings `GET /v2/` first;
+/// the agent routes both (`registries::Routes`) to the one registry mirror.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn skopeo_inspects_and_copies_through_the_mirror() {
     require_real!(TOOLS[0], TOOLS[3]);
@@ -425,16 +428,118 @@ async fn skopeo_inspects_and_copies_through_the_mirror() {
     let src = format!("docker://{}/m/{MIRROR}/{REPO}:1", agent.proxy_addr());
     let mut cmd = std::process::Command::new("skopeo");
     cmd.args(["inspect", "--raw", "--tls-verify=false", &src]);
-    let raw = shoal_tests::real::run(cmd, std::time::Duration::from_secs(60)).await;
-    match raw {
-        Ok(raw) => assert_eq!(
-            shoal_tests::real::image::digest(raw.trim_end().as_bytes()),
-            up.image.manifest.digest
-        ),
-        Err(e) => {
-            eprintln!("skopeo cannot use the path-prefixed mirror: {e:#}");
-            return;
-        }
+    let raw = run(cmd, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(
+        image::digest(raw.as_bytes()),
+        up.image.manifest.digest,
+        "skopeo saw the manifest byte for byte"
+    );
+    let out = tempfile::tempdir().unwrap();
+    let dest = format!("oci:{}:1", out.path().display());
+    let mut cmd = std::process::Command::new("skopeo");
+    cmd.args(["copy", "--src-tls-verify=false", &src, &dest]);
+    run(cmd, Duration::from_secs(60)).await.unwrap();
+    for b in up.image.blobs() {
+        let got = std::fs::read(out.path().join("blobs/sha256").join(b.hex())).unwrap();
+        assert_eq!(got, b.bytes, "blob {} copied intact", b.digest);
     }
+    let first = up.blob_bytes();
+    assert!(first >= up.image.blob_bytes());
+    let out2 = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new("skopeo");
+    let dest = format!("oci:{}:1", out2.path().display());
+    cmd.args(["copy", "--src-tls-verify=false", &src, &dest]);
+    run(cmd, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(
+        up.blob_bytes() - first,
+        0,
+        "the second copy came from the agent's cache"
+    );
+    agent.shutdown().await;
+}
+
+/// `shoal-agent containerd-config` (the library call behind it) reads containerd's
+/// own `config_path` and writes `certs.d/REGISTRY/hosts.toml`; ctr pulls through
+/// exactly that directory; `/ready` says the registry is wired (and, once the file is
+/// gone, that it is not, still answering 200); a hosts.toml naming the bare agent URL
+/// works through containerd's `?ns=REGISTRY`; a containerd config without
+/// `config_path` is refused in one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn containerd_config_wires_pulls_and_ns_routes_them() {
+    require_real!(TOOLS[0], TOOLS[1], TOOLS[2], TOOLS[3], TOOLS[4]);
+    shoal_tests::logs();
+    let up = Upstream::start(116, Mode::Htpasswd, false, 116).await;
+    let ctd = Containerd::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = shoal_tests::agent::config("127.0.116.10", dir.path());
+    // A real port: the hosts.toml containerd-config writes names it.
+    cfg.proxy.listen = shoal_tests::real::free_port("127.0.116.10").unwrap();
+    cfg.mirrors = mirrors(&format!(
+        "[[mirrors]]\nname = \"{MIRROR}\"\nupstream = \"{}\"\nkind = \"registry\"\nregistry = \"{}\"\n",
+        up.upstream_url(),
+        up.registry.host()
+    ));
+    cfg.containerd.config_file = ctd.config_file();
+    cfg.containerd.certs_dir = Some(ctd.certs_dir());
+    let written = Wiring::write_all(&cfg).unwrap();
+    let file = ctd.certs_dir().join(up.registry.host()).join("hosts.toml");
+    assert_eq!(written.len(), 1);
+    assert_eq!(written[0].path, file);
+
+    let mut plain = cfg.clone();
+    plain.containerd.config_file = ctd.dir().join("stock-config.toml");
+    plain.containerd.certs_dir = None;
+    std::fs::write(&plain.containerd.config_file, "version = 2\n").unwrap();
+    let e = Wiring::write_all(&plain).unwrap_err().to_string();
+    assert!(
+        e.contains("config_path is not set") && !e.contains('\n'),
+        "{e}"
+    );
+
+    let agent = shoal_tests::agent::start(cfg).await.unwrap();
+    let ready = origin_form_get(agent.admin_addr(), "/ready", &[])
+        .await
+        .unwrap();
+    let body = String::from_utf8_lossy(&ready.body).into_owned();
+    assert_eq!(ready.status, StatusCode::OK);
+    assert!(
+        body.contains(&format!("containerd {}: wired", up.registry.host())),
+        "{body}"
+    );
+
+    pull_and_check(
+        &ctd,
+        &ctd.certs_dir(),
+        &up,
+        "through the written hosts.toml",
+    )
+    .await;
+    let first = up.blob_bytes();
+    assert!(first >= up.image.blob_bytes());
+
+    let bare = hosts_dir(
+        &ctd.dir().join("bare"),
+        &up.registry.host(),
+        &format!("http://{}", agent.proxy_addr()),
+    )
+    .unwrap();
+    pull_and_check(&ctd, &bare, &up, "through the bare agent URL (?ns=)").await;
+    assert_eq!(
+        up.blob_bytes() - first,
+        0,
+        "the ?ns= pull was served from the cache"
+    );
+
+    std::fs::remove_file(&file).unwrap();
+    let ready = origin_form_get(agent.admin_addr(), "/ready", &[])
+        .await
+        .unwrap();
+    let body = String::from_utf8_lossy(&ready.body).into_owned();
+    assert_eq!(
+        ready.status,
+        StatusCode::OK,
+        "wiring never changes the status"
+    );
+    assert!(body.contains("NOT wired"), "{body}");
     agent.shutdown().await;
 }

@@ -18,7 +18,7 @@ pub mod config_path;
 pub mod hosts;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::config::Config;
 use hosts::{HostsFile, Wired, Written};

@@ -41,7 +41,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
   address = ""
 [metrics]
   address = ""
+# Read by `shoal-agent containerd-config` (the CRI plugin that would use it is off;
+# ctr takes --hosts-dir instead).
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = "{certs}"
 "#,
+            certs = d.join("certs.d").display(),
             root = d.join("root").display(),
             state = d.join("state").display(),
             sock = sock.display(),
@@ -128,6 +133,16 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     /// containerd's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// containerd's `config.toml`.
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    /// The registry `config_path` its `config.toml` names (not created).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.path().join("certs.d")
     }
 
     /// A scratch directory that lives as long as this containerd.

@@ -52,9 +52,12 @@ pub struct Registry {
 }
 
 impl Access {
-    /// Whether this is a blob download that sent bytes (`GET …/blobs/sha256:…`).
+    /// Whether this is a blob download that sent blob bytes (`GET …/blobs/sha256:…`
+    /// answered `200` or `206`; a refusal's bytes are its error body).
     pub fn is_blob_get(&self) -> bool {
-        self.method == "GET" && self.path.contains("/blobs/sha256:")
+        self.method == "GET"
+            && self.path.contains("/blobs/sha256:")
+            && matches!(self.status, 200 | 206)
     }
 }
 
