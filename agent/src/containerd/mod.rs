@@ -199,6 +199,8 @@ fn certs_dir(cfg: &Config) -> Result<PathBuf, WiringError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
     use crate::config::Mirror;
 
     fn cfg(dir: &Path) -> Config {
