@@ -218,8 +218,9 @@ pub struct Mirror {
     #[serde(default, with = "humantime_serde")]
     pub tag_ttl: Duration,
     /// Registry mirrors: how long the registry's acceptance of one client's
-    /// credentials (or of anonymous access) for one repository is remembered before
-    /// cached blobs and manifests are served to that client again without asking.
+    /// credentials (or of anonymous access) for one blob or manifest in one repository
+    /// is remembered, during which that client gets the cached bytes without the agent
+    /// asking the registry again.
     /// Default `60s`. Lower it where revoked credentials must stop working sooner;
     /// `0s` checks with the registry before every cached response.
     #[serde(default = "default_auth_ttl", with = "humantime_serde")]

@@ -74,6 +74,8 @@ struct Content {
     blobs: HashMap<String, Bytes>,
     /// Blobs served with one byte flipped.
     corrupt: HashSet<String>,
+    /// repo → blobs it holds (as distribution links blobs into repositories).
+    links: HashMap<String, HashSet<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +95,10 @@ struct Shared {
     /// Redirect blob GETs to this storage address.
     storage: Mutex<Option<SocketAddr>>,
     registry_addr: Mutex<Option<SocketAddr>>,
+    /// Blob GETs wait until this is true ([`RegistryOrigin::hold_blobs`]).
+    open: tokio::sync::watch::Sender<bool>,
+    /// Blob GETs that arrived (before the gate).
+    arrived: Mutex<u64>,
 }
 
 /// A running fake registry (and its storage server, when redirects are on).
@@ -129,6 +135,8 @@ impl RegistryOrigin {
             auth,
             storage: Mutex::new(None),
             registry_addr: Mutex::new(None),
+            open: tokio::sync::watch::channel(true).0,
+            arrived: Mutex::new(0),
         });
         let reg = TcpListener::bind((ip, 0)).await?;
         let sto = TcpListener::bind((storage_ip, 0)).await?;
@@ -150,6 +158,15 @@ impl RegistryOrigin {
         let d = digest(&bytes);
         lock(&self.shared.content).blobs.insert(d.clone(), bytes);
         d
+    }
+
+    /// Makes blob `digest` available in `repo` (`image` links its layers itself).
+    pub fn link(&self, repo: &str, digest: &str) {
+        lock(&self.shared.content)
+            .links
+            .entry(repo.to_owned())
+            .or_default()
+            .insert(digest.to_owned());
     }
 
     /// Adds a manifest of `media_type` and points `repo:tag` at it; returns its digest.
@@ -191,12 +208,29 @@ impl RegistryOrigin {
             layer_json.join(",")
         ));
         let d = self.manifest(repo, tag, media_type, body.clone());
+        for l in layers {
+            self.link(repo, l);
+        }
         (d, body)
     }
 
     /// Serves blob `digest` with one byte flipped from now on.
     pub fn corrupt(&self, digest: &str) {
         lock(&self.shared.content).corrupt.insert(digest.to_owned());
+    }
+
+    /// Blob GETs wait before answering until [`RegistryOrigin::release_blobs`].
+    pub fn hold_blobs(&self) {
+        self.shared.open.send_replace(false);
+    }
+
+    pub fn release_blobs(&self) {
+        self.shared.open.send_replace(true);
+    }
+
+    /// Blob GETs received so far (counted on arrival, held or not).
+    pub fn blob_gets_arrived(&self) -> u64 {
+        *lock(&self.shared.arrived)
     }
 
     /// Blob GETs are answered `307` to the storage server from now on.
@@ -277,6 +311,13 @@ fn serve(l: TcpListener, shared: Arc<Shared>, storage: bool) -> AbortHandle {
                 let svc = service_fn(move |req| {
                     let shared = shared.clone();
                     async move {
+                        let blob_get =
+                            req.method() == Method::GET && req.uri().path().contains("/blobs/");
+                        if blob_get && !storage {
+                            *lock(&shared.arrived) += 1;
+                            let mut rx = shared.open.subscribe();
+                            let _ = rx.wait_for(|open| *open).await;
+                        }
                         let r = if storage {
                             handle_storage(&shared, &req)
                         } else {
@@ -340,23 +381,19 @@ fn split(path: &str) -> Option<(&str, &str, &str)> {
     Some((name, kind, reference))
 }
 
-/// `Ok(())` if `h` may pull `repo`, else the 401 to send.
-fn authorize(
-    shared: &Shared,
-    h: &HeaderMap,
-    repo: Option<&str>,
-) -> Result<(), Response<Full<Bytes>>> {
+/// `None` if `h` may pull `repo`, else the 401 to send.
+fn authorize(shared: &Shared, h: &HeaderMap, repo: Option<&str>) -> Option<Response<Full<Bytes>>> {
     let got = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let addr = lock(&shared.registry_addr)
         .map(|a| a.to_string())
         .unwrap_or_default();
     match &shared.auth {
-        Auth::None => Ok(()),
+        Auth::None => None,
         Auth::Basic { user, password } => {
             if got == Some(basic(user, password).as_str()) {
-                Ok(())
+                None
             } else {
-                Err(oci_err(
+                Some(oci_err(
                     StatusCode::UNAUTHORIZED,
                     "UNAUTHORIZED",
                     "authentication required",
@@ -376,12 +413,12 @@ fn authorize(
                 _ => false,
             };
             if ok {
-                return Ok(());
+                return None;
             }
             let scope = repo
                 .map(|r| format!(",scope=\"repository:{r}:pull\""))
                 .unwrap_or_default();
-            Err(oci_err(
+            Some(oci_err(
                 StatusCode::UNAUTHORIZED,
                 "UNAUTHORIZED",
                 "authentication required",
@@ -407,20 +444,20 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         token_endpoint(shared, req)
     } else if path == "/v2/" || path == "/v2" {
         match authorize(shared, h, None) {
-            Ok(()) => resp(
+            None => resp(
                 StatusCode::OK,
                 &[("content-type", "application/json".into())],
                 Bytes::from_static(b"{}"),
             ),
-            Err(r) => r,
+            Some(r) => r,
         }
     } else {
         match split(&path) {
             Some((repo, kind, reference)) => match authorize(shared, h, Some(repo)) {
-                Err(r) => r,
-                Ok(()) => match kind {
+                Some(r) => r,
+                None => match kind {
                     "manifests" => manifest(shared, h, repo, reference),
-                    "blobs" => blob(shared, req, reference, head),
+                    "blobs" => blob(shared, req, repo, reference, head),
                     _ => oci_err(StatusCode::NOT_FOUND, "UNSUPPORTED", "unsupported", &[]),
                 },
             },
@@ -571,8 +608,18 @@ fn ranged(
     }
 }
 
-fn blob(shared: &Shared, req: &Request<Incoming>, d: &str, head: bool) -> Response<Full<Bytes>> {
-    let Some(b) = blob_bytes(shared, d) else {
+fn blob(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    repo: &str,
+    d: &str,
+    head: bool,
+) -> Response<Full<Bytes>> {
+    let linked = lock(&shared.content)
+        .links
+        .get(repo)
+        .is_some_and(|l| l.contains(d));
+    let Some(b) = blob_bytes(shared, d).filter(|_| linked) else {
         return oci_err(
             StatusCode::NOT_FOUND,
             "BLOB_UNKNOWN",

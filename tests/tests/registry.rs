@@ -2,6 +2,7 @@
 //! `shoal_tests::registry_origin`: pulls as containerd makes them (ping, challenge,
 //! token, manifest by tag with containerd's `Accept`, blobs), in every auth mode, with
 //! the registry's own counters as the measure of what the agent saved.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -40,7 +41,7 @@ async fn registry(ip: &str, storage_ip: &str, auth: Auth) -> (RegistryOrigin, Ve
     let layers: Vec<Bytes> = [300_000usize, 70_000, 1_000]
         .iter()
         .enumerate()
-        .map(|(i, n)| Bytes::from(random_bytes(*n, 90 + i as u64)))
+        .map(|(i, n)| random_bytes(*n, 90 + i as u64))
         .collect();
     let digests: Vec<String> = layers.iter().map(|b| r.blob(b.clone())).collect();
     r.image(REPO, "v1", OCI_MANIFEST, &digests);
@@ -160,11 +161,16 @@ async fn pull_twice(ip: &str, auth: Auth) {
     let creds = users();
     let creds = (auth != Auth::None).then_some(&creds);
     let first = pull(a.proxy_addr(), creds).await;
-    assert_eq!(first.layers, layers);
+    assert!(first.layers == layers, "layers differ");
     assert_eq!(r.blob_bytes(), total(&layers), "cold pull: each blob once");
+    assert_eq!(
+        r.blob_requests(),
+        3,
+        "cold pull: one GET per blob, no extra HEAD (the fill's own answer is the check)"
+    );
     let (blob_requests, blob_bytes) = (r.blob_requests(), r.blob_bytes());
     let second = pull(a.proxy_addr(), creds).await;
-    assert_eq!(second.layers, layers);
+    assert!(second.layers == layers, "layers differ");
     assert_eq!(second.manifest_digest, first.manifest_digest);
     assert_eq!(
         r.blob_bytes(),
@@ -283,7 +289,7 @@ async fn refused_clients_get_the_registry_answer_and_no_cached_bytes() {
     );
     // The good client is still served from the cache.
     let again = pull(a.proxy_addr(), Some(&users())).await;
-    assert_eq!(again.layers, layers);
+    assert!(again.layers == layers, "layers differ");
     // Credentials never reach the disk in clear.
     let token = login(a.proxy_addr(), Some(&users()), REPO).await.unwrap();
     let secret = token.trim_start_matches("Bearer ");
@@ -372,7 +378,7 @@ async fn redirects_followed_with_egress_on_every_hop() {
     let dir = tempfile::tempdir().unwrap();
     let a = start(agent_config("127.0.0.208", dir.path(), &r)).await;
     let first = pull(a.proxy_addr(), Some(&users())).await;
-    assert_eq!(first.layers, layers);
+    assert!(first.layers == layers, "layers differ");
     let storage: u64 = layers
         .iter()
         .map(|l| {
@@ -394,7 +400,7 @@ async fn redirects_followed_with_egress_on_every_hop() {
     );
     let before = r.blob_bytes();
     let second = pull(a.proxy_addr(), Some(&users())).await;
-    assert_eq!(second.layers, layers);
+    assert!(second.layers == layers, "layers differ");
     assert_eq!(r.blob_bytes(), before, "second pull: 0 blob bytes");
     a.shutdown().await;
 
@@ -499,7 +505,7 @@ async fn swarm_second_node_blobs_come_from_the_first() {
         .await
         .unwrap();
     let first = pull(s.agent(0).proxy_addr(), Some(&users())).await;
-    assert_eq!(first.layers, layers);
+    assert!(first.layers == layers, "layers differ");
     assert_eq!(r.blob_bytes(), total(&layers));
     let tracker = s.tracker.as_ref().unwrap();
     let objects = || {
@@ -515,7 +521,7 @@ async fn swarm_second_node_blobs_come_from_the_first() {
     );
     let before = r.blob_bytes();
     let second = pull(s.agent(1).proxy_addr(), Some(&users())).await;
-    assert_eq!(second.layers, layers);
+    assert!(second.layers == layers, "layers differ");
     assert_eq!(
         r.blob_bytes(),
         before,
@@ -527,5 +533,208 @@ async fn swarm_second_node_blobs_come_from_the_first() {
         "only the manifest from the registry"
     );
     assert_eq!(peer, total(&layers));
+    s.shutdown().await;
+}
+
+/// One blob named by two repositories is stored once: the second repository's pull
+/// asks the registry only whether the client may read it there (a `HEAD`), then
+/// serves the cached bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_blob_in_two_repositories_is_stored_once() {
+    shoal_tests::logs();
+    let ip = "127.0.0.211";
+    let (r, layers) = registry(ip, ip, Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(agent_config(ip, dir.path(), &r)).await;
+    let d = digest(&layers[0]);
+    let one = get(a.proxy_addr(), &format!("/m/reg/v2/{REPO}/blobs/{d}"), &[])
+        .await
+        .unwrap();
+    assert!(one.body == layers[0]);
+    r.link("other/repo", &d);
+    let before = r.blob_bytes();
+    let two = get(
+        a.proxy_addr(),
+        &format!("/m/reg/v2/other/repo/blobs/{d}"),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(two.body == layers[0], "{} bytes", two.body.len());
+    assert_eq!(two.header("x-shoal-source"), Some("cache"));
+    assert_eq!(
+        r.blob_bytes(),
+        before,
+        "no blob bytes for the second repository"
+    );
+    assert_eq!(
+        r.served(&format!("/v2/other/repo/blobs/{d}")).0,
+        1,
+        "one HEAD: the registry was asked about the second repository"
+    );
+    let keys: Vec<String> = a.cache().all().iter().map(|m| m.url.clone()).collect();
+    assert_eq!(
+        keys,
+        vec![format!("oci:{d}")],
+        "one object, keyed by digest"
+    );
+    a.shutdown().await;
+}
+
+/// Grants are per object: a client allowed to pull one repository does not get a
+/// layer of another repository from the cache by naming its digest; the registry's
+/// `404 BLOB_UNKNOWN` is relayed and no cached byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_layer_of_one_repository_is_not_served_through_another() {
+    shoal_tests::logs();
+    let ip = "127.0.0.212";
+    let (user, password) = users();
+    let (r, _) = registry(ip, ip, Auth::Basic { user, password }).await;
+    let private = r.blob(random_bytes(100_000, 97));
+    r.image(
+        "team/private",
+        "v1",
+        OCI_MANIFEST,
+        std::slice::from_ref(&private),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(agent_config(ip, dir.path(), &r)).await;
+    let auth = basic(&users().0, &users().1);
+    let h = [("authorization", auth.as_str())];
+    // The client may pull both; it pulls team/app, and the private layer where it is.
+    pull(a.proxy_addr(), Some(&users())).await;
+    let p = get(
+        a.proxy_addr(),
+        &format!("/m/reg/v2/team/private/blobs/{private}"),
+        &h,
+    )
+    .await
+    .unwrap();
+    assert_eq!(p.status, StatusCode::OK);
+    assert!(a.cache().cached(&format!("oci:{private}")).is_some());
+    // Named through team/app, which does not hold it: the registry's answer.
+    let leak = get(
+        a.proxy_addr(),
+        &format!("/m/reg/v2/{REPO}/blobs/{private}"),
+        &h,
+    )
+    .await
+    .unwrap();
+    assert_eq!(leak.status, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&leak.body).contains("BLOB_UNKNOWN"));
+    assert!(leak.body.len() < 1000, "{} bytes", leak.body.len());
+    a.shutdown().await;
+}
+
+/// A client that joins another client's fill in flight is checked like one asking
+/// for cached bytes: without credentials it gets the registry's 401, while the
+/// client that started the fill gets the blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_joining_a_fill_in_flight_is_checked_too() {
+    shoal_tests::logs();
+    let ip = "127.0.0.213";
+    let (user, password) = users();
+    let (r, layers) = registry(ip, ip, Auth::Basic { user, password }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(agent_config(ip, dir.path(), &r)).await;
+    let p = a.proxy_addr();
+    let d = digest(&layers[0]);
+    let path = format!("/m/reg/v2/{REPO}/blobs/{d}");
+    r.hold_blobs();
+    let good = {
+        let path = path.clone();
+        let auth = basic(&users().0, &users().1);
+        tokio::spawn(async move { get(p, &path, &[("authorization", &auth)]).await })
+    };
+    assert!(eventually(Duration::from_secs(5), || r.blob_gets_arrived() == 1).await);
+    let bad = {
+        let path = path.clone();
+        tokio::spawn(async move { get(p, &path, &[]).await })
+    };
+    r.release_blobs();
+    let good = good.await.unwrap().unwrap();
+    let bad = bad.await.unwrap().unwrap();
+    assert_eq!(good.status, StatusCode::OK);
+    assert!(good.body == layers[0]);
+    assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
+    assert!(bad.header("www-authenticate").is_some());
+    assert!(bad.body.len() < 1000, "{} bytes", bad.body.len());
+    a.shutdown().await;
+}
+
+/// `auth_ttl = 0s`: every response from the cache is preceded by a `HEAD` with the
+/// client's credentials; a client `HEAD` is relayed (with `Vary: Accept` on
+/// manifests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zero_auth_ttl_asks_before_every_cached_response() {
+    shoal_tests::logs();
+    let ip = "127.0.0.214";
+    let (r, layers) = registry(ip, ip, Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = agent::config(ip, dir.path());
+    cfg.mirrors.push(Mirror {
+        auth_ttl: Duration::ZERO,
+        ..mirror("reg", &r)
+    });
+    let a = start(cfg).await;
+    let d = digest(&layers[1]);
+    let path = format!("/m/reg/v2/{REPO}/blobs/{d}");
+    for _ in 0..3 {
+        let b = get(a.proxy_addr(), &path, &[]).await.unwrap();
+        assert!(b.body == layers[1]);
+    }
+    // One GET (the fill), then one HEAD per cached response.
+    assert_eq!(r.served(&format!("/v2/{REPO}/blobs/{d}")).0, 3);
+    let checks = &a.metrics().registry_auth_checks;
+    assert_eq!(checks.with_label_values(&["granted"]).get(), 3);
+    assert_eq!(checks.with_label_values(&["remembered"]).get(), 0);
+    let head = reg::request(
+        a.proxy_addr(),
+        Method::HEAD,
+        &format!("/m/reg/v2/{REPO}/manifests/v1"),
+        &[("accept", OCI_MANIFEST)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.header("content-type"), Some(OCI_MANIFEST));
+    assert!(head.header("docker-content-digest").is_some());
+    assert!(head.header("vary").is_some_and(|v| v.contains("Accept")));
+    a.shutdown().await;
+}
+
+/// In a swarm, a blob whose bytes do not hash to its digest is cut and counted, and
+/// no node records it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn swarm_digest_mismatch_is_cut_and_not_recorded() {
+    shoal_tests::logs();
+    let (r, layers) = registry("127.0.202.100", "127.0.202.100", Auth::None).await;
+    let m = mirror("reg", &r);
+    let s = TestSwarm::builder()
+        .net(202)
+        .agents(1)
+        .tweak(move |_, c| c.mirrors.push(m.clone()))
+        .spawn()
+        .await
+        .unwrap();
+    let d = digest(&layers[0]);
+    r.corrupt(&d);
+    let res = get(
+        s.agent(0).proxy_addr(),
+        &format!("/m/reg/v2/{REPO}/blobs/{d}"),
+        &[],
+    )
+    .await;
+    assert!(res.is_err(), "cut: {:?}", res.map(|r| r.status));
+    let a = s.agent(0);
+    assert!(
+        eventually(Duration::from_secs(5), || a
+            .metrics()
+            .registry_digest_mismatch
+            .get()
+            == 1)
+        .await
+    );
+    assert!(a.cache().cached(&format!("oci:{d}")).is_none());
     s.shutdown().await;
 }

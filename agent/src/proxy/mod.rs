@@ -8,7 +8,8 @@
 //! ([`framing`]); its path is put in canonical form ([`target`]), which keeps mirror
 //! paths under their upstream prefix and gives one cache key per resource.
 //! Requests with `Authorization` or `Cookie`, or `Cache-Control: no-store`, and URLs
-//! whose rule says `pass`, are relayed uncached.
+//! whose rule says `pass`, are relayed uncached; registry mirrors ([`registry`]) are
+//! the exception: they cache authorised pulls, checking each client with the registry.
 
 pub mod conns;
 mod framing;
@@ -245,9 +246,22 @@ impl Proxy {
         label: &'static str,
         fits: Option<&(dyn Fn(&crate::object::Repr) -> bool + Sync)>,
     ) -> Result<(Response<ProxyBody>, &'static str), RouteError> {
-        let url = &want.url;
-        let method = method.clone();
         let lookup = self.cache.lookup(want).await?;
+        self.serve_found(method, headers, &want.url, lookup, label, fits)
+            .await
+    }
+
+    /// [`Proxy::serve_lookup`] for a lookup already made.
+    async fn serve_found(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        url: &Uri,
+        lookup: Lookup,
+        label: &'static str,
+        fits: Option<&(dyn Fn(&crate::object::Repr) -> bool + Sync)>,
+    ) -> Result<(Response<ProxyBody>, &'static str), RouteError> {
+        let method = method.clone();
         let misfit = match (&lookup, fits) {
             (Lookup::Object(m) | Lookup::Stale(m), Some(f)) => !f(&m.repr),
             (Lookup::Fill(fill), Some(f)) => !f(&fill.repr),

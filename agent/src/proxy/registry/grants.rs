@@ -1,11 +1,15 @@
 //! Which clients may be served cached registry bytes: the registry's acceptance of
-//! one credential for one repository, remembered for `mirrors.auth_ttl`, and tag
-//! resolutions remembered for `mirrors.tag_ttl`, in bounded in-memory caches.
+//! one credential for one object (digest) in one repository, remembered for
+//! `mirrors.auth_ttl`, and tag resolutions remembered for `mirrors.tag_ttl`, in
+//! bounded in-memory caches.
 //!
 //! A credential is remembered only as the sha256 of its `Authorization` value (or
 //! `anonymous`): never in clear, never on disk, never logged, never sent to peers or
 //! the tracker. Grants are per registry (scheme, host, port of the upstream URL) and
-//! repository, because registries authorise per repository (`repository:NAME:pull`).
+//! repository, because registries authorise per repository (`repository:NAME:pull`),
+//! and per digest, because a registry serves a blob only in repositories that hold
+//! it: a client allowed to pull one repository does not get another repository's
+//! private layer from the cache by naming its digest.
 //!
 //! Cannot: notice a credential revoked at the registry before its grant expires (at
 //! most `auth_ttl`); a restarted agent asks again.
@@ -20,17 +24,19 @@ use shoal_proto::oci::{Digest, RepoName, Tag};
 /// Most grants and tag resolutions kept; the oldest go first beyond.
 const CAPACITY: u64 = 16_384;
 
-/// Who asked, for what: (credential digest, registry, repository).
+/// Who asked, for what: (credential digest, registry, repository, object digest).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GrantKey {
     credential: String,
     registry: String,
     repo: String,
+    object: Digest,
 }
 
 impl GrantKey {
-    /// The key of a request with headers `h` for `repo` at the registry of `url`.
-    pub fn new(h: &HeaderMap, url: &Uri, repo: &RepoName) -> Self {
+    /// The key of a request with headers `h` for object `object` of `repo` at the
+    /// registry of `url`.
+    pub fn new(h: &HeaderMap, url: &Uri, repo: &RepoName, object: &Digest) -> Self {
         let credential = match h.get(header::AUTHORIZATION) {
             Some(v) => hex::encode(Sha256::digest(v.as_bytes())),
             None => "anonymous".to_owned(),
@@ -39,6 +45,7 @@ impl GrantKey {
             credential,
             registry: registry_of(url),
             repo: repo.as_str().to_owned(),
+            object: *object,
         }
     }
 }
@@ -172,22 +179,26 @@ mod tests {
             HeaderValue::from_static("Basic Ym9iOnA="),
         );
         let anon = HeaderMap::new();
+        let x = Digest::from_sha256([1; 32]);
+        let y = Digest::from_sha256([2; 32]);
         let t0 = Instant::now();
         let ttl = Duration::from_secs(60);
-        g.grant(GrantKey::new(&alice, &url, &a), t0);
-        assert!(g.granted(&GrantKey::new(&alice, &url, &a), ttl, t0));
-        assert!(!g.granted(&GrantKey::new(&bob, &url, &a), ttl, t0));
-        assert!(!g.granted(&GrantKey::new(&anon, &url, &a), ttl, t0));
-        assert!(!g.granted(&GrantKey::new(&alice, &url, &b), ttl, t0));
-        assert!(!g.granted(&GrantKey::new(&alice, &other, &a), ttl, t0));
+        g.grant(GrantKey::new(&alice, &url, &a, &x), t0);
+        assert!(g.granted(&GrantKey::new(&alice, &url, &a, &x), ttl, t0));
+        assert!(!g.granted(&GrantKey::new(&bob, &url, &a, &x), ttl, t0));
+        assert!(!g.granted(&GrantKey::new(&anon, &url, &a, &x), ttl, t0));
+        assert!(!g.granted(&GrantKey::new(&alice, &url, &b, &x), ttl, t0));
+        assert!(!g.granted(&GrantKey::new(&alice, &other, &a, &x), ttl, t0));
+        // Another object of the same repository is asked about on its own.
+        assert!(!g.granted(&GrantKey::new(&alice, &url, &a, &y), ttl, t0));
         // Expired, and a zero TTL never remembers.
-        assert!(!g.granted(&GrantKey::new(&alice, &url, &a), ttl, t0 + ttl));
-        assert!(!g.granted(&GrantKey::new(&alice, &url, &a), Duration::ZERO, t0));
+        assert!(!g.granted(&GrantKey::new(&alice, &url, &a, &x), ttl, t0 + ttl));
+        assert!(!g.granted(&GrantKey::new(&alice, &url, &a, &x), Duration::ZERO, t0));
         // The credential is kept as a digest only.
-        let k = GrantKey::new(&alice, &url, &a);
+        let k = GrantKey::new(&alice, &url, &a, &x);
         assert_eq!(k.credential.len(), 64);
         assert!(!format!("{k:?}").contains("YWxpY2U"));
-        assert_eq!(GrantKey::new(&anon, &url, &a).credential, "anonymous");
+        assert_eq!(GrantKey::new(&anon, &url, &a, &x).credential, "anonymous");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   answers, so containerd's token flow works unchanged. Requests with
 //!   `Authorization` are cached all the same, but a cached blob or manifest is served
 //!   to a client only after the registry accepted *that* client's credentials for
-//!   *that* repository: a `HEAD` of the same URL with the client's headers, its
+//!   *that* repository and object: the fill the client's own request started (a
+//!   `200` to it), else a `HEAD` of the same URL with the client's headers, its
 //!   success remembered for `auth_ttl` ([`grants`]). A client the registry refuses gets
 //!   the registry's own answer to its request (status, `WWW-Authenticate`, body),
 //!   relayed, and no cached byte.
@@ -47,7 +48,7 @@ use shoal_proto::oci::{Digest, OciPathError, Reference, RegistryPath, RepoName, 
 use super::{Proxy, RouteError, respond};
 use crate::config::{Mirror, MirrorKind, Mode};
 use crate::object::read::ProxyBody;
-use crate::object::{Repr, Upstream, Want};
+use crate::object::{Lookup, Repr, Upstream, Want};
 use crate::origin::reason::FetchReason;
 use crate::origin::redirect;
 use grants::{GrantKey, Resolved};
@@ -248,11 +249,22 @@ impl Proxy {
         }
         let manifest = matches!(path, RegistryPath::Manifest { .. });
         if method == Method::HEAD {
-            // Relayed; a success is the registry accepting this client.
+            // Relayed; a success is the registry accepting this client for this
+            // object (the digest in the path, or the one a tag names).
             let (r, label, o) = self.registry_pass(method, headers, url, manifest).await?;
-            if r.status().is_success() {
-                self.grants
-                    .grant(GrantKey::new(headers, url, &name), Instant::now());
+            let named = match &path {
+                RegistryPath::Blob { digest, .. }
+                | RegistryPath::Manifest {
+                    reference: Reference::Digest(digest),
+                    ..
+                } => Some(*digest),
+                _ => head_digest(r.headers()),
+            };
+            if let Some(d) = named.filter(|_| r.status().is_success()) {
+                if !mirror.auth_ttl.is_zero() {
+                    self.grants
+                        .grant(GrantKey::new(headers, url, &name, &d), Instant::now());
+                }
             }
             return Ok((r, label, o));
         }
@@ -265,11 +277,8 @@ impl Proxy {
                 reference: Reference::Digest(d),
                 ..
             } => {
-                match self.check(headers, url, mirror, &name).await? {
-                    Check::Refused(r) => return Ok((r, "pass", Outcome::Refused)),
-                    Check::Remembered | Check::Granted => {}
-                }
-                self.registry_manifest(headers, url, d, None).await
+                self.registry_manifest(headers, url, mirror, &name, d, None)
+                    .await
             }
             RegistryPath::Manifest {
                 reference: Reference::Tag(t),
@@ -301,17 +310,18 @@ impl Proxy {
         Ok((r, "pass", Outcome::Pass))
     }
 
-    /// Whether the client of `headers` may have cached bytes of `repo` at the
-    /// registry of `url`: a grant within `auth_ttl`, else a `HEAD` of `url` with the
-    /// client's headers.
+    /// Whether the client of `headers` may have the cached bytes of `digest` in
+    /// `repo` at the registry of `url`: a grant within `auth_ttl`, else a `HEAD` of
+    /// `url` with the client's headers.
     async fn check(
         &self,
         headers: &HeaderMap,
         url: &Uri,
         mirror: &MirrorSettings,
         repo: &RepoName,
+        digest: &Digest,
     ) -> Result<Check, RouteError> {
-        let key = GrantKey::new(headers, url, repo);
+        let key = GrantKey::new(headers, url, repo, digest);
         let checks = &self.metrics.registry_auth_checks;
         if self.grants.granted(&key, mirror.auth_ttl, Instant::now()) {
             checks.with_label_values(&["remembered"]).inc();
@@ -361,9 +371,6 @@ impl Proxy {
         digest: Digest,
         mode: Mode,
     ) -> Result<(Response<ProxyBody>, &'static str, Outcome), RouteError> {
-        if let Check::Refused(r) = self.check(headers, url, mirror, repo).await? {
-            return Ok((r, "pass", Outcome::Refused));
-        }
         let up = Upstream {
             key: format!("oci:{digest}"),
             digest: digest.to_string(),
@@ -377,13 +384,63 @@ impl Proxy {
         let label = if mode == Mode::P2p { "p2p" } else { "cache" };
         self.forget_incomplete(&up.key).await;
         let want = self.registry_want(headers, url, mode, up);
-        let (mut r, label) = self
-            .serve_lookup(&Method::GET, headers, &want, label, None)
+        let (mut r, label, outcome) = self
+            .serve_checked(headers, mirror, repo, &digest, &want, label, None)
+            .await?;
+        if r.status().is_success() {
+            if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+                r.headers_mut().insert("docker-content-digest", v);
+            }
+        }
+        Ok((r, label, outcome))
+    }
+
+    /// Looks `want` up and serves it only to a client the registry accepted: one
+    /// whose own request started the fill (the registry answered it `200`: remembered
+    /// as a grant), or, for cached bytes and other clients' fills, one that passes
+    /// [`Proxy::check`]. Nothing is sent to the client before that.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_checked(
+        &self,
+        headers: &HeaderMap,
+        mirror: &MirrorSettings,
+        repo: &RepoName,
+        digest: &Digest,
+        want: &Want,
+        label: &'static str,
+        fits: Option<&(dyn Fn(&Repr) -> bool + Sync)>,
+    ) -> Result<(Response<ProxyBody>, &'static str, Outcome), RouteError> {
+        let url = &want.url;
+        let lookup = self.cache.lookup(want).await?;
+        let led = match (&lookup, &want.upstream) {
+            (Lookup::Fill(f), Some(mine)) => f
+                .upstream
+                .as_ref()
+                .is_some_and(|(_, theirs)| Arc::ptr_eq(theirs, mine)),
+            _ => false,
+        };
+        let cached_bytes = matches!(
+            lookup,
+            Lookup::Object(_) | Lookup::Fill(_) | Lookup::Stale(_)
+        );
+        if led {
+            self.metrics
+                .registry_auth_checks
+                .with_label_values(&["granted"])
+                .inc();
+            if !mirror.auth_ttl.is_zero() {
+                let key = GrantKey::new(headers, url, repo, digest);
+                self.grants.grant(key, Instant::now());
+            }
+        } else if cached_bytes {
+            if let Check::Refused(r) = self.check(headers, url, mirror, repo, digest).await? {
+                return Ok((r, "pass", Outcome::Refused));
+            }
+        }
+        let (r, label) = self
+            .serve_found(&Method::GET, headers, url, lookup, label, fits)
             .await?;
         let outcome = outcome_of(&r, label);
-        if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
-            r.headers_mut().insert("docker-content-digest", v);
-        }
         Ok((r, label, outcome))
     }
 
@@ -395,6 +452,8 @@ impl Proxy {
         &self,
         headers: &HeaderMap,
         url: &Uri,
+        mirror: &MirrorSettings,
+        repo: &RepoName,
         digest: Digest,
         content_type: Option<String>,
     ) -> Result<(Response<ProxyBody>, &'static str, Outcome), RouteError> {
@@ -412,10 +471,9 @@ impl Proxy {
                 None => accept::acceptable(headers, ct),
             }
         };
-        let (mut r, label) = self
-            .serve_lookup(&Method::GET, headers, &want, "cache", Some(&fits))
+        let (mut r, label, outcome) = self
+            .serve_checked(headers, mirror, repo, &digest, &want, "cache", Some(&fits))
             .await?;
-        let outcome = outcome_of(&r, label);
         vary_accept(r.headers_mut());
         if r.status().is_success() {
             if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
@@ -437,11 +495,13 @@ impl Proxy {
         tag: &Tag,
     ) -> Result<(Response<ProxyBody>, &'static str, Outcome), RouteError> {
         let now = Instant::now();
-        let key = GrantKey::new(headers, url, repo);
         let known = self
             .grants
             .tag(url, repo, tag, headers, mirror.tag_ttl, now)
-            .filter(|_| self.grants.granted(&key, mirror.auth_ttl, now));
+            .filter(|r| {
+                let key = GrantKey::new(headers, url, repo, &r.digest);
+                self.grants.granted(&key, mirror.auth_ttl, now)
+            });
         let resolved = match known {
             Some(r) => {
                 self.metrics
@@ -451,15 +511,11 @@ impl Proxy {
                 r
             }
             None => {
-                let head = match self.check_fresh(headers, url, mirror, key).await? {
+                let head = match self.check_fresh(headers, url).await? {
                     Ok(h) => h,
                     Err(refused) => return Ok((refused, "pass", Outcome::Refused)),
                 };
-                let digest = head
-                    .get("docker-content-digest")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|d| Digest::parse(d.trim()).ok());
-                let Some(digest) = digest else {
+                let Some(digest) = head_digest(&head) else {
                     // No digest to key it by: the registry's answer, uncached.
                     tracing::debug!(repo = %repo, %tag, "registry named no sha256 digest for the tag; relaying");
                     return self.registry_pass(&Method::GET, headers, url, true).await;
@@ -468,6 +524,10 @@ impl Proxy {
                     .get(header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
+                if !mirror.auth_ttl.is_zero() {
+                    let key = GrantKey::new(headers, url, repo, &digest);
+                    self.grants.grant(key, Instant::now());
+                }
                 let r = Resolved {
                     digest,
                     content_type,
@@ -482,18 +542,23 @@ impl Proxy {
         let Some(by_digest) = with_reference(url, &resolved.digest.to_string()) else {
             return self.registry_pass(&Method::GET, headers, url, true).await;
         };
-        self.registry_manifest(headers, &by_digest, resolved.digest, resolved.content_type)
-            .await
+        self.registry_manifest(
+            headers,
+            &by_digest,
+            mirror,
+            repo,
+            resolved.digest,
+            resolved.content_type,
+        )
+        .await
     }
 
-    /// A `HEAD` of `url` with the client's headers, whatever grant exists; a success
-    /// is remembered as a grant. `Err`: the registry refused, with its answer.
+    /// A `HEAD` of `url` with the client's headers, whatever grant exists: its head.
+    /// `Err`: the registry refused, with its answer to the client's GET.
     async fn check_fresh(
         &self,
         headers: &HeaderMap,
         url: &Uri,
-        mirror: &MirrorSettings,
-        key: GrantKey,
     ) -> Result<Result<HeaderMap, Response<ProxyBody>>, RouteError> {
         let resp = self
             .cache
@@ -509,9 +574,6 @@ impl Proxy {
         let checks = &self.metrics.registry_auth_checks;
         if resp.status().is_success() {
             checks.with_label_values(&["granted"]).inc();
-            if !mirror.auth_ttl.is_zero() {
-                self.grants.grant(key, Instant::now());
-            }
             return Ok(Ok(resp.headers().clone()));
         }
         checks.with_label_values(&["refused"]).inc();
@@ -544,6 +606,13 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The sha256 digest a registry's answer names (`Docker-Content-Digest`).
+fn head_digest(h: &HeaderMap) -> Option<Digest> {
+    h.get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|d| Digest::parse(d.trim()).ok())
 }
 
 /// Where a response's bytes came from, for the metric.
