@@ -206,7 +206,15 @@ fn tail(s: &str, n: usize) -> String {
 
 /// One node, two pulls from two (emptied) content stores: the first costs the
 /// registry one copy of the image's blobs, the second nothing.
-async fn two_pulls(net: u8, mode: Mode, redirect: bool) -> (Upstream, RunningAgent, Containerd) {
+/// What [`two_pulls`] leaves running for further checks.
+struct Node {
+    up: Upstream,
+    agent: RunningAgent,
+    ctd: Containerd,
+    _cache: tempfile::TempDir,
+}
+
+async fn two_pulls(net: u8, mode: Mode, redirect: bool) -> Node {
     let up = Upstream::start(net, mode, redirect, u64::from(net)).await;
     let dir = tempfile::tempdir().unwrap();
     let agent =
@@ -238,8 +246,12 @@ async fn two_pulls(net: u8, mode: Mode, redirect: bool) -> (Upstream, RunningAge
         served_stored(&agent) >= want,
         "second pull served from the agent's cache"
     );
-    std::mem::forget(dir);
-    (up, agent, ctd)
+    Node {
+        up,
+        agent,
+        ctd,
+        _cache: dir,
+    }
 }
 
 /// Clients the registry refuses (wrong password, no credentials, a token without
@@ -328,40 +340,41 @@ fn addr_of(url: &str) -> std::net::SocketAddr {
 async fn no_auth_second_pull_costs_the_registry_nothing() {
     require_real!(TOOLS[0], TOOLS[1], TOOLS[2], TOOLS[3], TOOLS[4]);
     shoal_tests::logs();
-    let (_up, agent, _ctd) = two_pulls(110, Mode::NoAuth, false).await;
-    agent.shutdown().await;
+    let n = two_pulls(110, Mode::NoAuth, false).await;
+    n.agent.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn htpasswd_second_pull_from_cache_and_refused_clients_get_nothing() {
     require_real!(TOOLS[0], TOOLS[1], TOOLS[2], TOOLS[3], TOOLS[4]);
     shoal_tests::logs();
-    let (up, agent, ctd) = two_pulls(111, Mode::Htpasswd, false).await;
-    refused_get_nothing(&up, &agent, &ctd).await;
-    agent.shutdown().await;
+    let n = two_pulls(111, Mode::Htpasswd, false).await;
+    refused_get_nothing(&n.up, &n.agent, &n.ctd).await;
+    n.agent.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn token_auth_second_pull_from_cache_and_refused_clients_get_nothing() {
     require_real!(TOOLS[0], TOOLS[1], TOOLS[2], TOOLS[3], TOOLS[4]);
     shoal_tests::logs();
-    let (up, agent, ctd) = two_pulls(112, Mode::Token, false).await;
-    let tokens = up.token.as_ref().unwrap().issued();
+    let n = two_pulls(112, Mode::Token, false).await;
+    let tokens = n.up.token.as_ref().unwrap().issued();
     assert!(
         tokens
             .iter()
             .any(|t| t.user.as_deref() == Some(USER) && !t.granted.is_empty()),
         "containerd went through the token flow: {tokens:?}"
     );
-    refused_get_nothing(&up, &agent, &ctd).await;
-    agent.shutdown().await;
+    refused_get_nothing(&n.up, &n.agent, &n.ctd).await;
+    n.agent.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redirected_blobs_are_followed_by_the_agent_and_cached() {
     require_real!(TOOLS[0], TOOLS[1], TOOLS[2], TOOLS[3], TOOLS[4]);
     shoal_tests::logs();
-    let (up, agent, _ctd) = two_pulls(113, Mode::Token, true).await;
+    let n = two_pulls(113, Mode::Token, true).await;
+    let up = &n.up;
     let front = up.front.as_ref().unwrap();
     assert!(
         front.redirects() >= up.image.layers.len() as u64,
@@ -372,7 +385,7 @@ async fn redirected_blobs_are_followed_by_the_agent_and_cached() {
         0,
         "every blob byte came from the storage front, none from the registry itself"
     );
-    agent.shutdown().await;
+    n.agent.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
