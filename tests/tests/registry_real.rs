@@ -556,3 +556,52 @@ async fn containerd_config_wires_pulls_and_ns_routes_them() {
     assert!(body.contains("NOT wired"), "{body}");
     agent.shutdown().await;
 }
+
+/// The routing of registry requests that name no mirror in their path, against an
+/// in-process origin (no root or packages needed): containerd's `?ns=REGISTRY` and
+/// containers/image's `/v2/m/NAME/…` reach the mirror's upstream with the blob's
+/// bytes; an `ns` no mirror stands for is not routed (`400`, nothing fetched).
+#[tokio::test]
+async fn ns_and_prefixed_paths_reach_the_right_mirror() {
+    shoal_tests::logs();
+    let origin = shoal_tests::Origin::start("127.0.117.1").await.unwrap();
+    let data = shoal_tests::random_bytes(300_000, 117);
+    let d = image::digest(&data);
+    origin.put(
+        &format!("/v2/{REPO}/blobs/{d}"),
+        shoal_tests::Object::new(data.clone()),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = shoal_tests::agent::config("127.0.117.10", dir.path());
+    cfg.mirrors = mirrors(&format!(
+        "[[mirrors]]\nname = \"{MIRROR}\"\nupstream = \"http://{}\"\nkind = \"registry\"\nregistry = \"reg.example:5000\"\n\n\
+         [[mirrors]]\nname = \"other\"\nupstream = \"http://127.0.117.2:9\"\nregistry = \"other.example\"\n",
+        origin.addr()
+    ));
+    let agent = shoal_tests::agent::start(cfg).await.unwrap();
+    for path in [
+        format!("/v2/{REPO}/blobs/{d}?ns=reg.example%3A5000"),
+        format!("/v2/m/{MIRROR}/{REPO}/blobs/{d}"),
+    ] {
+        let r = origin_form_get(agent.proxy_addr(), &path, &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        assert_eq!(r.body, data, "{path}: the blob's bytes");
+    }
+    let before = origin.bytes_sent();
+    let r = origin_form_get(
+        agent.proxy_addr(),
+        &format!("/v2/{REPO}/blobs/{d}?ns=unknown.example"),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_REQUEST,
+        "no mirror for that registry"
+    );
+    assert_eq!(origin.bytes_sent(), before);
+    agent.shutdown().await;
+}
