@@ -2,7 +2,11 @@
 # Debian packages that some tests use as real counterparts (they skip with a message
 # where a package is missing; CI must have them, so it installs them here).
 # - nginx-light: tests/tests/http_semantics.rs runs the HTTP semantics table against nginx.
+# - docker-registry, containerd, skopeo, apache2-utils: tests/tests/registry_real.rs
+#   (installed by tests/scripts/install-registry-tools.sh, which the test also calls).
 set -euo pipefail
+
+bash "$(dirname "$0")/../tests/scripts/install-registry-tools.sh"
 
 need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)

@@ -1,6 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus text), `/live` (the process answers),
 //! `/ready` (the agent serves clients: listeners up, not shutting down, the cache
-//! directory usable; see [`Ready`]), and `POST /v1/prefetch` (puts URLs into the
+//! directory usable; see [`Ready`]; its body also says, one line per registry,
+//! whether containerd is wired to the registry mirrors, which never changes the
+//! status code: [`crate::containerd::Wiring`]), and `POST /v1/prefetch` (puts URLs into the
 //! cache, [`crate::proxy::prefetch`]). Plain HTTP on a node-local address by default,
 //! without authentication: whoever reaches it can read counters and make the agent
 //! fetch URLs its rules allow, so it must stay node-local.
@@ -15,6 +17,7 @@ use hyper::body::Incoming;
 use shoal_node::admin::AdminLimits;
 use tokio::net::TcpListener;
 
+use crate::containerd::Wiring;
 use crate::metrics::Metrics;
 use crate::object::read::ProxyBody;
 use crate::proxy::Proxy;
@@ -30,6 +33,7 @@ mod prefetch;
 pub struct Ready {
     up: Arc<AtomicBool>,
     store: Option<ChunkStore>,
+    wiring: Option<Arc<Wiring>>,
 }
 
 /// Why `/ready` answers 503.
@@ -47,7 +51,24 @@ impl Ready {
         Self {
             up: Arc::default(),
             store: Some(store),
+            wiring: None,
         }
+    }
+
+    /// Also reports, in `/ready`'s body, whether containerd is wired to these
+    /// registry mirrors (read at each request: a few small files).
+    pub fn with_wiring(mut self, wiring: Option<Wiring>) -> Self {
+        self.wiring = wiring.map(Arc::new);
+        self
+    }
+
+    /// `/ready`'s body when ready.
+    fn body(&self) -> String {
+        let mut b = "ready\n".to_owned();
+        if let Some(w) = &self.wiring {
+            b.push_str(&w.status_lines());
+        }
+        b
     }
 
     pub fn set(&self, v: bool) {
@@ -110,7 +131,7 @@ fn route(req: &Request<Incoming>, metrics: &Metrics, ready: &Ready) -> Response<
         }
         "/live" => Response::new(full("live\n")),
         "/ready" => match ready.check() {
-            Ok(()) => Response::new(full("ready\n")),
+            Ok(()) => Response::new(full(ready.body())),
             Err(NotReady::Down) => error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: starting or shutting down",

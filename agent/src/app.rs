@@ -107,7 +107,8 @@ impl Agent {
             freshness: cfg.cache.freshness,
             stale_if_error: cfg.cache.stale_if_error,
         };
-        let ready = Ready::with_store(store.clone());
+        let ready = Ready::with_store(store.clone())
+            .with_wiring(crate::containerd::Wiring::for_ready(&cfg));
         let swarm = if cfg.swarm_enabled() {
             let identity = match identity {
                 Some(i) => i,

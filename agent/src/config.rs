@@ -40,6 +40,7 @@ pub struct Config {
     pub tracker: TrackerConfig,
     pub tls: TlsConfig,
     pub topology: TopologyConfig,
+    pub containerd: ContainerdConfig,
 }
 
 /// The HTTP listener local clients use.
@@ -224,6 +225,14 @@ pub struct Mirror {
     /// `0s` checks with the registry before every cached response.
     #[serde(default = "default_auth_ttl", with = "humantime_serde")]
     pub auth_ttl: Duration,
+    /// Registry mirrors: the registry this mirror stands for, as image names spell it
+    /// (`docker.io`, `ghcr.io`, `registry.example.internal:5000`). Default: none. With
+    /// it, `GET /v2/…?ns=HOST` (containerd names the registry in `ns` when a
+    /// `hosts.toml` host is the bare agent URL) is served by this mirror, and
+    /// `shoal-agent containerd-config` writes `certs.d/HOST/hosts.toml` for it. At most
+    /// one mirror per registry.
+    #[serde(default)]
+    pub registry: Option<crate::registries::RegistryHost>,
 }
 
 fn default_auth_ttl() -> Duration {
@@ -240,6 +249,7 @@ impl Default for Mirror {
             kind: MirrorKind::Auto,
             tag_ttl: Duration::ZERO,
             auth_ttl: default_auth_ttl(),
+            registry: None,
         }
     }
 }
@@ -333,6 +343,42 @@ pub struct TopologyConfig {
     pub node: String,
     pub zone: String,
     pub region: String,
+}
+
+/// How `shoal-agent containerd-config` wires containerd to this agent's registry
+/// mirrors, and where `/ready` checks that it is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainerdConfig {
+    /// containerd's own configuration, read by `containerd-config` for its registry
+    /// `config_path` (1.x: `plugins."io.containerd.grpc.v1.cri".registry`, 2.x:
+    /// `plugins."io.containerd.cri.v1.images".registry`). Default
+    /// `/etc/containerd/config.toml`.
+    pub config_file: PathBuf,
+    /// The hosts directory (`certs.d`) to write and check. Default: none
+    /// (`containerd-config` writes the first directory of `config_file`'s
+    /// `config_path`). When set and `config_file` exists, it must be one of
+    /// `config_path`'s directories (else `containerd-config` fails, saying so); when
+    /// `config_file` is absent it is used as is. `/ready` reports whether each
+    /// registry mirror is wired only when this is set (the agent does not read
+    /// containerd's config at run time); set it where the agent can read that
+    /// directory, e.g. `/etc/containerd/certs.d`.
+    pub certs_dir: Option<PathBuf>,
+    /// The URL containerd reaches this agent's proxy at, written into `hosts.toml`.
+    /// Default: `http://` + `proxy.listen`, with an unspecified address (`0.0.0.0`,
+    /// `::`) replaced by loopback. Set it when containerd sees the agent at another
+    /// address.
+    pub agent_url: Option<String>,
+}
+
+impl Default for ContainerdConfig {
+    fn default() -> Self {
+        Self {
+            config_file: PathBuf::from("/etc/containerd/config.toml"),
+            certs_dir: None,
+            agent_url: None,
+        }
+    }
 }
 
 impl Default for ProxyConfig {
@@ -540,6 +586,20 @@ impl Config {
                 }
             }
         }
+        if let Err(e) = crate::registries::check_mirrors(&self.mirrors) {
+            return bad(e);
+        }
+        if let Some(u) = &self.containerd.agent_url {
+            match u.parse::<http::Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
+                }
+                _ => {
+                    return bad(format!(
+                        "containerd.agent_url: {u:?} must be an http(s):// URL"
+                    ));
+                }
+            }
+        }
         for u in &self.tracker.urls {
             match u.parse::<http::Uri>() {
                 Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => {}
@@ -617,6 +677,40 @@ mod tests {
         assert_eq!(c.mirrors[1].kind, MirrorKind::Auto);
         assert_eq!(c.mirrors[1].tag_ttl, Duration::ZERO);
         assert_eq!(c.mirrors[1].auth_ttl, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn registries_example_parses() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/agent.toml");
+        let text = std::fs::read_to_string(p).unwrap();
+        let start = text.find("# registries-example").unwrap();
+        let block: String = text[start..]
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l[1..].strip_prefix(' ').unwrap_or(&l[1..])))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.toml");
+        std::fs::write(&f, &block).unwrap();
+        let c = Config::load_from_env(Some(&f), &[], Some(HashMap::new())).unwrap();
+        let hosts: Vec<_> = c
+            .mirrors
+            .iter()
+            .map(|m| m.registry.clone().unwrap())
+            .collect();
+        assert_eq!(hosts[0].as_str(), "docker.io");
+        assert_eq!(hosts[1].as_str(), "registry.k8s.io");
+        assert_eq!(
+            c.containerd.config_file,
+            Path::new("/etc/containerd/config.toml")
+        );
+        std::fs::write(&f, format!("{block}\n[[mirrors]]\nname = \"x\"\nupstream = \"https://x.example\"\nregistry = \"docker.io\"\n")).unwrap();
+        let e = Config::load_from_env(Some(&f), &[], Some(HashMap::new())).unwrap_err();
+        assert!(e.to_string().contains("one mirror per registry"), "{e}");
+        std::fs::write(&f, "[[mirrors]]\nname = \"x\"\nupstream = \"https://x.example\"\nregistry = \"https://docker.io\"\n").unwrap();
+        let e = Config::load_from_env(Some(&f), &[], Some(HashMap::new())).unwrap_err();
+        assert!(e.to_string().contains("host[:port]"), "{e}");
     }
 
     #[test]

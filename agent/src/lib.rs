@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod containerd;
 pub mod discovery;
 pub mod egress;
 pub mod get;
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod object;
 pub mod origin;
 pub mod proxy;
+pub mod registries;
 pub mod store;
 pub mod swarm;
 pub mod transport;

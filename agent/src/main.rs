@@ -34,6 +34,9 @@ enum Cmd {
     Get(shoal_agent::get::cli::GetArgs),
     /// Print what the node's agent is doing (from its admin API).
     Status(shoal_agent::get::cli::StatusArgs),
+    /// Write containerd's certs.d/REGISTRY/hosts.toml for each [[mirrors]] entry with a
+    /// `registry`, pointing its pulls at this agent (no containerd restart needed).
+    ContainerdConfig(shoal_agent::containerd::cli::ContainerdArgs),
 }
 
 /// Everything after `demo` goes to `shoal-demo` (`shoal-agent demo --help` lists it).
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Cmd::Certs(a) => certs(a),
         Cmd::Get(a) => shoal_agent::get::cli::get(a),
         Cmd::Status(a) => shoal_agent::get::cli::status(a),
+        Cmd::ContainerdConfig(a) => shoal_agent::containerd::cli::run(a),
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod client;
 pub mod fault_origin;
+pub mod real;
 pub mod registry_origin;
 pub mod swarm;
 pub mod version_origin;

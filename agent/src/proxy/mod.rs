@@ -58,6 +58,8 @@ pub struct Proxy {
     registries: HashMap<String, registry::MirrorSettings>,
     /// Credential grants and tag resolutions of registry mirrors.
     grants: registry::grants::Grants,
+    /// Registry requests that name no mirror in their path (`?ns=`, `/v2/m/NAME/`).
+    routes: crate::registries::Routes,
 }
 
 /// Why a request was refused before reaching an origin: the client's fault.
@@ -107,6 +109,7 @@ impl Proxy {
         Self {
             registries,
             grants: registry::grants::Grants::new(),
+            routes: crate::registries::Routes::new(&cfg.mirrors),
             cache,
             rules: Rules::new(&cfg.rules, default_mode),
             mirrors,
@@ -136,6 +139,10 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
+        let mut req = req;
+        if let Some(u) = self.routes.route(req.uri()) {
+            *req.uri_mut() = u;
+        }
         // A body the agent does not read would be taken for the next request.
         let mut close = framing::declares_content(req.headers());
         let (mut resp, mode) = match self.route(req).await {
