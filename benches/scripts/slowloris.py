@@ -49,7 +49,7 @@ http {{ access_log off; server {{ listen 127.0.0.1:{port}; root {root}/www; }} }
     return subprocess.Popen(["nginx", "-c", conf, "-p", root], stderr=subprocess.DEVNULL)
 
 
-def start_agent(binary, root, proxy_port, admin_port):
+def start_agent(binary, root, proxy_port, admin_port, cpus=""):
     conf = os.path.join(root, "agent.toml")
     with open(conf, "w") as f:
         f.write(
@@ -64,7 +64,7 @@ allow_cidrs = ["127.0.0.0/8"]
 """
         )
     return subprocess.Popen(
-        [binary, "run", "--config", conf],
+        (["taskset", "-c", cpus] if cpus else []) + [binary, "run", "--config", conf],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "RUST_LOG": "warn"},
@@ -92,6 +92,62 @@ def one_get(proxy_port, url):
     return time.perf_counter() - t0, r.status, len(body), body
 
 
+def cpu_secs(pid="self"):
+    """User + system CPU seconds of process `pid` (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wakeups(pid):
+    """Context switches of every thread of `pid` so far (voluntary + involuntary)."""
+    n = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        n += int(line.split()[1])
+        except OSError:
+            pass
+    return n
+
+
+def open_fds(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+def shed_counts(admin_port):
+    """`shoal_client_connections_shed_total` by reason, from the agent's /metrics."""
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+        c.close()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("shoal_client_connections_shed_total{"):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            out[reason] = int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def measure_in_process(proxy_port, url, n, cpus):
+    """`measure` in a child process (own interpreter, no GIL shared with the flood),
+    optionally pinned to `cpus`: (p50, p99, the child's CPU seconds)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--measure", str(proxy_port), url,
+           "--requests", str(n)]
+    if cpus:
+        cmd = ["taskset", "-c", cpus] + cmd
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()
+    return float(out[0]), float(out[1]), float(out[2])
+
+
 def measure(proxy_port, url, n):
     times = []
     for _ in range(n):
@@ -103,10 +159,20 @@ def measure(proxy_port, url, n):
     return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
 
 
-async def flood(proxy_port, url, n, mode, stop, settled):
+async def flood(proxy_port, url, n, mode, stop, settled, reconnect=False):
     conns = []
 
     async def one():
+        # With reconnect, an attacker whose connection was closed opens another.
+        first = True
+        while not stop.is_set():
+            await one_conn(first)
+            first = False
+            if not reconnect:
+                return
+            await asyncio.sleep(0.05)
+
+    async def one_conn(first):
         try:
             sock = socket.socket()
             sock.setblocking(False)
@@ -121,12 +187,22 @@ async def flood(proxy_port, url, n, mode, stop, settled):
                 w.write(f"GET {url} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-0\r\n\r\n".encode())
                 await w.drain()
                 await asyncio.wait_for(r.read(4096), 30)
-                settled.append(1)
-                await stop.wait()
+                if first:
+                    settled.append(1)
+                if not reconnect:
+                    await stop.wait()
+                    return
+                # Idle until stopped or closed by the agent.
+                closed = asyncio.ensure_future(r.read(1))
+                stopped = asyncio.ensure_future(stop.wait())
+                await asyncio.wait([closed, stopped], return_when=asyncio.FIRST_COMPLETED)
+                closed.cancel()
+                stopped.cancel()
             else:
                 head = f"GET {url} HTTP/1.1\r\nHost: x\r\n".encode()
                 i = 0
-                settled.append(1)
+                if first:
+                    settled.append(1)
                 while not stop.is_set():
                     w.write(head[i % len(head) : i % len(head) + 1])
                     await w.drain()
@@ -137,6 +213,8 @@ async def flood(proxy_port, url, n, mode, stop, settled):
                         pass
         except (OSError, asyncio.TimeoutError, ConnectionError):
             pass
+        finally:
+            w.close()
 
     tasks = []
     for _ in range(n):
@@ -145,11 +223,30 @@ async def flood(proxy_port, url, n, mode, stop, settled):
     return tasks, conns
 
 
-async def main_async(args, proxy_port, url):
-    base50, base99 = measure(proxy_port, url, args.requests)
+def window(args, proxy_port, url, agent_pid):
+    """One measured window: latency figures plus who spent how much CPU meanwhile."""
+    t0, a0, s0, w0 = time.perf_counter(), cpu_secs(agent_pid), cpu_secs(), wakeups(agent_pid)
+    fds = open_fds(agent_pid)
+    if args.client == "process":
+        p50, p99, c = measure_in_process(proxy_port, url, args.requests, args.client_cpus)
+    else:
+        p50, p99 = measure(proxy_port, url, args.requests)
+        c = float("nan")
+    wall = time.perf_counter() - t0
+    agent, script = cpu_secs(agent_pid) - a0, cpu_secs() - s0
+    woke = wakeups(agent_pid) - w0
+    return dict(
+        p50=p50, p99=p99, wall=wall, agent=agent, script=script, client=c, fds=fds, woke=woke
+    )
+
+
+async def main_async(args, proxy_port, url, agent_pid):
+    base = window(args, proxy_port, url, agent_pid)
     stop = asyncio.Event()
     settled = []
-    tasks, conns = await flood(proxy_port, url, args.connections, args.mode, stop, settled)
+    tasks, conns = await flood(
+        proxy_port, url, args.connections, args.mode, stop, settled, args.reconnect
+    )
     # Measure once the flood is in place (every connection set up, or 60 s), so the
     # load generator's own work does not land in the legitimate client's figures.
     end = time.time() + 60
@@ -157,12 +254,12 @@ async def main_async(args, proxy_port, url):
         await asyncio.sleep(0.1)
     await asyncio.sleep(1)
     loop = asyncio.get_running_loop()
-    load50, load99 = await loop.run_in_executor(None, measure, proxy_port, url, args.requests)
+    load = await loop.run_in_executor(None, window, args, proxy_port, url, agent_pid)
     stop.set()
     for w in conns:
         w.close()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return base50, base99, load50, load99
+    return base, load
 
 
 def main():
@@ -171,7 +268,32 @@ def main():
     ap.add_argument("--connections", type=int, default=10000)
     ap.add_argument("--mode", choices=["slow", "idle"], default="slow")
     ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument(
+        "--client",
+        choices=["thread", "process"],
+        default="thread",
+        help="legitimate client in a thread of this script (shares the GIL with the "
+        "flood) or in a process of its own",
+    )
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="taskset: agent on CPU 0, this script (the flood) on CPU 1",
+    )
+    ap.add_argument(
+        "--reconnect",
+        action="store_true",
+        help="an attacker connection closed by the agent is opened again (sustained flood)",
+    )
+    ap.add_argument("--client-cpus", default="", help="taskset CPU list for --client process")
+    ap.add_argument("--measure", nargs=2, metavar=("PORT", "URL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.measure:
+        p50, p99 = measure(int(args.measure[0]), args.measure[1], args.requests)
+        print(p50, p99, cpu_secs())
+        return
+    if args.pin:
+        os.sched_setaffinity(0, {1})
     if not shutil.which("nginx"):
         raise SystemExit("nginx is not installed (apt-get install nginx-light)")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -185,12 +307,15 @@ def main():
     procs = []
     try:
         procs.append(start_nginx(root, origin_port))
-        procs.append(start_agent(args.agent, root, proxy_port, admin_port))
+        procs.append(
+            start_agent(args.agent, root, proxy_port, admin_port, "0" if args.pin else "")
+        )
         if not (wait_port(origin_port) and wait_port(proxy_port)):
             raise SystemExit("origin or agent did not start")
         url = f"http://127.0.0.1:{origin_port}/one.bin"
         one_get(proxy_port, url)  # warm the cache
-        b50, b99, l50, l99 = asyncio.run(main_async(args, proxy_port, url))
+        base, load = asyncio.run(main_async(args, proxy_port, url, procs[1].pid))
+        b50, b99, l50, l99 = base["p50"], base["p99"], load["p50"], load["p99"]
         hwm = "?"
         with open(f"/proc/{procs[1].pid}/status") as f:
             for line in f:
@@ -203,6 +328,13 @@ def main():
             f"flooded  p50 {l50 * 1000:.2f} ms p99 {l99 * 1000:.2f} ms\n"
             f"p99 ratio {l99 / b99:.2f}x"
         )
+        for name, w in (("baseline", base), ("flooded ", load)):
+            print(
+                f"{name} window {w['wall']:.2f} s: CPU agent {w['agent']:.2f} s, "
+                f"script {w['script']:.2f} s, client {w['client']:.2f} s; "
+                f"agent context switches {w['woke']}, fds at start {w['fds']}"
+            )
+        print(f"shed {shed_counts(admin_port)}")
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
