@@ -8,6 +8,7 @@
 
 pub mod bucket;
 pub mod chunker;
+pub mod digest;
 pub mod id;
 pub mod key;
 pub mod manifest;
@@ -17,6 +18,7 @@ pub mod range;
 
 pub use bucket::TokenBucket;
 pub use chunker::{Chunk, Chunker};
+pub use digest::Sha256Digest;
 pub use id::{ChunkId, ManifestId};
 pub use key::{ObjectKey, Validator};
 pub use manifest::{Layout, Manifest};

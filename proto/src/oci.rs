@@ -29,9 +29,8 @@ pub struct RepoName(String);
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Tag(String);
 
-/// A `sha256:<64 lower-case hex>` digest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Digest([u8; 32]);
+/// A `sha256:<64 lower-case hex>` digest (the shared [`Sha256Digest`]).
+pub use crate::digest::Sha256Digest as Digest;
 
 /// What a manifest request names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,39 +128,6 @@ impl Tag {
     }
 }
 
-impl Digest {
-    /// `sha256:<64 lower-case hex>`.
-    pub fn parse(s: &str) -> Result<Self, OciPathError> {
-        let hex = s.strip_prefix("sha256:").ok_or(OciPathError::Digest)?;
-        if hex.len() != 64 || !hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(OciPathError::Digest);
-        }
-        let mut raw = [0u8; 32];
-        hex::decode_to_slice(hex, &mut raw).map_err(|_| OciPathError::Digest)?;
-        Ok(Self(raw))
-    }
-
-    /// The digest of `raw` sha256 bytes.
-    pub fn from_sha256(raw: [u8; 32]) -> Self {
-        Self(raw)
-    }
-
-    pub fn bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// The 64 lower-case hex digits.
-    pub fn hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex())
-    }
-}
-
 impl fmt::Display for RepoName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -187,7 +153,9 @@ impl Reference {
     /// A digest if `s` has a `:` (tags cannot), else a tag.
     pub fn parse(s: &str) -> Result<Self, OciPathError> {
         if s.contains(':') {
-            Digest::parse(s).map(Reference::Digest)
+            Digest::parse(s)
+                .map(Reference::Digest)
+                .map_err(|_| OciPathError::Digest)
         } else {
             Tag::parse(s).map(Reference::Tag)
         }
@@ -216,11 +184,11 @@ impl RegistryPath {
             }),
             ("blobs", d) => Ok(RegistryPath::Blob {
                 name: RepoName::parse(name)?,
-                digest: Digest::parse(d)?,
+                digest: Digest::parse(d).map_err(|_| OciPathError::Digest)?,
             }),
             ("referrers", d) => Ok(RegistryPath::Referrers {
                 name: RepoName::parse(name)?,
-                digest: Digest::parse(d)?,
+                digest: Digest::parse(d).map_err(|_| OciPathError::Digest)?,
             }),
             _ => Err(OciPathError::Endpoint),
         }

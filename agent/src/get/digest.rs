@@ -4,11 +4,12 @@ use std::fmt;
 use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
+use shoal_proto::Sha256Digest;
 
 /// A whole-object digest: `sha256:<64 hex>` or `blake3:<64 hex>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expected {
-    Sha256([u8; 32]),
+    Sha256(Sha256Digest),
     Blake3([u8; 32]),
 }
 
@@ -23,11 +24,17 @@ impl FromStr for Expected {
     fn from_str(s: &str) -> Result<Self, BadDigest> {
         let bad = || BadDigest(s.to_owned());
         let (alg, hex) = s.split_once(':').ok_or_else(bad)?;
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(hex.trim(), &mut out).map_err(|_| bad())?;
+        // Either case on the command line; the digest types take lower case.
+        let hex = hex.trim().to_ascii_lowercase();
         match alg.to_ascii_lowercase().as_str() {
-            "sha256" | "sha-256" => Ok(Expected::Sha256(out)),
-            "blake3" => Ok(Expected::Blake3(out)),
+            "sha256" | "sha-256" => Sha256Digest::from_hex(&hex)
+                .map(Expected::Sha256)
+                .map_err(|_| bad()),
+            "blake3" => {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(&hex, &mut out).map_err(|_| bad())?;
+                Ok(Expected::Blake3(out))
+            }
             _ => Err(bad()),
         }
     }
@@ -36,7 +43,7 @@ impl FromStr for Expected {
 impl fmt::Display for Expected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Expected::Sha256(d) => write!(f, "sha256:{}", hex::encode(d)),
+            Expected::Sha256(d) => d.fmt(f),
             Expected::Blake3(d) => write!(f, "blake3:{}", hex::encode(d)),
         }
     }
@@ -72,7 +79,7 @@ impl Hasher {
     /// The digest of everything passed to [`Hasher::update`].
     pub fn finish(self) -> Expected {
         match self {
-            Hasher::Sha256(h) => Expected::Sha256(h.finalize().into()),
+            Hasher::Sha256(h) => Expected::Sha256(Sha256Digest::from_sha256(h.finalize().into())),
             Hasher::Blake3(h) => Expected::Blake3(*h.finalize().as_bytes()),
         }
     }

@@ -4,6 +4,7 @@
 //! it, as a reset), so it is `Clone`. The variants say who failed; [`FillError::blame`]
 //! sums that up for logs and decisions.
 
+use shoal_proto::Sha256Digest;
 use std::sync::Arc;
 
 use super::version::Changed;
@@ -36,8 +37,8 @@ pub enum FillError {
     #[error("{} bytes hash to {got}, the URL names {want}", from.label())]
     DigestMismatch {
         from: Source,
-        got: String,
-        want: String,
+        got: Sha256Digest,
+        want: Sha256Digest,
     },
     /// The origin's bytes of chunk `index`, answered under the version's validators and
     /// exactly the range asked for, do not match the id the manifest or the swarm has:
@@ -106,8 +107,8 @@ mod tests {
         assert!(!timeout.is_origin_changed());
         let digest = |from| FillError::DigestMismatch {
             from,
-            got: "a".into(),
-            want: "b".into(),
+            got: Sha256Digest::from_sha256([1; 32]),
+            want: Sha256Digest::from_sha256([2; 32]),
         };
         assert_eq!(digest(Source::Peer).blame(), Blame::Peer);
         assert_eq!(digest(Source::Origin).blame(), Blame::Origin);

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use shoal_proto::{Chunk, ChunkId, Layout, Manifest, ObjectKey};
+use shoal_proto::{Chunk, ChunkId, Layout, Manifest, ObjectKey, Sha256Digest};
 use tokio::sync::watch;
 
 use crate::metrics::Source;
@@ -235,7 +235,7 @@ pub(crate) async fn finish(
     cache: &ObjectCache,
     fill: &Arc<Fill>,
     key: ObjectKey,
-    digest: Option<String>,
+    digest: Option<Sha256Digest>,
     last: Vec<Chunk>,
     source: Source,
 ) {
@@ -259,7 +259,7 @@ pub(crate) async fn finish(
             .iter()
             .all(|id| cache.inner.store.chunk_len(id).is_some())
     };
-    match ids.map(|ids| Manifest::new(key, fill.layout, ids, digest.clone())) {
+    match ids.map(|ids| Manifest::new(key, fill.layout, ids, digest.map(|d| d.to_string()))) {
         Some(Ok(manifest)) if on_disk(&manifest) => {
             let m = ObjectMeta {
                 url: url.clone(),

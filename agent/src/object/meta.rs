@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
-use shoal_proto::Manifest;
+use shoal_proto::{Manifest, Sha256Digest};
 
 /// Origin response headers that describe the bytes and are replayed on hits.
 const REPLAYED: [&str; 6] = [
@@ -107,30 +107,30 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// The whole-object digest named by a URL path, if any: OCI `…/blobs/sha256:<hex>`
-/// or apt `…/by-hash/SHA256/<hex>`. Returned as `sha256:<hex>`.
-pub fn digest_in_path(path: &str) -> Option<String> {
+/// or apt `…/by-hash/SHA256/<hex>` (hex in either case).
+pub fn digest_in_path(path: &str) -> Option<Sha256Digest> {
     let hexok = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
     if let Some(i) = path.find("/blobs/sha256:") {
         let h = &path[i + "/blobs/sha256:".len()..];
         let h = h.split(['/', '?']).next().unwrap_or("");
         if hexok(h) {
-            return Some(format!("sha256:{}", h.to_ascii_lowercase()));
+            return Sha256Digest::from_hex(&h.to_ascii_lowercase()).ok();
         }
     }
     if let Some(i) = path.find("/by-hash/SHA256/") {
         let h = &path[i + "/by-hash/SHA256/".len()..];
         let h = h.split(['/', '?']).next().unwrap_or("");
         if hexok(h) {
-            return Some(format!("sha256:{}", h.to_ascii_lowercase()));
+            return Sha256Digest::from_hex(&h.to_ascii_lowercase()).ok();
         }
     }
     None
 }
 
 /// The `sha-256` of an RFC 9530 `Repr-Digest` field (`sha-256=:<base64>:`, other
-/// algorithms and members ignored), as `sha256:<hex>`. We ask origins for the
-/// identity encoding, so the representation digest is the digest of the body.
-pub fn repr_digest(h: &HeaderMap) -> Option<String> {
+/// algorithms and members ignored). We ask origins for the identity encoding, so the
+/// representation digest is the digest of the body.
+pub fn repr_digest(h: &HeaderMap) -> Option<Sha256Digest> {
     use base64::Engine as _;
     h.get_all("repr-digest")
         .iter()
@@ -141,7 +141,8 @@ pub fn repr_digest(h: &HeaderMap) -> Option<String> {
         .find_map(|(_, v)| {
             let b64 = v.trim().strip_prefix(':')?.strip_suffix(':')?;
             let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-            (raw.len() == 32).then(|| format!("sha256:{}", hex::encode(raw)))
+            let raw: [u8; 32] = raw.try_into().ok()?;
+            Some(Sha256Digest::from_sha256(raw))
         })
 }
 
@@ -153,11 +154,15 @@ mod tests {
     fn digest_urls() {
         let h = "a".repeat(64);
         assert_eq!(
-            digest_in_path(&format!("/v2/lib/x/blobs/sha256:{h}")),
+            digest_in_path(&format!("/v2/lib/x/blobs/sha256:{h}")).map(|d| d.to_string()),
             Some(format!("sha256:{h}"))
         );
         assert_eq!(
-            digest_in_path(&format!("/debian/dists/by-hash/SHA256/{h}")),
+            digest_in_path(&format!(
+                "/debian/dists/by-hash/SHA256/{}",
+                h.to_uppercase()
+            ))
+            .map(|d| d.to_string()),
             Some(format!("sha256:{h}"))
         );
         assert_eq!(digest_in_path("/v2/lib/x/blobs/sha256:abc"), None);
@@ -190,7 +195,7 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(
-            repr_digest(&h).as_deref(),
+            repr_digest(&h).map(|d| d.to_string()).as_deref(),
             Some("sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
         );
         h.insert("repr-digest", "sha-256=:dG9vc2hvcnQ=:".parse().unwrap());

@@ -47,6 +47,8 @@ use http::header::{HeaderMap, HeaderValue};
 use http::{Response, Uri};
 use hyper::body::Incoming;
 
+use shoal_proto::Sha256Digest;
+
 use crate::config::Mode;
 use crate::metrics::Metrics;
 use crate::origin::OriginClient;
@@ -100,8 +102,8 @@ pub struct Want {
 pub struct Upstream {
     /// The index key, also `ObjectMeta::url` of the cached version.
     pub key: String,
-    /// `sha256:<hex>`: the object key and the whole-object check.
-    pub digest: String,
+    /// The object key and the whole-object check.
+    pub digest: Sha256Digest,
     /// Request headers for the origin besides the agent's own (`Authorization`,
     /// `Accept`).
     pub headers: HeaderMap,

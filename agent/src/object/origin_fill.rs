@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
-use shoal_proto::{Chunk, Chunker, ObjectKey};
+use shoal_proto::{Chunk, Chunker, ObjectKey, Sha256Digest};
 
 use super::{Fill, FillError, ObjectCache};
 use crate::metrics::Source;
@@ -19,10 +19,10 @@ pub(super) fn spawn(
     fill: Arc<Fill>,
     body: Incoming,
     key: ObjectKey,
-    digest: Option<String>,
+    digest: Option<Sha256Digest>,
 ) {
     tokio::spawn(async move {
-        match run(&cache, &fill, body, digest.as_deref()).await {
+        match run(&cache, &fill, body, digest.as_ref()).await {
             Ok(last) => super::fill::finish(&cache, &fill, key, digest, last, Source::Origin).await,
             Err(e) => cache.abort_fill(&fill, e).await,
         }
@@ -33,7 +33,7 @@ async fn run(
     cache: &ObjectCache,
     fill: &Fill,
     mut body: Incoming,
-    digest: Option<&str>,
+    digest: Option<&Sha256Digest>,
 ) -> Result<Vec<Chunk>, FillError> {
     let inner = &cache.inner;
     let host = fill.url.clone();
@@ -78,13 +78,13 @@ async fn run(
     }
     let last = chunker.finish();
     if let (Some(s), Some(want)) = (sha, digest) {
-        let got = format!("sha256:{}", hex::encode(s.finalize()));
-        if got != want {
+        let got = Sha256Digest::from_sha256(s.finalize().into());
+        if got != *want {
             inner.metrics.verify_failed(Source::Origin);
             return Err(FillError::DigestMismatch {
                 from: Source::Origin,
                 got,
-                want: want.to_owned(),
+                want: *want,
             });
         }
     }

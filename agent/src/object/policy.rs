@@ -5,7 +5,7 @@
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{StatusCode, Uri};
-use shoal_proto::{Layout, ObjectKey, Validator};
+use shoal_proto::{Layout, ObjectKey, Sha256Digest, Validator};
 
 use super::{Want, meta};
 
@@ -16,7 +16,7 @@ pub(super) fn cacheable(
     status: StatusCode,
     h: &HeaderMap,
     chunk_size: u32,
-) -> Option<(Layout, ObjectKey, Option<String>)> {
+) -> Option<(Layout, ObjectKey, Option<Sha256Digest>)> {
     if status != StatusCode::OK {
         return None;
     }
@@ -65,8 +65,8 @@ pub(super) fn cacheable(
     let layout = Layout::new(size, chunk_size).ok()?;
     let (key, digest) = match &want.upstream {
         Some(u) => (
-            ObjectKey::immutable(&u.digest, size).ok()?,
-            Some(u.digest.clone()),
+            ObjectKey::immutable(&u.digest.to_string(), size).ok()?,
+            Some(u.digest),
         ),
         None => version_key(&want.url, want.immutable, h, size)?,
     };
@@ -74,7 +74,7 @@ pub(super) fn cacheable(
 }
 
 /// The key of the version a `200` with headers `h` and length `size` is of `url`,
-/// and the whole-object digest its bytes must have (`sha256:<hex>`), if known:
+/// and the whole-object digest its bytes must have, if known:
 ///
 /// - a digest-named URL: keyed by that digest, which is checked;
 /// - a URL under an `immutable` rule: keyed by URL and length whatever the
@@ -86,9 +86,9 @@ pub(super) fn version_key(
     immutable: bool,
     h: &HeaderMap,
     size: u64,
-) -> Option<(ObjectKey, Option<String>)> {
+) -> Option<(ObjectKey, Option<Sha256Digest>)> {
     if let Some(d) = meta::digest_in_path(url.path()) {
-        return Some((ObjectKey::immutable(&d, size).ok()?, Some(d)));
+        return Some((ObjectKey::immutable(&d.to_string(), size).ok()?, Some(d)));
     }
     let url = url.to_string();
     if immutable {
@@ -142,7 +142,7 @@ mod tests {
         let pool: Uri = "http://h/debian/pool/main/f/foo.deb".parse().unwrap();
         let none = headers(&[]);
         let etag = headers(&[("etag", "\"e1\"")]);
-        let digest = Some(format!("sha256:{hex}"));
+        let digest = Some(Sha256Digest::from_hex(&hex).unwrap());
 
         // A digest in the URL: keyed and checked by it, validators or not.
         let (k, d) = version_key(&by_hash, false, &none, 10).unwrap();

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use shoal_proto::sched::{Action, Outcome, RequestId, SchedError, Scheduler};
 use shoal_proto::tracker::{ChunkBitmap, Cursor, IndexedId, SyncResponse};
-use shoal_proto::{Chunk, ChunkId, Layout, ObjectKey, PeerAddr, PeerId};
+use shoal_proto::{Chunk, ChunkId, Layout, ObjectKey, PeerAddr, PeerId, Sha256Digest};
 use tokio::sync::broadcast;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
@@ -65,7 +65,7 @@ pub fn spawn(
     swarm: Arc<Swarm>,
     fill: Arc<Fill>,
     key: ObjectKey,
-    digest: Option<String>,
+    digest: Option<Sha256Digest>,
 ) {
     tokio::spawn(async move {
         let url = fill.url.clone();
@@ -479,7 +479,7 @@ impl Download {
             .complete(index, id, Source::Cache, None, Some(pin));
     }
 
-    async fn finish(mut self, digest: Option<String>) {
+    async fn finish(mut self, digest: Option<Sha256Digest>) {
         if let Some(d) = &digest {
             if let Err(e) = self.check_digest(d).await {
                 if let FillError::DigestMismatch { from, .. } = &e {
@@ -519,7 +519,7 @@ impl Download {
     /// Checks the whole-object digest a URL names before the last chunk is released.
     /// A mismatch is the origin's when every chunk came from it, else the swarm's
     /// (a peer's bytes, or the ids their publisher gave the tracker).
-    async fn check_digest(&self, want: &str) -> Result<(), FillError> {
+    async fn check_digest(&self, want: &Sha256Digest) -> Result<(), FillError> {
         let mut h = Sha256::new();
         let mut all_origin = true;
         for i in 0..self.layout.chunk_count() {
@@ -548,8 +548,8 @@ impl Download {
             all_origin &= source == Source::Origin;
             h.update(&bytes);
         }
-        let got = format!("sha256:{}", hex::encode(h.finalize()));
-        if got == want {
+        let got = Sha256Digest::from_sha256(h.finalize().into());
+        if got == *want {
             return Ok(());
         }
         Err(FillError::DigestMismatch {
@@ -559,7 +559,7 @@ impl Download {
                 Source::Peer
             },
             got,
-            want: want.to_owned(),
+            want: *want,
         })
     }
 }

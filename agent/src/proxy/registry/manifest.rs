@@ -36,7 +36,7 @@ impl Proxy {
     ) -> Result<(Response<ProxyBody>, &'static str, Outcome), RouteError> {
         let up = Upstream {
             key: format!("oci-manifest:{digest}"),
-            digest: digest.to_string(),
+            digest,
             headers: client_headers(headers),
         };
         self.forget_incomplete(&up.key).await;

@@ -374,7 +374,7 @@ impl Proxy {
     ) -> Result<(Response<ProxyBody>, &'static str, Outcome), RouteError> {
         let up = Upstream {
             key: format!("oci:{digest}"),
-            digest: digest.to_string(),
+            digest,
             headers: client_headers(headers),
         };
         let mode = if mode == Mode::P2p {
@@ -445,7 +445,13 @@ impl Proxy {
         Ok((r, label, outcome))
     }
 
-    fn registry_want(&self, headers: &HeaderMap, url: &Uri, mode: Mode, up: Upstream) -> Want {
+    pub(super) fn registry_want(
+        &self,
+        headers: &HeaderMap,
+        url: &Uri,
+        mode: Mode,
+        up: Upstream,
+    ) -> Want {
         Want {
             url: url.clone(),
             mode,
