@@ -803,3 +803,47 @@ async fn endless_redirects_stop_after_five_hops() {
     assert!(a.cache().is_empty());
     a.shutdown().await;
 }
+
+/// Prefetch covers registry pulls: a blob named by its mirror path is fetched once,
+/// keyed by its digest, and the next pull takes 0 blob bytes from the registry; a
+/// manifest path is refused (manifests are answered per client).
+#[tokio::test]
+async fn prefetched_blobs_serve_the_next_pull() {
+    let ip = "127.0.0.226";
+    let (r, layers) = registry(ip, ip, Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(agent_config(ip, dir.path(), &r)).await;
+    let mut urls: Vec<String> = layers
+        .iter()
+        .map(|l| format!("/m/reg/v2/{REPO}/blobs/{}", digest(l)))
+        .collect();
+    urls.push(format!("/m/reg/v2/{REPO}/manifests/v1"));
+    let admin = shoal_agent::get::Endpoint::from_addr(a.admin_addr());
+    let answer = shoal_agent::get::prefetch::prefetch(&admin, &urls)
+        .await
+        .unwrap();
+    assert_eq!(answer.accepted, layers.len(), "{answer:?}");
+    assert!(
+        !answer.urls[layers.len()].accepted,
+        "manifests are not prefetched"
+    );
+    let keys: Vec<String> = layers
+        .iter()
+        .map(|l| format!("oci:{}", digest(l)))
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), || keys
+            .iter()
+            .all(|k| a.cache().cached(k).is_some()))
+        .await,
+        "prefetched blobs are cached by digest"
+    );
+    assert_eq!(r.blob_bytes(), total(&layers), "each blob fetched once");
+    let pulled = pull(a.proxy_addr(), None).await;
+    assert!(pulled.layers == layers, "layers differ");
+    assert_eq!(
+        r.blob_bytes(),
+        total(&layers),
+        "the pull after the prefetch: 0 blob bytes from the registry"
+    );
+}

@@ -10,11 +10,12 @@
 //! request headers are sent beyond the agent's own (no credentials: a private object
 //! cannot be prefetched).
 
-use http::Uri;
+use http::{HeaderMap, Uri};
+use shoal_proto::oci::{OciPathError, RegistryPath};
 
 use super::Proxy;
 use crate::config::Mode;
-use crate::object::{Lookup, Want};
+use crate::object::{Lookup, Upstream, Want};
 
 /// Why a prefetch URL was not accepted: the caller's fault.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,9 @@ impl Proxy {
         if mode == Mode::Pass {
             return Err(Refused::Pass);
         }
+        if let Some((_, path)) = self.registry_path(&uri, &url) {
+            return self.registry_prefetch_want(&url, path, mode);
+        }
         Ok(Want {
             immutable: self.rules.immutable(&url.to_string()),
             url,
@@ -98,5 +102,37 @@ impl Proxy {
             .with_label_values(&[outcome.label()])
             .inc();
         outcome
+    }
+}
+
+impl Proxy {
+    /// A registry mirror's blob (`/m/NAME/v2/<name>/blobs/sha256:<hex>`) is prefetched
+    /// the way a pull fetches it: keyed by its digest (so the next pull, from any
+    /// repository, finds it), checked against it, fetched anonymously. A registry
+    /// that wants credentials refuses the fill (`failed`); a later client is still
+    /// checked with the registry before cached bytes reach it. Other registry paths
+    /// (manifests, tags) are answered per client and not prefetched.
+    fn registry_prefetch_want(
+        &self,
+        url: &Uri,
+        path: Result<RegistryPath, OciPathError>,
+        mode: Mode,
+    ) -> Result<Want, Refused> {
+        let Ok(RegistryPath::Blob { digest, .. }) = path else {
+            return Err(Refused::Url(format!(
+                "{url}: of a registry mirror only blobs (/v2/<name>/blobs/sha256:<hex>) are prefetched"
+            )));
+        };
+        let up = Upstream {
+            key: format!("oci:{digest}"),
+            digest,
+            headers: HeaderMap::new(),
+        };
+        let mode = if mode == Mode::P2p {
+            Mode::P2p
+        } else {
+            Mode::Cache
+        };
+        Ok(self.registry_want(&HeaderMap::new(), url, mode, up))
     }
 }
