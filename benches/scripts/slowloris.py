@@ -123,6 +123,13 @@ def wakeups(pid):
     return n
 
 
+def listen_overflows():
+    """The kernel's count of connections dropped at a full accept queue (any listener)."""
+    with open("/proc/net/netstat") as f:
+        rows = [line.split() for line in f if line.startswith("TcpExt:")]
+    return int(dict(zip(rows[0], rows[1])).get("ListenOverflows", 0))
+
+
 def open_fds(pid):
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -149,13 +156,13 @@ def shed_counts(admin_port):
 
 def measure_in_process(proxy_port, url, n, cpus):
     """`measure` in a child process (own interpreter, no GIL shared with the flood),
-    optionally pinned to `cpus`: (p50, p99, the child's CPU seconds)."""
+    optionally pinned to `cpus`: (p50, p99, max, the child's CPU seconds)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--measure", str(proxy_port), url,
            "--requests", str(n)]
     if cpus:
         cmd = ["taskset", "-c", cpus] + cmd
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()
-    return float(out[0]), float(out[1]), float(out[2])
+    return float(out[0]), float(out[1]), float(out[2]), float(out[3])
 
 
 def measure(proxy_port, url, n):
@@ -166,7 +173,11 @@ def measure(proxy_port, url, n):
             raise SystemExit(f"bad response: {status}, {size} bytes: {body[:200]!r}")
         times.append(dt)
     times.sort()
-    return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
+    return (
+        statistics.median(times),
+        times[min(len(times) - 1, int(len(times) * 0.99))],
+        times[-1],
+    )
 
 
 async def flood(proxy_port, url, n, mode, stop, settled, reconnect=False, source="127.0.0.2"):
@@ -241,18 +252,20 @@ def window(args, proxy_port, admin_port, url, agent_pid):
     shed0 = sum(shed_counts(admin_port).values())
     t0, a0, s0, w0 = time.perf_counter(), cpu_secs(agent_pid), cpu_secs(), wakeups(agent_pid)
     fds = open_fds(agent_pid)
+    overflows0 = listen_overflows()
     if args.client == "process":
-        p50, p99, c = measure_in_process(proxy_port, url, args.requests, args.client_cpus)
+        p50, p99, worst, c = measure_in_process(proxy_port, url, args.requests, args.client_cpus)
     else:
-        p50, p99 = measure(proxy_port, url, args.requests)
+        p50, p99, worst = measure(proxy_port, url, args.requests)
         c = float("nan")
+    overflows = listen_overflows() - overflows0
     wall = time.perf_counter() - t0
     agent, script = cpu_secs(agent_pid) - a0, cpu_secs() - s0
     woke = wakeups(agent_pid) - w0
     shed = sum(shed_counts(admin_port).values()) - shed0
     return dict(
         p50=p50, p99=p99, wall=wall, agent=agent, script=script, client=c, fds=fds, woke=woke,
-        shed=shed,
+        shed=shed, worst=worst, overflows=overflows,
     )
 
 
@@ -317,8 +330,8 @@ def main():
     ap.add_argument("--measure", nargs=2, metavar=("PORT", "URL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
-        p50, p99 = measure(int(args.measure[0]), args.measure[1], args.requests)
-        print(p50, p99, cpu_secs())
+        p50, p99, worst = measure(int(args.measure[0]), args.measure[1], args.requests)
+        print(p50, p99, worst, cpu_secs())
         return
     if args.pin:
         os.sched_setaffinity(0, {1})
@@ -361,7 +374,8 @@ def main():
                 f"{name} window {w['wall']:.2f} s: CPU agent {w['agent']:.2f} s, "
                 f"script {w['script']:.2f} s, client {w['client']:.2f} s; "
                 f"agent context switches {w['woke']}, fds at start {w['fds']}, "
-                f"connections shed {w['shed']}"
+                f"connections shed {w['shed']}; slowest request {w['worst'] * 1000:.1f} ms, "
+                f"accept-queue overflows (all listeners) {w['overflows']}"
             )
         print(f"shed {shed_counts(admin_port)}")
     finally:
