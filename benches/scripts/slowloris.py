@@ -2,13 +2,23 @@
 """Slowloris and idle keep-alive floods against one agent (issue 13 item 2).
 
 Measures a legitimate client's latency for a cached 1 MiB object through the agent
-alone, then while N connections from another loopback source (127.0.0.2) either
-trickle a request head one byte every few seconds (slow) or sit idle after one request
-(idle keep-alive). Reports p50/p99 and the ratio to the baseline measured in the same
-run. Loopback only; every loop is bounded; everything it starts is stopped.
+alone, then while N connections from another loopback source (127.0.0.2,
+`--flood-source`) either trickle a request head one byte every few seconds (slow) or
+sit idle after one request (idle keep-alive). Reports p50/p99 and the ratio to the
+baseline measured in the same run, and for each window the CPU seconds spent by the
+agent, by this script (the flood) and by the client, the agent's context switches and
+open fds, and the agent's shed counters. Loopback only; every loop is bounded;
+everything it starts is stopped.
 
     python3 benches/scripts/slowloris.py --agent target/release/shoal-agent \\
         --connections 10000 --mode slow
+
+The client runs in an interpreter of its own (`--client process`, the default);
+`--client thread` runs it in a thread of this script as figures before December 2026
+did, where it shares the interpreter lock with the flood's event loop and the flood's
+Python work lands in its latency. `--reconnect` reopens every
+flood connection the agent closes (a sustained flood rather than one wave); `--pin`
+puts the agent on CPU 0 and the flood on CPU 1 (`--client-cpus` places the client).
 
 Needs nginx (the origin; `apt-get install nginx-light`) and a file-descriptor limit
 above the connection count (it raises its own soft limit).
@@ -113,6 +123,13 @@ def wakeups(pid):
     return n
 
 
+def listen_overflows():
+    """The kernel's count of connections dropped at a full accept queue (any listener)."""
+    with open("/proc/net/netstat") as f:
+        rows = [line.split() for line in f if line.startswith("TcpExt:")]
+    return int(dict(zip(rows[0], rows[1])).get("ListenOverflows", 0))
+
+
 def open_fds(pid):
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -139,13 +156,13 @@ def shed_counts(admin_port):
 
 def measure_in_process(proxy_port, url, n, cpus):
     """`measure` in a child process (own interpreter, no GIL shared with the flood),
-    optionally pinned to `cpus`: (p50, p99, the child's CPU seconds)."""
+    optionally pinned to `cpus`: (p50, p99, max, the child's CPU seconds)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--measure", str(proxy_port), url,
            "--requests", str(n)]
     if cpus:
         cmd = ["taskset", "-c", cpus] + cmd
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()
-    return float(out[0]), float(out[1]), float(out[2])
+    return float(out[0]), float(out[1]), float(out[2]), float(out[3])
 
 
 def measure(proxy_port, url, n):
@@ -156,10 +173,14 @@ def measure(proxy_port, url, n):
             raise SystemExit(f"bad response: {status}, {size} bytes: {body[:200]!r}")
         times.append(dt)
     times.sort()
-    return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
+    return (
+        statistics.median(times),
+        times[min(len(times) - 1, int(len(times) * 0.99))],
+        times[-1],
+    )
 
 
-async def flood(proxy_port, url, n, mode, stop, settled, reconnect=False):
+async def flood(proxy_port, url, n, mode, stop, settled, reconnect=False, source="127.0.0.2"):
     conns = []
 
     async def one():
@@ -170,13 +191,13 @@ async def flood(proxy_port, url, n, mode, stop, settled, reconnect=False):
             first = False
             if not reconnect:
                 return
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
 
     async def one_conn(first):
         try:
             sock = socket.socket()
             sock.setblocking(False)
-            sock.bind(("127.0.0.2", 0))
+            sock.bind((source, 0))
             await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", proxy_port))
             r, w = await asyncio.open_connection(sock=sock)
         except OSError:
@@ -217,35 +238,44 @@ async def flood(proxy_port, url, n, mode, stop, settled, reconnect=False):
             w.close()
 
     tasks = []
-    for _ in range(n):
+    for i in range(n):
         tasks.append(asyncio.create_task(one()))
-        await asyncio.sleep(0)
+        # Reconnecting attackers keep the loop busy: yielding after every task would
+        # take minutes to start them all.
+        if not reconnect or i % 100 == 99:
+            await asyncio.sleep(0)
     return tasks, conns
 
 
-def window(args, proxy_port, url, agent_pid):
+def window(args, proxy_port, admin_port, url, agent_pid):
     """One measured window: latency figures plus who spent how much CPU meanwhile."""
+    shed0 = sum(shed_counts(admin_port).values())
     t0, a0, s0, w0 = time.perf_counter(), cpu_secs(agent_pid), cpu_secs(), wakeups(agent_pid)
     fds = open_fds(agent_pid)
+    overflows0 = listen_overflows()
     if args.client == "process":
-        p50, p99, c = measure_in_process(proxy_port, url, args.requests, args.client_cpus)
+        p50, p99, worst, c = measure_in_process(proxy_port, url, args.requests, args.client_cpus)
     else:
-        p50, p99 = measure(proxy_port, url, args.requests)
+        p50, p99, worst = measure(proxy_port, url, args.requests)
         c = float("nan")
+    overflows = listen_overflows() - overflows0
     wall = time.perf_counter() - t0
     agent, script = cpu_secs(agent_pid) - a0, cpu_secs() - s0
     woke = wakeups(agent_pid) - w0
+    shed = sum(shed_counts(admin_port).values()) - shed0
     return dict(
-        p50=p50, p99=p99, wall=wall, agent=agent, script=script, client=c, fds=fds, woke=woke
+        p50=p50, p99=p99, wall=wall, agent=agent, script=script, client=c, fds=fds, woke=woke,
+        shed=shed, worst=worst, overflows=overflows,
     )
 
 
-async def main_async(args, proxy_port, url, agent_pid):
-    base = window(args, proxy_port, url, agent_pid)
+async def main_async(args, proxy_port, admin_port, url, agent_pid):
+    base = window(args, proxy_port, admin_port, url, agent_pid)
     stop = asyncio.Event()
     settled = []
     tasks, conns = await flood(
-        proxy_port, url, args.connections, args.mode, stop, settled, args.reconnect
+        proxy_port, url, args.connections, args.mode, stop, settled, args.reconnect,
+        args.flood_source,
     )
     # Measure once the flood is in place (every connection set up, or 60 s), so the
     # load generator's own work does not land in the legitimate client's figures.
@@ -254,10 +284,16 @@ async def main_async(args, proxy_port, url, agent_pid):
         await asyncio.sleep(0.1)
     await asyncio.sleep(1)
     loop = asyncio.get_running_loop()
-    load = await loop.run_in_executor(None, window, args, proxy_port, url, agent_pid)
+    load = await loop.run_in_executor(
+        None, window, args, proxy_port, admin_port, url, agent_pid
+    )
     stop.set()
     for w in conns:
         w.close()
+    # A connect still in SYN retries (a full accept queue) would hold this for minutes.
+    _, pending = await asyncio.wait(tasks, timeout=5) if tasks else (set(), set())
+    for t in pending:
+        t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     return base, load
 
@@ -271,7 +307,7 @@ def main():
     ap.add_argument(
         "--client",
         choices=["thread", "process"],
-        default="thread",
+        default="process",
         help="legitimate client in a thread of this script (shares the GIL with the "
         "flood) or in a process of its own",
     )
@@ -285,12 +321,17 @@ def main():
         action="store_true",
         help="an attacker connection closed by the agent is opened again (sustained flood)",
     )
+    ap.add_argument(
+        "--flood-source",
+        default="127.0.0.2",
+        help="source address of the flood (127.0.0.1: the same as the legitimate client)",
+    )
     ap.add_argument("--client-cpus", default="", help="taskset CPU list for --client process")
     ap.add_argument("--measure", nargs=2, metavar=("PORT", "URL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
-        p50, p99 = measure(int(args.measure[0]), args.measure[1], args.requests)
-        print(p50, p99, cpu_secs())
+        p50, p99, worst = measure(int(args.measure[0]), args.measure[1], args.requests)
+        print(p50, p99, worst, cpu_secs())
         return
     if args.pin:
         os.sched_setaffinity(0, {1})
@@ -314,7 +355,7 @@ def main():
             raise SystemExit("origin or agent did not start")
         url = f"http://127.0.0.1:{origin_port}/one.bin"
         one_get(proxy_port, url)  # warm the cache
-        base, load = asyncio.run(main_async(args, proxy_port, url, procs[1].pid))
+        base, load = asyncio.run(main_async(args, proxy_port, admin_port, url, procs[1].pid))
         b50, b99, l50, l99 = base["p50"], base["p99"], load["p50"], load["p99"]
         hwm = "?"
         with open(f"/proc/{procs[1].pid}/status") as f:
@@ -332,7 +373,9 @@ def main():
             print(
                 f"{name} window {w['wall']:.2f} s: CPU agent {w['agent']:.2f} s, "
                 f"script {w['script']:.2f} s, client {w['client']:.2f} s; "
-                f"agent context switches {w['woke']}, fds at start {w['fds']}"
+                f"agent context switches {w['woke']}, fds at start {w['fds']}, "
+                f"connections shed {w['shed']}; slowest request {w['worst'] * 1000:.1f} ms, "
+                f"accept-queue overflows (all listeners) {w['overflows']}"
             )
         print(f"shed {shed_counts(admin_port)}")
     finally:

@@ -10,10 +10,18 @@
 //! source, for the per-source cap) is shed to make room; only when none is idle is the
 //! new one closed. Above half of `max_connections`, idle connections get
 //! `proxy.header_read_timeout_under_pressure` instead of `proxy.header_read_timeout`
-//! ([`Conns::reap`]).
+//! ([`Conns::reap`]). Idle connections are kept in order of the time they last became
+//! idle (globally and per source): an admission or a shed costs a few ordered-set
+//! operations and a reap walks only the connections past their deadline, never the
+//! whole table, so a flood that reconnects as fast as it is shed costs the accept loop
+//! the same per connection whatever `max_connections` is.
 //!
 //! Non-goals: no fairness between busy connections (a request in flight is never shed;
-//! its own deadlines bound it) and no defence against a flood from many sources beyond
+//! its own deadlines bound it); no preference between an idle keep-alive and a
+//! connection part-way through its head (the one idle longest goes first: preferring
+//! keep-alives would shed a client pausing between two downloads before a slowloris
+//! head that has trickled for a second, and the header deadline already ends the
+//! latter); no defence against a flood from many sources beyond
 //! the global cap; sources outside `proxy.allow_clients` are answered `403` by the
 //! server before they reach this table.
 
