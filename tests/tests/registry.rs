@@ -847,3 +847,43 @@ async fn prefetched_blobs_serve_the_next_pull() {
         "the pull after the prefetch: 0 blob bytes from the registry"
     );
 }
+
+/// `shoal-agent get` covers registry pulls: a blob's mirror path downloads through
+/// the registry mode (digest-checked, cached under its digest), and a pull after it
+/// takes 0 blob bytes from the registry.
+#[tokio::test]
+async fn get_downloads_a_blob_through_the_mirror_path() {
+    use shoal_agent::get::{self, Endpoint, Options, progress};
+    let ip = "127.0.0.227";
+    let (r, layers) = registry(ip, ip, Auth::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(agent_config(ip, dir.path(), &r)).await;
+    let out = tempfile::tempdir().unwrap();
+    for l in &layers {
+        let d = digest(l);
+        let file = out.path().join(d.replace(':', "-"));
+        let o = Options {
+            url: get::parse_url(&format!("/m/reg/v2/{REPO}/blobs/{d}")).unwrap(),
+            out: file.clone(),
+            agent: Endpoint::from_addr(a.proxy_addr()),
+            digest: Some(d.parse().unwrap()),
+            progress: progress::Mode::Quiet,
+        };
+        let report = get::download(&o).await.unwrap();
+        assert_eq!(report.bytes, l.len() as u64);
+        assert!(
+            std::fs::read(&file).unwrap() == *l,
+            "file bytes are the blob's"
+        );
+        let key = format!("oci:{d}");
+        assert!(a.cache().cached(&key).is_some(), "{key} cached by digest");
+    }
+    assert_eq!(r.blob_bytes(), total(&layers));
+    let pulled = pull(a.proxy_addr(), None).await;
+    assert!(pulled.layers == layers, "layers differ");
+    assert_eq!(
+        r.blob_bytes(),
+        total(&layers),
+        "the pull takes 0 blob bytes"
+    );
+}

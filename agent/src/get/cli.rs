@@ -10,7 +10,8 @@ use super::{Endpoint, Expected, GetError, Options, default_out, parse_url};
 
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// The URL (absolute http:// or https://). With --prefetch: one or more URLs.
+    /// The URL: absolute http:// or https://, or a path on one of the agent's mirrors
+    /// (/m/NAME/..., e.g. a registry blob). With --prefetch: one or more URLs.
     #[arg(required = true)]
     urls: Vec<String>,
     /// Output file (default: the URL's last path segment). FILE.part holds the bytes

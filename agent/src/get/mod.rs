@@ -43,7 +43,7 @@ const STALL: Duration = Duration::from_secs(60);
 /// One download.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Absolute `http://` or `https://` URL.
+    /// Absolute `http://` or `https://` URL, or a mirror path (`/m/NAME/...`).
     pub url: Uri,
     /// Where the file goes (`FILE.part` and `FILE.part.meta` beside it meanwhile).
     pub out: PathBuf,
@@ -64,17 +64,28 @@ pub struct Report {
     pub cache: Option<String>,
 }
 
-/// Parses the URL argument: absolute `http` or `https`.
+/// Parses the URL argument: absolute `http` or `https`, or a path on one of the
+/// agent's mirrors (`/m/NAME/...`, e.g. a registry blob
+/// `/m/dockerhub/v2/library/alpine/blobs/sha256:<hex>`), which is asked of the agent
+/// as is.
 pub fn parse_url(s: &str) -> Result<Uri, GetError> {
     let u: Uri = s
         .parse()
         .map_err(|_| GetError::Usage(format!("{s:?} is not a URL")))?;
     match (u.scheme_str(), u.host()) {
         (Some("http" | "https"), Some(_)) => Ok(u),
+        (None, None) if is_mirror_path(u.path()) => Ok(u),
         _ => Err(GetError::Usage(format!(
-            "{s:?}: want an absolute http:// or https:// URL"
+            "{s:?}: want an absolute http:// or https:// URL, or a mirror path /m/NAME/..."
         ))),
     }
+}
+
+/// `/m/NAME/rest` with a non-empty name and rest.
+fn is_mirror_path(path: &str) -> bool {
+    path.strip_prefix("/m/")
+        .and_then(|r| r.split_once('/'))
+        .is_some_and(|(name, rest)| !name.is_empty() && !rest.is_empty())
 }
 
 /// The file name `get` writes to without `-o`: the URL's last path segment, or
@@ -146,7 +157,9 @@ pub async fn download(o: &Options) -> Result<Report, GetError> {
 
 /// The GET to send, with `Range`/`If-Range` when resuming.
 fn request(url: &Uri, resume: Option<&(u64, Meta)>) -> Result<Request<Full<Bytes>>, GetError> {
-    let host = url.authority().map_or("", |a| a.as_str());
+    // A mirror path goes to the agent in origin form; its Host is the agent, which
+    // routes by the `/m/NAME/` prefix.
+    let host = url.authority().map_or("localhost", |a| a.as_str());
     let mut b = Request::get(url.clone()).header(header::HOST, host).header(
         header::USER_AGENT,
         concat!("shoal-agent-get/", env!("CARGO_PKG_VERSION")),
@@ -325,6 +338,10 @@ mod tests {
         assert_eq!(default_out(&u("http://h/a/")), PathBuf::from("a"));
         assert_eq!(default_out(&u("http://h")), PathBuf::from("index.html"));
         assert!(matches!(parse_url("/x"), Err(GetError::Usage(_))));
+        assert!(matches!(parse_url("/m/"), Err(GetError::Usage(_))));
+        assert!(matches!(parse_url("/m/reg/"), Err(GetError::Usage(_))));
+        let blob = u("/m/reg/v2/team/app/blobs/sha256:ab");
+        assert_eq!(default_out(&blob), PathBuf::from("sha256:ab"));
         assert!(matches!(parse_url("ftp://h/x"), Err(GetError::Usage(_))));
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_RANGE, "bytes 10-19/20".parse().unwrap());
