@@ -19,6 +19,7 @@
 //! encoding, and fit every client; an origin that varies it by request header says
 //! so with `Vary`.
 
+mod ahead;
 pub mod error;
 pub mod fill;
 pub mod meta;
