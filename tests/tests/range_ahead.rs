@@ -265,3 +265,39 @@ async fn a_whole_body_answer_to_the_ahead_range_cuts_the_response() {
 async fn a_shifted_content_range_cuts_the_response() {
     lying("127.0.0.234", Lie::Shift, 14).await;
 }
+
+/// Swarm (`p2p`) fills are read the same way: a range far past the swarm fill's
+/// frontier is served ahead of it. The origin holds every body longer than 1000
+/// bytes (the fill's chunk requests), not the client's 40-byte range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_fill_serves_a_far_range_ahead() {
+    shoal_tests::logs();
+    let s = shoal_tests::swarm::TestSwarm::builder()
+        .net(231)
+        .agents(1)
+        .spawn()
+        .await
+        .unwrap();
+    let data = random_bytes(SIZE, 15);
+    let mut obj = Object::new(data.clone());
+    obj.gate_after = Some(1000);
+    s.origin.put("/big", obj);
+    let url = s.origin.url("/big");
+    let a = s.agent(0);
+    let r = ranged(a.proxy_addr(), &url, "bytes=-40").await.unwrap();
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.body, data.slice(SIZE - 40..));
+    assert_eq!(r.header("x-shoal-source"), Some("mixed"), "a swarm fill");
+    assert_eq!(ahead(a), 1);
+    assert!(a.cache().cached(&url).is_none());
+    s.origin.release();
+    let cached = eventually(Duration::from_secs(30), || a.cache().cached(&url).is_some()).await;
+    assert!(cached, "the swarm fill did not complete");
+    let before = s.origin.requests("/big");
+    let r = ranged(a.proxy_addr(), &url, "bytes=-40").await.unwrap();
+    assert_eq!(r.body, data.slice(SIZE - 40..));
+    assert_eq!(r.header("x-shoal-cache"), Some("hit"));
+    assert_eq!(s.origin.requests("/big"), before);
+    assert_eq!(ahead(a), 1);
+    s.shutdown().await;
+}
