@@ -301,3 +301,75 @@ async fn swarm_fill_serves_a_far_range_ahead() {
     assert_eq!(ahead(a), 1);
     s.shutdown().await;
 }
+
+/// A slow client served ahead: once the fill passes its position, the rest comes
+/// from the fill and the origin range request is dropped (not read to the end).
+#[tokio::test]
+async fn the_fill_catching_up_takes_over_from_the_origin_range() {
+    use http_body_util::BodyExt;
+
+    shoal_tests::logs();
+    let ip = "127.0.0.235";
+    let size = 32 << 20;
+    let start = 2 << 20;
+    let origin = Origin::start(ip).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(size, 16);
+    let mut obj = Object::new(data.clone());
+    // Holds the fill's body; the client's range, longer still, is held too: it
+    // gets its head and first MiB, then waits with the fill.
+    obj.gate_after = Some(HOLD_AT);
+    origin.put("/big", obj);
+    let mut cfg = agent::config(ip, dir.path());
+    cfg.cache.memory_size = bytesize::ByteSize::mib(64);
+    let a = agent::start(cfg).await.unwrap();
+    let url = origin.url("/big");
+
+    let stream = TcpStream::connect(a.proxy_addr()).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(&url)
+        .header(http::header::HOST, origin.addr().to_string())
+        .header(http::header::RANGE, format!("bytes={start}-"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), send.send_request(req))
+        .await
+        .expect("no head while the fill is held")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while got.len() < 1000 {
+        let f = tokio::time::timeout(Duration::from_secs(20), body.frame())
+            .await
+            .expect("no body while the fill is held")
+            .unwrap()
+            .unwrap();
+        if let Ok(d) = f.into_data() {
+            got.extend_from_slice(&d);
+        }
+    }
+    assert_eq!(ahead(&a), 1);
+    // The client stops reading; the fill completes meanwhile.
+    origin.release();
+    let cached = eventually(Duration::from_secs(30), || a.cache().cached(&url).is_some()).await;
+    assert!(cached, "the fill did not complete");
+    let rest = body.collect().await.unwrap().to_bytes();
+    got.extend_from_slice(&rest);
+    assert_eq!(got.len(), size - start);
+    assert!(got == data[start..], "the bytes differ");
+    let relayed = a
+        .metrics()
+        .origin_bytes
+        .with_label_values(&["range_ahead"])
+        .get();
+    assert!(
+        relayed < (size - start) as u64 / 2,
+        "{relayed} bytes relayed from the origin range: the fill did not take over"
+    );
+    a.shutdown().await;
+}
