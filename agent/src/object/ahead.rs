@@ -125,3 +125,49 @@ impl ObjectCache {
         Ok(End::Done)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use shoal_proto::{ChunkId, Layout};
+
+    use super::*;
+    use crate::object::Repr;
+
+    const CHUNK: u64 = 16384;
+
+    fn fill(url: &str) -> Arc<Fill> {
+        let layout = Layout::new(10 * CHUNK, CHUNK as u32).unwrap();
+        Arc::new(Fill::new(url.into(), layout, Repr::default()))
+    }
+
+    fn at(chunk: u64) -> ByteRange {
+        ByteRange::new(chunk * CHUNK + 10, chunk * CHUNK + 20)
+    }
+
+    #[test]
+    fn only_ranges_well_past_the_frontier_go_ahead() {
+        let f = fill("http://o/x");
+        let s = Serve::Fill(f.clone());
+        assert!(ahead_of(&s, at(0)).is_none());
+        assert!(ahead_of(&s, at(1)).is_none());
+        assert!(ahead_of(&s, at(2)).is_some());
+        assert!(ahead_of(&s, at(9)).is_some());
+        assert!(ahead_of(&s, ByteRange::new(9 * CHUNK, 9 * CHUNK)).is_none());
+        for i in 0..4 {
+            f.complete(i, ChunkId::of(b"x"), Source::Origin, None, None);
+        }
+        assert_eq!(f.frontier(), 4);
+        assert!(ahead_of(&s, at(5)).is_none());
+        assert!(ahead_of(&s, at(6)).is_some());
+        // A chunk already there (a swarm fill's, out of order) is read from the fill.
+        f.complete(8, ChunkId::of(b"y"), Source::Peer, None, None);
+        assert!(ahead_of(&s, at(8)).is_none());
+        assert!(ahead_of(&s, at(9)).is_some());
+    }
+
+    #[test]
+    fn registry_keys_without_a_fetch_url_wait() {
+        let s = Serve::Fill(fill("oci:sha256:ab"));
+        assert!(ahead_of(&s, at(9)).is_none());
+    }
+}
