@@ -18,9 +18,10 @@
 //! check them against chunk ids (the origin is trusted for them as for a plain
 //! fill's stream, under the validator check); serve a registry object whose fill
 //! has no fetch URL; ask peers (a swarm fill's far range comes from the origin
-//! even when peers hold it; only the fill's chunks come from them). `X-Shoal-Origin-Reason` still names the fill's reason (the
-//! head is sent before the choice is made); `shoal_origin_fetches_total{reason=
-//! "range_ahead"}` counts these requests.
+//! even when peers hold it; only the fill's chunks come from them).
+//! `X-Shoal-Origin-Reason` still names the fill's reason (the head is sent before
+//! the choice is made); `shoal_origin_fetches_total{reason="range_ahead"}` counts
+//! these requests.
 
 use std::io;
 use std::sync::Arc;
