@@ -129,7 +129,11 @@ async fn resume_asks_only_for_the_rest() {
     assert_eq!(sha256(&std::fs::read(&file).unwrap()), sha256(&data));
     // The agent sent the client the second half only.
     assert_eq!(served_total(&a), (data.len() - half) as u64);
-    assert_eq!(origin.requests("/r.bin"), 1);
+    // One fill of the whole object (a cold agent); the rest, far past the fill's
+    // start, may come from a `range_ahead` request of its own meanwhile.
+    let ahead = origin.range_requests("/r.bin");
+    assert!(ahead <= 1, "{ahead} range requests");
+    assert_eq!(origin.requests("/r.bin") - ahead, 1);
     assert!(!partial::meta_path(&file).exists());
 }
 

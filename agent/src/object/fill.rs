@@ -34,6 +34,8 @@ pub struct Ready {
 struct State {
     chunks: Vec<Option<(ChunkId, Source)>>,
     done: usize,
+    /// The first chunk not done yet (`chunks.len()` when complete).
+    frontier: usize,
     held: HashMap<usize, Bytes>,
     failed: Option<FillError>,
     pins: Vec<PinGuard>,
@@ -62,6 +64,7 @@ impl Fill {
         let state = State {
             chunks: vec![None; n],
             done: 0,
+            frontier: 0,
             held: HashMap::new(),
             failed: None,
             pins: Vec::new(),
@@ -116,6 +119,9 @@ impl Fill {
             }
             *slot = Some((id, source));
             s.done += 1;
+            while s.chunks.get(s.frontier).is_some_and(Option::is_some) {
+                s.frontier += 1;
+            }
             if let Some(b) = held {
                 s.held.insert(index, b);
             }
@@ -139,6 +145,13 @@ impl Fill {
     /// Chunks done so far.
     pub fn done(&self) -> usize {
         self.lock().done
+    }
+
+    /// The first chunk not done yet: every chunk before it is done (the chunk count
+    /// when complete). A plain fill's chunks complete in order, so this is where its
+    /// origin stream is; a swarm fill may hold chunks past it.
+    pub fn frontier(&self) -> usize {
+        self.lock().frontier
     }
 
     pub fn is_complete(&self) -> bool {
@@ -327,9 +340,11 @@ mod tests {
         assert_eq!(got.id, ChunkId::of(b"c"));
         assert_eq!(got.held.as_deref(), Some(&b"c"[..]));
         assert!(!f.is_complete());
+        assert_eq!(f.frontier(), 1);
         f.complete(1, ChunkId::of(b"b"), Source::Origin, None, None);
         f.complete(1, ChunkId::of(b"x"), Source::Origin, None, None);
         assert!(f.is_complete());
+        assert_eq!(f.frontier(), 3);
         f.finished().await.unwrap();
         assert_eq!(f.chunk_ids().unwrap()[1], ChunkId::of(b"b"));
     }

@@ -28,6 +28,7 @@
 //! The swarm is a second source of fills (`crate::swarm`), handed in at
 //! [`ObjectCache::open`].
 
+mod ahead;
 pub mod error;
 pub mod fill;
 mod flight;

@@ -15,10 +15,11 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::header::{self, HeaderValue};
-use http::{Method, StatusCode, Uri};
+use http::{Method, Response, StatusCode, Uri};
 use http_body::Frame;
 use http_body_util::StreamBody;
 use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
 use shoal_proto::{ByteRange, ChunkId, Layout};
 use tokio::sync::mpsc;
 
@@ -30,6 +31,9 @@ use crate::origin::{OriginError, next_data};
 
 /// The response body type of the proxy.
 pub type ProxyBody = BoxBody<Bytes, io::Error>;
+
+/// Where a body task sends its frames; an `Err` ends the response with a reset.
+pub(super) type Frames = mpsc::Sender<Result<Frame<Bytes>, io::Error>>;
 
 /// Chunks read ahead of the one being sent.
 const READ_AHEAD: usize = 3;
@@ -153,12 +157,9 @@ impl ObjectCache {
     }
 
     /// Fetches the bytes of chunk `index` of the version `repr` of `url` with a `Range`
-    /// request guarded by `If-Range`, sent for `reason`; counts them as fetched from
-    /// the origin. The
-    /// answer must be of this version, exactly this range ([`version::check`]), else
-    /// it is [`FillError::OriginChanged`] (counted in `shoal_origin_changed_total`).
-    /// A `5xx` or `429` is a transient [`FillError::Origin`]. The caller verifies or
-    /// hashes the bytes.
+    /// request guarded by `If-Range` ([`ObjectCache::range_response`]), sent for
+    /// `reason`; counts them as fetched from the origin. The caller verifies or hashes
+    /// the bytes.
     pub async fn fetch_range(
         &self,
         url: &str,
@@ -168,14 +169,51 @@ impl ObjectCache {
         index: usize,
         reason: FetchReason,
     ) -> Result<Bytes, FillError> {
+        let bounds = layout.chunk_bounds(index);
+        let len = bounds.end - bounds.start;
+        let resp = self
+            .range_response(url, upstream, repr, bounds, layout.size, reason)
+            .await?;
+        let mut body = resp.into_body();
+        let mut buf = BytesMut::with_capacity(len as usize);
+        while let Some(d) = next_data(&mut body, self.inner.origin.read_timeout(), url).await? {
+            if buf.len() as u64 + d.len() as u64 > len {
+                return Err(self.changed(url, Changed::Longer(len)));
+            }
+            buf.extend_from_slice(&d);
+        }
+        if buf.len() as u64 != len {
+            return Err(OriginError::Upstream {
+                host: url.to_owned(),
+                detail: format!("range response ended after {} of {len} bytes", buf.len()),
+            }
+            .into());
+        }
+        self.inner.metrics.origin_fetched(reason, len);
+        Ok(buf.freeze())
+    }
+
+    /// Sends a `Range` request for `bounds` of the version `repr` (complete length
+    /// `size`) of `url`, guarded by `If-Range`, for `reason`, and returns the answer
+    /// with its body unread. The head must be of this version, exactly this range
+    /// ([`version::check`]), else it is [`FillError::OriginChanged`] (counted in
+    /// `shoal_origin_changed_total`). A `5xx` or `429` is a transient
+    /// [`FillError::Origin`]. The caller checks the body's length.
+    pub(crate) async fn range_response(
+        &self,
+        url: &str,
+        upstream: Option<&(Uri, Arc<super::Upstream>)>,
+        repr: &Repr,
+        bounds: std::ops::Range<u64>,
+        size: u64,
+        reason: FetchReason,
+    ) -> Result<Response<Incoming>, FillError> {
         let uri: Uri = match upstream {
             Some((u, _)) => u.clone(),
             None => url
                 .parse()
                 .map_err(|_| FillError::Internal(format!("unparsable URL {url:?}")))?,
         };
-        let bounds = layout.chunk_bounds(index);
-        let len = bounds.end - bounds.start;
         let mut h = upstream.map(|(_, u)| u.headers.clone()).unwrap_or_default();
         let range = format!("bytes={}-{}", bounds.start, bounds.end.saturating_sub(1));
         h.insert(
@@ -213,29 +251,16 @@ impl ObjectCache {
             }
             .into());
         }
-        let changed = |why: Changed| {
-            self.inner.metrics.origin_changed.inc();
-            tracing::warn!(%url, chunk = index, %why, "origin changed during a fill");
-            FillError::OriginChanged { why }
-        };
-        version::check(status, resp.headers(), repr, bounds, layout.size).map_err(changed)?;
-        let mut body = resp.into_body();
-        let mut buf = BytesMut::with_capacity(len as usize);
-        while let Some(d) = next_data(&mut body, self.inner.origin.read_timeout(), url).await? {
-            if buf.len() as u64 + d.len() as u64 > len {
-                return Err(changed(Changed::Longer(len)));
-            }
-            buf.extend_from_slice(&d);
-        }
-        if buf.len() as u64 != len {
-            return Err(OriginError::Upstream {
-                host: url.to_owned(),
-                detail: format!("range response ended after {} of {len} bytes", buf.len()),
-            }
-            .into());
-        }
-        self.inner.metrics.origin_fetched(reason, len);
-        Ok(buf.freeze())
+        version::check(status, resp.headers(), repr, bounds, size)
+            .map_err(|why| self.changed(url, why))?;
+        Ok(resp)
+    }
+
+    /// Counts and logs a ranged answer of `url` that is not of the version asked for.
+    pub(crate) fn changed(&self, url: &str, why: Changed) -> FillError {
+        self.inner.metrics.origin_changed.inc();
+        tracing::warn!(%url, %why, "origin changed during a fill");
+        FillError::OriginChanged { why }
     }
 
     async fn forget(&self, s: &Serve) {
@@ -247,63 +272,16 @@ impl ObjectCache {
     /// A body streaming `range` of `s`. Reading runs in its own task, a few chunks
     /// ahead; a read error ends the body with an error, which makes hyper drop the
     /// connection instead of finishing the response.
+    ///
+    /// A range far past what a fill has is served from an origin range request of
+    /// its own instead ([`super::ahead`]).
     pub fn body(&self, s: Serve, range: ByteRange) -> ProxyBody {
         let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, io::Error>>(READ_AHEAD);
         let this = self.clone();
         tokio::spawn(async move {
-            let layout = s.layout();
-            let chunks = layout.chunks_for(range);
-            let _pin = match &s {
-                Serve::Object(m) => match m.manifest.chunks.get(chunks.clone()) {
-                    Some(ids) => Some(this.inner.store.pin(ids.iter().copied())),
-                    None => {
-                        // Metadata damaged on disk: cut the response, fetch anew next time.
-                        let e = FillError::Store(format!(
-                            "the manifest of {} has {} chunk ids, its layout {}",
-                            m.url,
-                            m.manifest.chunks.len(),
-                            layout.chunk_count()
-                        ));
-                        tracing::warn!(url = s.url(), error = %e, "response cut");
-                        this.forget(&s).await;
-                        let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
-                        return;
-                    }
-                },
-                Serve::Fill(_) => None,
-            };
-            let reads = futures_util::stream::iter(chunks)
-                .map(|i| {
-                    let (this, s) = (this.clone(), s.clone());
-                    async move { (i, this.read_chunk(&s, i).await) }
-                })
-                .buffered(READ_AHEAD);
-            futures_util::pin_mut!(reads);
-            while let Some((i, r)) = reads.next().await {
-                let frame = match r {
-                    Ok((bytes, source)) => {
-                        let b = layout.chunk_bounds(i);
-                        let part = ByteRange::new(b.start, b.end).intersect(range);
-                        let lo = (part.start - b.start) as usize;
-                        let hi = (part.end - b.start) as usize;
-                        if hi > bytes.len() {
-                            Err(io::Error::other(format!(
-                                "chunk {i} shorter than its layout"
-                            )))
-                        } else {
-                            this.inner.metrics.served(source, (hi - lo) as u64);
-                            Ok(Frame::data(bytes.slice(lo..hi)))
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(url = s.url(), chunk = i, error = %e, "response cut");
-                        Err(io::Error::other(e.to_string()))
-                    }
-                };
-                let stop = frame.is_err();
-                if tx.send(frame).await.is_err() || stop {
-                    return;
-                }
+            match super::ahead::ahead_of(&s, range) {
+                Some(f) => this.serve_ahead(s, f, range, tx).await,
+                None => this.stream(s, range, tx).await,
             }
         });
         let stream =
@@ -312,5 +290,65 @@ impl ObjectCache {
                 |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
             );
         BoxBody::new(StreamBody::new(stream))
+    }
+
+    /// Sends `range` of `s` into `tx`, chunk by chunk, until done, a read error
+    /// (sent as the last item) or the receiver is gone.
+    pub(super) async fn stream(&self, s: Serve, range: ByteRange, tx: Frames) {
+        let this = self.clone();
+        let layout = s.layout();
+        let chunks = layout.chunks_for(range);
+        let _pin = match &s {
+            Serve::Object(m) => match m.manifest.chunks.get(chunks.clone()) {
+                Some(ids) => Some(this.inner.store.pin(ids.iter().copied())),
+                None => {
+                    // Metadata damaged on disk: cut the response, fetch anew next time.
+                    let e = FillError::Store(format!(
+                        "the manifest of {} has {} chunk ids, its layout {}",
+                        m.url,
+                        m.manifest.chunks.len(),
+                        layout.chunk_count()
+                    ));
+                    tracing::warn!(url = s.url(), error = %e, "response cut");
+                    this.forget(&s).await;
+                    let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            },
+            Serve::Fill(_) => None,
+        };
+        let reads = futures_util::stream::iter(chunks)
+            .map(|i| {
+                let (this, s) = (this.clone(), s.clone());
+                async move { (i, this.read_chunk(&s, i).await) }
+            })
+            .buffered(READ_AHEAD);
+        futures_util::pin_mut!(reads);
+        while let Some((i, r)) = reads.next().await {
+            let frame = match r {
+                Ok((bytes, source)) => {
+                    let b = layout.chunk_bounds(i);
+                    let part = ByteRange::new(b.start, b.end).intersect(range);
+                    let lo = (part.start - b.start) as usize;
+                    let hi = (part.end - b.start) as usize;
+                    if hi > bytes.len() {
+                        Err(io::Error::other(format!(
+                            "chunk {i} shorter than its layout"
+                        )))
+                    } else {
+                        this.inner.metrics.served(source, (hi - lo) as u64);
+                        Ok(Frame::data(bytes.slice(lo..hi)))
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(url = s.url(), chunk = i, error = %e, "response cut");
+                    Err(io::Error::other(e.to_string()))
+                }
+            };
+            let stop = frame.is_err();
+            if tx.send(frame).await.is_err() || stop {
+                return;
+            }
+        }
     }
 }

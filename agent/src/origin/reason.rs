@@ -61,11 +61,14 @@ pub enum FetchReason {
     /// A registry request relayed uncached: the `/v2/` ping, tag lists, referrers,
     /// client `HEAD`s, and every answer of a registry that refused the client.
     RegistryPass,
+    /// A client's range far past what a fill in progress has: served from a `Range`
+    /// request of its own (guarded by `If-Range`), not stored (`object/ahead.rs`).
+    RangeAhead,
 }
 
 impl FetchReason {
     /// Every reason, in label order of the docs (for pre-registering label values).
-    pub const ALL: [FetchReason; 19] = [
+    pub const ALL: [FetchReason; 20] = [
         FetchReason::ColdLease,
         FetchReason::NoPeer,
         FetchReason::PeerFailed,
@@ -85,6 +88,7 @@ impl FetchReason {
         FetchReason::Uncacheable,
         FetchReason::RegistryAuth,
         FetchReason::RegistryPass,
+        FetchReason::RangeAhead,
     ];
 
     /// The metric label and header value.
@@ -109,6 +113,7 @@ impl FetchReason {
             FetchReason::Uncacheable => "uncacheable",
             FetchReason::RegistryAuth => "registry_auth",
             FetchReason::RegistryPass => "registry_pass",
+            FetchReason::RangeAhead => "range_ahead",
         }
     }
 
