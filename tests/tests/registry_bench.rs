@@ -25,7 +25,20 @@ use shoal_tests::require_real;
 use shoal_tests::swarm::TestSwarm;
 
 const LAYERS: [usize; 5] = [16 << 20, 8 << 20, 4 << 20, 2 << 20, 1 << 20];
-const ROUNDS: usize = 3;
+/// Rounds of the cold-pull comparison (`SHOAL_BENCH_ROUNDS`, default 5).
+fn rounds() -> usize {
+    std::env::var("SHOAL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
+
+/// The 1-minute load average, printed with the figures (a shared machine is noisy).
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().next().unwrap_or("?").to_owned())
+        .unwrap_or_else(|_| "?".into())
+}
 
 fn mirror(upstream: &str) -> Vec<Mirror> {
     #[derive(serde::Deserialize)]
@@ -85,7 +98,8 @@ async fn cold_pull_through_agent_vs_direct() {
     )
     .unwrap();
     let (mut d, mut a) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
+    let rounds = rounds();
+    for round in 0..rounds {
         d.push(timed_pull(&ctd, &direct, &r, &image).await);
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = shoal_tests::agent::config("127.0.120.10", dir.path());
@@ -109,9 +123,10 @@ async fn cold_pull_through_agent_vs_direct() {
     let (md, ma) = (median(&mut d), median(&mut a));
     let mib = image.blob_bytes() as f64 / f64::from(1 << 20);
     println!(
-        "cold pull of {mib:.0} MiB in {} layers, median of {ROUNDS}: direct {md:.3} s, through the agent {ma:.3} s, direct/agent = {:.2}",
+        "cold pull of {mib:.0} MiB in {} layers, median of {rounds}: direct {md:.3} s, through the agent {ma:.3} s, direct/agent = {:.2} (load {})",
         LAYERS.len(),
-        md / ma
+        md / ma,
+        load()
     );
 }
 
@@ -175,9 +190,10 @@ async fn flash_crowd_of_eight_nodes() {
     let fastest = times.iter().min().unwrap().as_secs_f64();
     let peer: u64 = (0..N).map(|i| s.fetched(i).0).sum();
     println!(
-        "flash crowd, {N} nodes, {:.0} MiB image: registry blob bytes / image blob bytes = {ratio:.3} ({sent} / {}), peer bytes {peer}, pulls done in {fastest:.2}..{slowest:.2} s, every node verified",
+        "flash crowd, {N} nodes, {:.0} MiB image: registry blob bytes / image blob bytes = {ratio:.3} ({sent} / {}), peer bytes {peer}, pulls done in {fastest:.2}..{slowest:.2} s, every node verified (load {})",
         image.blob_bytes() as f64 / f64::from(1 << 20),
-        image.blob_bytes()
+        image.blob_bytes(),
+        load()
     );
     s.shutdown().await;
 }
