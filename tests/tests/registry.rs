@@ -738,3 +738,68 @@ async fn swarm_digest_mismatch_is_cut_and_not_recorded() {
     assert!(a.cache().cached(&format!("oci:{d}")).is_none());
     s.shutdown().await;
 }
+
+/// A registry whose blob redirects never end: the agent gives up after 5 hops (6
+/// requests) with a 502, and caches nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn endless_redirects_stop_after_five_hops() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use http_body_util::Full;
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    shoal_tests::logs();
+    let ip = "127.0.0.215";
+    let l = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let gets = Arc::new(AtomicU64::new(0));
+    let g = gets.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let g = g.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let g = g.clone();
+                    async move {
+                        g.fetch_add(1, Ordering::SeqCst);
+                        let n = g.load(Ordering::SeqCst);
+                        let r = http::Response::builder()
+                            .status(StatusCode::FOUND)
+                            .header("location", format!("{}?hop={n}", req.uri().path()))
+                            .body(Full::new(Bytes::new()))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = agent::config(ip, dir.path());
+    cfg.mirrors.push(Mirror {
+        name: "reg".into(),
+        upstream: format!("http://{addr}"),
+        kind: MirrorKind::Registry,
+        ..Default::default()
+    });
+    let a = start(cfg).await;
+    let d = digest(b"never served");
+    let resp = get(a.proxy_addr(), &format!("/m/reg/v2/{REPO}/blobs/{d}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(resp.status, StatusCode::BAD_GATEWAY, "{:?}", resp.body);
+    assert!(String::from_utf8_lossy(&resp.body).contains("more than 5 redirects"));
+    assert_eq!(
+        gets.load(Ordering::SeqCst),
+        6,
+        "the first request and 5 hops"
+    );
+    assert!(a.cache().is_empty());
+    a.shutdown().await;
+}
