@@ -96,6 +96,28 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         self.ctr(&args, Duration::from_secs(120)).await
     }
 
+    /// `ctr content fetch --hosts-dir HOSTS REFERENCE`: every blob of the image for
+    /// this platform into the content store, nothing unpacked.
+    pub async fn fetch(&self, reference: &str, hosts: &Path) -> anyhow::Result<String> {
+        let hosts = hosts.display().to_string();
+        let args = ["content", "fetch", "--hosts-dir", hosts.as_str(), reference];
+        self.ctr(&args, Duration::from_secs(120)).await
+    }
+
+    /// Removes the image record, if any, and every blob in `digests`.
+    pub async fn purge(&self, reference: &str, digests: &BTreeSet<String>) -> anyhow::Result<()> {
+        let _ = self
+            .ctr(
+                &["images", "rm", "--sync", reference],
+                Duration::from_secs(30),
+            )
+            .await;
+        let mut args = vec!["content", "rm"];
+        args.extend(digests.iter().map(String::as_str));
+        let _ = self.ctr(&args, Duration::from_secs(30)).await;
+        Ok(())
+    }
+
     /// Removes the image and garbage-collects its content (`images rm --sync`), so
     /// the next pull starts from an empty content store.
     pub async fn forget(&self, reference: &str) -> anyhow::Result<()> {
