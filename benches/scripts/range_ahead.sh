@@ -13,16 +13,16 @@
 set -u
 AGENT=$(realpath "$1"); BEFORE=${2:+$(realpath "$2")}; RUNS=${3:-3}
 D=$(mktemp -d); trap 'kill $(cat $D/nginx.pid 2>/dev/null) 2>/dev/null; rm -rf $D' EXIT
-chmod 755 $D; mkdir -p $D/www
-head -c 10485760 /dev/urandom > $D/www/f.bin
-tail -c 100 $D/www/f.bin > $D/want.bin
-cat > $D/nginx.conf <<NGX
+chmod 755 "$D"; mkdir -p "$D"/www
+head -c 10485760 /dev/urandom > "$D"/www/f.bin
+tail -c 100 "$D"/www/f.bin > "$D"/want.bin
+cat > "$D"/nginx.conf <<NGX
 daemon on; worker_processes 1; pid $D/nginx.pid; error_log $D/nginx.err;
 events { worker_connections 64; }
 http { access_log off; server { listen 127.0.0.241:18080; root $D/www; limit_rate 2m; } }
 NGX
-nginx -c $D/nginx.conf || exit 1
-cat > $D/agent.toml <<TOML
+nginx -c "$D"/nginx.conf || exit 1
+cat > "$D"/agent.toml <<TOML
 [proxy]
 listen = "127.0.0.241:17480"
 [admin]
@@ -36,19 +36,19 @@ allow_cidrs = ["127.0.0.0/8"]
 [peer]
 listen = "127.0.0.241:17482"
 TOML
-for i in $(seq $RUNS); do
+for i in $(seq "$RUNS"); do
   for bin in $BEFORE $AGENT; do
-    rm -rf $D/cache
-    $bin run --config $D/agent.toml > $D/agent.log 2>&1 &
+    rm -rf "$D"/cache
+    $bin run --config "$D"/agent.toml > "$D"/agent.log 2>&1 &
     pid=$!
     for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.241:17481/metrics && break; sleep 0.1; done
-    t=$(curl -s -x http://127.0.0.241:17480 -r -100 -o $D/got.bin \
+    t=$(curl -s -x http://127.0.0.241:17480 -r -100 -o "$D"/got.bin \
       -w 'head %{time_starttransfer}s last %{time_total}s status %{http_code}' \
       http://127.0.0.241:18080/f.bin)
-    same=$(cmp -s $D/got.bin $D/want.bin && echo ok || echo DIFFERENT)
+    same=$(cmp -s "$D"/got.bin "$D"/want.bin && echo ok || echo DIFFERENT)
     ahead=$(curl -s http://127.0.0.241:17481/metrics \
       | awk '/^shoal_origin_fetches_total\{reason="range_ahead"\}/ {print $2}')
-    echo "$(basename $(dirname $bin))/$(basename $bin) run $i: $t bytes $same range_ahead ${ahead:-0}"
+    echo "$(basename "$(dirname "$bin")")/$(basename "$bin") run $i: $t bytes $same range_ahead ${ahead:-0}"
     kill $pid; wait $pid 2>/dev/null
   done
 done

@@ -29,7 +29,8 @@ fuzz_target!(|data: &[u8]| {
         std::time::Duration::from_secs(60),
     );
     if let Some(d) = digest_in_path(&m.url) {
-        let hex = d.strip_prefix("sha256:").expect("sha256: prefix");
+        let text = d.to_string();
+        let hex = text.strip_prefix("sha256:").expect("sha256: prefix");
         assert!(
             hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
             "{d}"
