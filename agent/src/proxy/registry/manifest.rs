@@ -17,7 +17,6 @@ use super::{MirrorSettings, Outcome, accept, client_headers, head_digest, vary_a
 use crate::config::Mode;
 use crate::object::read::ProxyBody;
 use crate::object::{Repr, Upstream};
-use crate::origin::reason::FetchReason;
 use crate::proxy::{Proxy, RouteError};
 
 impl Proxy {
@@ -137,17 +136,7 @@ impl Proxy {
         headers: &HeaderMap,
         url: &Uri,
     ) -> Result<Result<HeaderMap, Response<ProxyBody>>, RouteError> {
-        let resp = self
-            .cache
-            .origin()
-            .send(
-                Method::HEAD,
-                url,
-                client_headers(headers),
-                "head",
-                FetchReason::RegistryAuth,
-            )
-            .await?;
+        let resp = self.registry_head(headers, url).await?;
         let checks = &self.metrics.registry_auth_checks;
         if resp.status().is_success() {
             checks.with_label_values(&["granted"]).inc();

@@ -328,17 +328,7 @@ impl Proxy {
             checks.with_label_values(&["remembered"]).inc();
             return Ok(Check::Remembered);
         }
-        let resp = self
-            .cache
-            .origin()
-            .send(
-                Method::HEAD,
-                url,
-                client_headers(headers),
-                "head",
-                FetchReason::RegistryAuth,
-            )
-            .await?;
+        let resp = self.registry_head(headers, url).await?;
         if accepted(resp.status()) {
             checks.with_label_values(&["granted"]).inc();
             if !mirror.auth_ttl.is_zero() {
@@ -443,6 +433,26 @@ impl Proxy {
             .await?;
         let outcome = outcome_of(&r, label);
         Ok((r, label, outcome))
+    }
+
+    /// A `HEAD` of `url` with the client's credentials and `Accept`: the registry's
+    /// answer to "may this client have it?" (and "which digest does this tag name?"),
+    /// counted as `registry_auth`.
+    pub(super) async fn registry_head(
+        &self,
+        headers: &HeaderMap,
+        url: &Uri,
+    ) -> Result<Response<hyper::body::Incoming>, crate::origin::OriginError> {
+        self.cache
+            .origin()
+            .send(
+                Method::HEAD,
+                url,
+                client_headers(headers),
+                "head",
+                FetchReason::RegistryAuth,
+            )
+            .await
     }
 
     pub(super) fn registry_want(
