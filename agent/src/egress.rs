@@ -115,12 +115,11 @@ impl EgressPolicy {
         }
         // An address that embeds the IPv4 address it reaches (IPv4-mapped, NAT64,
         // 6to4) is that IPv4 address: honour an IPv4 allowance for it.
-        if let IpAddr::V6(v6) = ip {
-            if let Some(v4) = embedded_v4(v6) {
-                if allowed(IpAddr::V4(v4)) {
-                    return Ok(());
-                }
-            }
+        if let IpAddr::V6(v6) = ip
+            && let Some(v4) = embedded_v4(v6)
+            && allowed(IpAddr::V4(v4))
+        {
+            return Ok(());
         }
         Err(EgressDenied::Address { ip, class })
     }
@@ -360,10 +359,10 @@ pub fn find_denied(err: &(dyn std::error::Error + 'static)) -> Option<EgressDeni
         if let Some(d) = e.downcast_ref::<EgressDenied>() {
             return Some(d.clone());
         }
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            if let Some(d) = io.get_ref().and_then(|i| i.downcast_ref::<EgressDenied>()) {
-                return Some(d.clone());
-            }
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && let Some(d) = io.get_ref().and_then(|i| i.downcast_ref::<EgressDenied>())
+        {
+            return Some(d.clone());
         }
         cur = e.source();
     }

@@ -353,10 +353,10 @@ pub async fn next_data(
                 });
             }
             Ok(Some(Ok(f))) => {
-                if let Ok(d) = f.into_data() {
-                    if !d.is_empty() {
-                        return Ok(Some(d));
-                    }
+                if let Ok(d) = f.into_data()
+                    && !d.is_empty()
+                {
+                    return Ok(Some(d));
                 }
             }
         }

@@ -92,10 +92,10 @@ impl TryFrom<String> for RegistryHost {
                 return Err(bad());
             }
         }
-        if let Some(p) = port {
-            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.parse::<u16>().is_err() {
-                return Err(bad());
-            }
+        if let Some(p) = port
+            && (p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.parse::<u16>().is_err())
+        {
+            return Err(bad());
         }
         Ok(RegistryHost(lower))
     }

@@ -347,10 +347,10 @@ fn kind_name(kind: u8) -> &'static str {
 /// Splits the frame of `kind` at the start of `buf` into (body, bytes used).
 fn frame(buf: &[u8], kind: u8) -> Result<Decode<&[u8]>, WireError> {
     // Check each header byte as soon as it is there, so garbage is refused early.
-    if let Some(&v) = buf.first() {
-        if v != VERSION {
-            return Err(WireError::Version(v));
-        }
+    if let Some(&v) = buf.first()
+        && v != VERSION
+    {
+        return Err(WireError::Version(v));
     }
     if let Some(&k) = buf.get(1) {
         if k != KIND_REQUEST && k != KIND_RESPONSE {

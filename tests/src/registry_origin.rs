@@ -627,18 +627,16 @@ fn blob(
             &[],
         );
     };
-    if !head {
-        if let Some(s) = *lock(&shared.storage) {
-            let hex = d.trim_start_matches("sha256:");
-            return resp(
-                StatusCode::TEMPORARY_REDIRECT,
-                &[(
-                    "location",
-                    format!("http://{s}/storage/{hex}?X-Amz-Signature=deadbeef&X-Amz-Expires=60"),
-                )],
-                Bytes::new(),
-            );
-        }
+    if !head && let Some(s) = *lock(&shared.storage) {
+        let hex = d.trim_start_matches("sha256:");
+        return resp(
+            StatusCode::TEMPORARY_REDIRECT,
+            &[(
+                "location",
+                format!("http://{s}/storage/{hex}?X-Amz-Signature=deadbeef&X-Amz-Expires=60"),
+            )],
+            Bytes::new(),
+        );
     }
     ranged(req, d, b, &[])
 }

@@ -547,10 +547,10 @@ impl Object {
     /// Extends `peer`'s leases on `indices` (others' leases are left alone).
     fn renew(&mut self, now: Instant, peer: &PeerId, indices: &[u32], ttl: Duration) {
         for i in indices {
-            if let Some(l) = self.leases.get_mut(i) {
-                if &l.holder == peer {
-                    l.expires = now + ttl;
-                }
+            if let Some(l) = self.leases.get_mut(i)
+                && &l.holder == peer
+            {
+                l.expires = now + ttl;
             }
         }
     }

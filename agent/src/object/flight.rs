@@ -145,10 +145,10 @@ impl ObjectCache {
         want: &Want,
         cached: Option<Arc<ObjectMeta>>,
     ) -> Result<Lookup, OriginError> {
-        if want.mode == Mode::P2p {
-            if let Some(sw) = &self.inner.swarm {
-                return self.fetch_swarm(want, cached, sw.clone()).await;
-            }
+        if want.mode == Mode::P2p
+            && let Some(sw) = &self.inner.swarm
+        {
+            return self.fetch_swarm(want, cached, sw.clone()).await;
         }
         self.fetch_get(want, cached, FetchReason::CacheMode).await
     }
@@ -248,14 +248,14 @@ impl ObjectCache {
         if let Some(m) = self.stale(&cached, &stale::Failure::Status(resp.status())) {
             return Ok(Lookup::Stale(m));
         }
-        if resp.status() == StatusCode::NOT_MODIFIED {
-            if let Some(m) = cached {
-                let mut m = (*m).clone();
-                m.validated_at_ms = meta::unix_ms(SystemTime::now());
-                let m = Arc::new(m);
-                self.remember(m.clone()).await;
-                return Ok(Lookup::Object(m));
-            }
+        if resp.status() == StatusCode::NOT_MODIFIED
+            && let Some(m) = cached
+        {
+            let mut m = (*m).clone();
+            m.validated_at_ms = meta::unix_ms(SystemTime::now());
+            let m = Arc::new(m);
+            self.remember(m.clone()).await;
+            return Ok(Lookup::Object(m));
         }
         match policy::cacheable(
             want,
@@ -358,11 +358,11 @@ impl ObjectCache {
     /// Removes the flight of `url` if it is `fill` (called when a fill ends).
     pub(crate) fn end_flight(&self, url: &str, fill: &Arc<Fill>) {
         let mut flights = lock(&self.inner.flights);
-        if let Some(Flight::Filling(f)) = flights.get(url) {
-            if Arc::ptr_eq(f, fill) {
-                flights.remove(url);
-                self.inner.metrics.fills_in_flight.dec();
-            }
+        if let Some(Flight::Filling(f)) = flights.get(url)
+            && Arc::ptr_eq(f, fill)
+        {
+            flights.remove(url);
+            self.inner.metrics.fills_in_flight.dec();
         }
     }
 }

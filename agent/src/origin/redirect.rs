@@ -55,10 +55,11 @@ pub fn next_hop(
     if loc.is_empty() {
         return Err(RedirectError::NoLocation(status));
     }
-    if let Some((scheme, _)) = loc.split_once("://") {
-        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-            return Err(RedirectError::Scheme(loc.to_owned()));
-        }
+    if let Some((scheme, _)) = loc.split_once("://")
+        && !scheme.eq_ignore_ascii_case("http")
+        && !scheme.eq_ignore_ascii_case("https")
+    {
+        return Err(RedirectError::Scheme(loc.to_owned()));
     }
     let next = resolve(current, loc).ok_or(RedirectError::NoLocation(status))?;
     match next.scheme_str() {

@@ -157,10 +157,10 @@ fn preconditions(req: &HeaderMap, repr: &Repr, now: SystemTime) -> Precondition 
         if !etag_in(&im, repr.etag.as_deref(), true) {
             return Precondition::Failed;
         }
-    } else if let (Some(ius), Some(lm)) = (date(req, header::IF_UNMODIFIED_SINCE), lm) {
-        if lm > ius {
-            return Precondition::Failed;
-        }
+    } else if let (Some(ius), Some(lm)) = (date(req, header::IF_UNMODIFIED_SINCE), lm)
+        && lm > ius
+    {
+        return Precondition::Failed;
     }
     if let Some(inm) = list(req, header::IF_NONE_MATCH) {
         if etag_in(&inm, repr.etag.as_deref(), false) {

@@ -197,11 +197,10 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             let secs = this.start.elapsed().as_secs_f64();
-            if this.inner.is_end_stream() {
-                if let Some(h) = this.ttfb.take() {
+            if this.inner.is_end_stream()
+                && let Some(h) = this.ttfb.take() {
                     h.observe(secs);
                 }
-            }
             if let Some(h) = this.hist.take() {
                 h.observe(secs);
             }
@@ -224,15 +223,13 @@ impl Body for Observed {
             Poll::Ready(None) => true,
             _ => false,
         };
-        if first {
-            if let Some(h) = this.ttfb.take() {
-                h.observe(this.start.elapsed().as_secs_f64());
-            }
+        if first && let Some(h) = this.ttfb.take() {
+            h.observe(this.start.elapsed().as_secs_f64());
         }
-        if let Poll::Ready(None) = r {
-            if let Some(h) = this.hist.take() {
-                h.observe(this.start.elapsed().as_secs_f64());
-            }
+        if let Poll::Ready(None) = r
+            && let Some(h) = this.hist.take()
+        {
+            h.observe(this.start.elapsed().as_secs_f64());
         }
         r
     }

@@ -277,13 +277,13 @@ impl Download {
             self.sched.handle_tracker_back(now);
             self.tracker_lost = false;
         }
-        if let Some(l) = resp.layout {
-            if l != self.layout {
-                tracing::warn!(key = %self.key, ours = ?self.layout, tracker = ?l, "layout differs from the swarm's; downloading alone");
-                self.solo = true;
-                self.sched.handle_tracker_lost(now);
-                return;
-            }
+        if let Some(l) = resp.layout
+            && l != self.layout
+        {
+            tracing::warn!(key = %self.key, ours = ?self.layout, tracker = ?l, "layout differs from the swarm's; downloading alone");
+            self.solo = true;
+            self.sched.handle_tracker_lost(now);
+            return;
         }
         let mut new_ids = Vec::new();
         for IndexedId { index, id } in resp.ids {
@@ -480,14 +480,14 @@ impl Download {
     }
 
     async fn finish(mut self, digest: Option<Sha256Digest>) {
-        if let Some(d) = &digest {
-            if let Err(e) = self.check_digest(d).await {
-                if let FillError::DigestMismatch { from, .. } = &e {
-                    self.swarm.metrics.verify_failed(*from);
-                }
-                self.cache.abort_fill(&self.fill, e).await;
-                return;
+        if let Some(d) = &digest
+            && let Err(e) = self.check_digest(d).await
+        {
+            if let FillError::DigestMismatch { from, .. } = &e {
+                self.swarm.metrics.verify_failed(*from);
             }
+            self.cache.abort_fill(&self.fill, e).await;
+            return;
         }
         let (last, source) = match self.last.take() {
             Some((c, s)) => (vec![c], s),

@@ -165,10 +165,11 @@ impl Pool {
             slots.entry(peer.id.clone()).or_default().clone()
         };
         let mut held = slot.lock().await;
-        if let Some(c) = held.as_ref() {
-            if c.close_reason().is_none() && c.remote_address() == peer.addr {
-                return Ok(c.clone());
-            }
+        if let Some(c) = held.as_ref()
+            && c.close_reason().is_none()
+            && c.remote_address() == peer.addr
+        {
+            return Ok(c.clone());
         }
         *held = None;
         let connecting =

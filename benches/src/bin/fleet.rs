@@ -140,10 +140,10 @@ fn main_inner(registry: &Registry) -> Result<u8> {
     if let Some(path) = &args.markdown {
         std::fs::write(path, &md).with_context(|| format!("writing {}", path.display()))?;
     }
-    if let Some(path) = &args.plot {
-        if let Err(e) = plot::cdf(&report, path) {
-            eprintln!("fleet: plot failed: {e:#}");
-        }
+    if let Some(path) = &args.plot
+        && let Err(e) = plot::cdf(&report, path)
+    {
+        eprintln!("fleet: plot failed: {e:#}");
     }
 
     if !left.is_clean() {

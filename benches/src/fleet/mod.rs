@@ -189,10 +189,10 @@ pub fn metric(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
             if metric_name != name {
                 return None;
             }
-            if let Some((k, v)) = label {
-                if !labels.contains(&format!("{k}=\"{v}\"")) {
-                    return None;
-                }
+            if let Some((k, v)) = label
+                && !labels.contains(&format!("{k}=\"{v}\""))
+            {
+                return None;
             }
             value.trim().parse::<f64>().ok()
         })

@@ -81,11 +81,11 @@ impl Proc {
 
     /// Exit status and time, if it has exited (non-blocking).
     pub fn poll(&mut self) -> Option<(ExitStatus, SystemTime)> {
-        if self.exited.is_none() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.exited = Some((status, SystemTime::now()));
-                self.registry.forget_pid(self.child.id());
-            }
+        if self.exited.is_none()
+            && let Ok(Some(status)) = self.child.try_wait()
+        {
+            self.exited = Some((status, SystemTime::now()));
+            self.registry.forget_pid(self.child.id());
         }
         self.exited
     }

@@ -303,16 +303,16 @@ impl Scheduler {
             .peers
             .upsert(peer, proximity, self.cfg.peer_window_start);
         let mut res = Ok(());
-        if let Some(p) = self.peers.get_mut(slot) {
-            if matches!(p.status, PeerStatus::Active | PeerStatus::Gone) {
-                if p.status == PeerStatus::Gone {
-                    p.window = self.cfg.peer_window_start;
-                }
-                p.proximity = proximity;
-                p.status = PeerStatus::Active;
-                self.peers.clear(slot);
-                res = self.add_have(slot, have);
+        if let Some(p) = self.peers.get_mut(slot)
+            && matches!(p.status, PeerStatus::Active | PeerStatus::Gone)
+        {
+            if p.status == PeerStatus::Gone {
+                p.window = self.cfg.peer_window_start;
             }
+            p.proximity = proximity;
+            p.status = PeerStatus::Active;
+            self.peers.clear(slot);
+            res = self.add_have(slot, have);
         }
         self.pass(now);
         res

@@ -137,13 +137,14 @@ impl Peers {
         let Some(count) = self.holders.get_mut(index) else {
             return false;
         };
-        if let Some(p) = self.list.get_mut(slot) {
-            if p.status == PeerStatus::Active && !p.holds(index) {
-                // have.len() covers every index < holders.len()
-                if let Some(w) = p.have.get_mut(index / 64) {
-                    *w |= 1 << (index % 64);
-                    *count += 1;
-                }
+        if let Some(p) = self.list.get_mut(slot)
+            && p.status == PeerStatus::Active
+            && !p.holds(index)
+        {
+            // have.len() covers every index < holders.len()
+            if let Some(w) = p.have.get_mut(index / 64) {
+                *w |= 1 << (index % 64);
+                *count += 1;
             }
         }
         true

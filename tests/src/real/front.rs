@@ -199,10 +199,10 @@ fn serve_store(
     if let Ok(v) = http::HeaderValue::from_str(&format!("\"{hex}\"")) {
         h.insert(http::header::ETAG, v);
     }
-    if let Some((a, b)) = range {
-        if let Ok(v) = http::HeaderValue::from_str(&format!("bytes {a}-{b}/{len}")) {
-            h.insert(http::header::CONTENT_RANGE, v);
-        }
+    if let Some((a, b)) = range
+        && let Ok(v) = http::HeaderValue::from_str(&format!("bytes {a}-{b}/{len}"))
+    {
+        h.insert(http::header::CONTENT_RANGE, v);
     }
     r
 }

@@ -51,10 +51,10 @@ impl Proxy {
             .serve_checked(headers, mirror, repo, &digest, &want, "cache", Some(&fits))
             .await?;
         vary_accept(r.headers_mut());
-        if r.status().is_success() {
-            if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
-                r.headers_mut().insert("docker-content-digest", v);
-            }
+        if r.status().is_success()
+            && let Ok(v) = HeaderValue::from_str(&digest.to_string())
+        {
+            r.headers_mut().insert("docker-content-digest", v);
         }
         Ok((r, label, outcome))
     }

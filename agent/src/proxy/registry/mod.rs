@@ -261,11 +261,11 @@ impl Proxy {
                 } => Some(*digest),
                 _ => head_digest(r.headers()),
             };
-            if let Some(d) = named.filter(|_| r.status().is_success()) {
-                if !mirror.auth_ttl.is_zero() {
-                    self.grants
-                        .grant(GrantKey::new(headers, url, &name, &d), Instant::now());
-                }
+            if let Some(d) = named.filter(|_| r.status().is_success())
+                && !mirror.auth_ttl.is_zero()
+            {
+                self.grants
+                    .grant(GrantKey::new(headers, url, &name, &d), Instant::now());
             }
             return Ok((r, label, o));
         }
@@ -378,10 +378,10 @@ impl Proxy {
         let (mut r, label, outcome) = self
             .serve_checked(headers, mirror, repo, &digest, &want, label, None)
             .await?;
-        if r.status().is_success() {
-            if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
-                r.headers_mut().insert("docker-content-digest", v);
-            }
+        if r.status().is_success()
+            && let Ok(v) = HeaderValue::from_str(&digest.to_string())
+        {
+            r.headers_mut().insert("docker-content-digest", v);
         }
         Ok((r, label, outcome))
     }
@@ -423,10 +423,10 @@ impl Proxy {
                 let key = GrantKey::new(headers, url, repo, digest);
                 self.grants.grant(key, Instant::now());
             }
-        } else if cached_bytes {
-            if let Check::Refused(r) = self.check(headers, url, mirror, repo, digest).await? {
-                return Ok((r, "pass", Outcome::Refused));
-            }
+        } else if cached_bytes
+            && let Check::Refused(r) = self.check(headers, url, mirror, repo, digest).await?
+        {
+            return Ok((r, "pass", Outcome::Refused));
         }
         let (r, label) = self
             .serve_found(&Method::GET, headers, url, lookup, label, fits)
