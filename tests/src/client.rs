@@ -25,7 +25,8 @@ impl Reply {
 }
 
 /// Sends `method url` to `server` (the agent's proxy address, or the origin itself)
-/// with the URL in absolute form, and reads the whole response. A body that ends with
+/// with the URL in absolute form (or origin form, `/m/NAME/...`, with `Host: server`),
+/// and reads the whole response. A body that ends with
 /// an error (the agent cut it) is an `Err`.
 pub async fn request(
     server: SocketAddr,
@@ -37,10 +38,14 @@ pub async fn request(
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let uri: http::Uri = url.parse()?;
-    let mut req = Request::builder().method(method).uri(uri.clone());
-    if let Some(a) = uri.authority() {
-        req = req.header(http::header::HOST, a.as_str());
-    }
+    // Absolute form names its host; origin form (`/m/NAME/...`) is for `server` itself.
+    let host = uri
+        .authority()
+        .map_or_else(|| server.to_string(), |a| a.as_str().to_owned());
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri.clone())
+        .header(http::header::HOST, host);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
