@@ -15,7 +15,7 @@ use shoal_proto::oci::{OciPathError, RegistryPath};
 
 use super::Proxy;
 use crate::config::Mode;
-use crate::object::{Lookup, Upstream, Want};
+use crate::object::{Lookup, Want};
 
 /// Why a prefetch URL was not accepted: the caller's fault.
 #[derive(Debug, thiserror::Error)]
@@ -123,16 +123,6 @@ impl Proxy {
                 "{url}: of a registry mirror only blobs (/v2/<name>/blobs/sha256:<hex>) are prefetched"
             )));
         };
-        let up = Upstream {
-            key: format!("oci:{digest}"),
-            digest,
-            headers: HeaderMap::new(),
-        };
-        let mode = if mode == Mode::P2p {
-            Mode::P2p
-        } else {
-            Mode::Cache
-        };
-        Ok(self.registry_want(&HeaderMap::new(), url, mode, up))
+        Ok(self.blob_want(&HeaderMap::new(), HeaderMap::new(), url, digest, mode))
     }
 }

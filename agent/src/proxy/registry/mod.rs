@@ -362,19 +362,13 @@ impl Proxy {
         digest: Digest,
         mode: Mode,
     ) -> Result<(Response<ProxyBody>, &'static str, Outcome), RouteError> {
-        let up = Upstream {
-            key: format!("oci:{digest}"),
-            digest,
-            headers: client_headers(headers),
-        };
-        let mode = if mode == Mode::P2p {
-            Mode::P2p
+        let want = self.blob_want(headers, client_headers(headers), url, digest, mode);
+        let label = if want.mode == Mode::P2p {
+            "p2p"
         } else {
-            Mode::Cache
+            "cache"
         };
-        let label = if mode == Mode::P2p { "p2p" } else { "cache" };
-        self.forget_incomplete(&up.key).await;
-        let want = self.registry_want(headers, url, mode, up);
+        self.forget_incomplete(&blob_key(&digest)).await;
         let (mut r, label, outcome) = self
             .serve_checked(headers, mirror, repo, &digest, &want, label, None)
             .await?;
@@ -435,6 +429,30 @@ impl Proxy {
         Ok((r, label, outcome))
     }
 
+    /// The fill of blob `digest` named by `url`: keyed [`blob_key`] (one copy
+    /// whatever repository or registry named it), checked against the digest, fetched
+    /// with `fill_headers`; swarmed when the URL's rule is `p2p`, else cached.
+    pub(super) fn blob_want(
+        &self,
+        headers: &HeaderMap,
+        fill_headers: HeaderMap,
+        url: &Uri,
+        digest: Digest,
+        mode: Mode,
+    ) -> Want {
+        let up = Upstream {
+            key: blob_key(&digest),
+            digest,
+            headers: fill_headers,
+        };
+        let mode = if mode == Mode::P2p {
+            Mode::P2p
+        } else {
+            Mode::Cache
+        };
+        self.registry_want(headers, url, mode, up)
+    }
+
     /// A `HEAD` of `url` with the client's credentials and `Accept`: the registry's
     /// answer to "may this client have it?" (and "which digest does this tag name?"),
     /// counted as `registry_auth`.
@@ -455,13 +473,7 @@ impl Proxy {
             .await
     }
 
-    pub(super) fn registry_want(
-        &self,
-        headers: &HeaderMap,
-        url: &Uri,
-        mode: Mode,
-        up: Upstream,
-    ) -> Want {
+    fn registry_want(&self, headers: &HeaderMap, url: &Uri, mode: Mode, up: Upstream) -> Want {
         Want {
             url: url.clone(),
             mode,
@@ -516,6 +528,11 @@ fn vary_accept(h: &mut HeaderMap) {
     if !has {
         h.append(header::VARY, HeaderValue::from_static("Accept"));
     }
+}
+
+/// The index and flight key of blob `digest`.
+pub(super) fn blob_key(digest: &Digest) -> String {
+    format!("oci:{digest}")
 }
 
 #[cfg(test)]
