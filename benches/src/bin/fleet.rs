@@ -22,6 +22,12 @@ struct Args {
     /// S1, S2, S3, S4 or quick.
     #[arg(long, default_value = "quick")]
     scenario: String,
+    /// Ethernet MTU of every emulated link (1280-9000; 9000 = jumbo frames).
+    #[arg(long, default_value_t = shoal_benches::fleet::scenario::DEFAULT_MTU)]
+    mtu: u16,
+    /// Generic receive offload on the emulated links: on (as real NICs) or off.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    gro: String,
     /// Comma-separated: direct, bittorrent, shoal.
     #[arg(long, default_value = "direct,bittorrent,shoal")]
     systems: String,
@@ -92,6 +98,8 @@ fn main_inner(registry: &Registry) -> Result<u8> {
             Scenario::NAMES.join(", ")
         )
     })?;
+    let mut scenario = scenario.with_mtu(args.mtu).map_err(anyhow::Error::msg)?;
+    scenario.gro = args.gro == "on";
     let mut systems = Vec::new();
     for s in args.systems.split(',').filter(|s| !s.trim().is_empty()) {
         match System::parse(s) {

@@ -201,7 +201,12 @@ pub fn metric(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
 
 /// Make sure the tools for `systems` exist, installing Debian packages if allowed.
 pub fn ensure_tools(systems: &[System], install: bool) -> Result<()> {
-    let mut needed = vec![("ip", "iproute2"), ("tc", "iproute2"), ("curl", "curl")];
+    let mut needed = vec![
+        ("ip", "iproute2"),
+        ("tc", "iproute2"),
+        ("curl", "curl"),
+        ("ethtool", "ethtool"),
+    ];
     if !Path::new("/usr/sbin/nginx").exists() {
         needed.push(("nginx", "nginx-light"));
     }
@@ -288,7 +293,7 @@ pub fn run(opts: &Options, registry: &Registry) -> Result<Report> {
     // A peer-to-peer system that needs more than ten times the bound has failed; do
     // not let it hold the run for as long as direct may take.
     let p2p_timeout = direct_timeout.min(Duration::from_secs_f64(
-        (10.0 * opts.scenario.t_min(scenario::PAYLOAD_EFFICIENCY)).max(120.0),
+        (10.0 * opts.scenario.t_min(opts.scenario.payload_efficiency())).max(120.0),
     ));
 
     let mut report = Report::new(&opts.scenario);

@@ -3,6 +3,11 @@
 //! download on the bridge-side peer. Addresses are private to these namespaces
 //! (10.77.0.0/16); nothing is routed anywhere else.
 //!
+//! Every link has the scenario's MTU (1 500 bytes, or jumbo frames) and, unless the
+//! scenario turns it off, generic receive offload on both ends of every veth, as real
+//! NICs have it (veths default to off): a receiver then handles a burst of one flow's
+//! packets as one, for TCP and for UDP sockets that ask for it (`UDP_GRO`; quinn does).
+//!
 //! Not emulated: latency and loss (netem is not available here), so every RTT is
 //! near zero and TCP ramps up faster than on a real network.
 
@@ -63,6 +68,8 @@ impl Fleet {
         add_ns(&bridge_ns, registry)?;
         let br = Some(bridge_ns.as_str());
         run(br, "ip", &["link", "add", "br0", "type", "bridge"])?;
+        let mtu = scenario.mtu.to_string();
+        run(br, "ip", &["link", "set", "br0", "mtu", &mtu])?;
         run(br, "ip", &["link", "set", "br0", "up"])?;
         bypass_netfilter(&bridge_ns);
 
@@ -84,23 +91,28 @@ impl Fleet {
             })
             .collect();
 
+        let link = |up, down| Link {
+            up,
+            down,
+            mtu: scenario.mtu,
+            gro: scenario.gro,
+        };
         attach(
             &bridge_ns,
             0,
             &origin,
-            Some(scenario.origin_up),
-            None,
+            &link(Some(scenario.origin_up), None),
             registry,
         )
         .context("attaching origin")?;
-        attach(&bridge_ns, 1, &tracker, None, None, registry).context("attaching tracker")?;
+        attach(&bridge_ns, 1, &tracker, &link(None, None), registry)
+            .context("attaching tracker")?;
         for (i, node) in agents.iter().enumerate() {
             attach(
                 &bridge_ns,
                 i + 2,
                 node,
-                Some(scenario.node_up),
-                Some(scenario.node_down),
+                &link(Some(scenario.node_up), Some(scenario.node_down)),
                 registry,
             )
             .with_context(|| format!("attaching {}", node.name))?;
@@ -153,14 +165,23 @@ fn add_ns(name: &str, registry: &Registry) -> Result<()> {
     Ok(())
 }
 
+/// How one node's link is set up.
+struct Link {
+    /// Shaping on the node's `eth0` (its upload).
+    up: Option<Rate>,
+    /// Shaping on the bridge-side peer (the node's download).
+    down: Option<Rate>,
+    mtu: u16,
+    gro: bool,
+}
+
 /// Create `node`'s namespace and veth pair (`eth0` in the node, `p<port>` on the
 /// bridge) and shape it: `up` on `eth0`, `down` on the bridge-side peer.
 fn attach(
     bridge_ns: &str,
     port: usize,
     node: &Node,
-    up: Option<Rate>,
-    down: Option<Rate>,
+    link: &Link,
     registry: &Registry,
 ) -> Result<()> {
     add_ns(&node.ns, registry)?;
@@ -174,15 +195,22 @@ fn attach(
             "link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns", &node.ns,
         ],
     )?;
+    let mtu = link.mtu.to_string();
+    run(br, "ip", &["link", "set", &peer, "mtu", &mtu])?;
+    run(ns, "ip", &["link", "set", "eth0", "mtu", &mtu])?;
+    if link.gro {
+        run(br, "ethtool", &["-K", &peer, "gro", "on"])?;
+        run(ns, "ethtool", &["-K", "eth0", "gro", "on"])?;
+    }
     run(br, "ip", &["link", "set", &peer, "master", "br0"])?;
     run(br, "ip", &["link", "set", &peer, "up"])?;
     let cidr = format!("{}/{PREFIX_LEN}", node.ip);
     run(ns, "ip", &["addr", "add", &cidr, "dev", "eth0"])?;
     run(ns, "ip", &["link", "set", "eth0", "up"])?;
-    if let Some(rate) = up {
+    if let Some(rate) = link.up {
         shape(&node.ns, "eth0", rate)?;
     }
-    if let Some(rate) = down {
+    if let Some(rate) = link.down {
         shape(bridge_ns, &peer, rate)?;
     }
     Ok(())

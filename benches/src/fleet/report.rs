@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::cpu::CpuSummary;
 use super::origin::Object;
-use super::scenario::{PAYLOAD_EFFICIENCY, Scenario};
+use super::scenario::Scenario;
 use super::{AgentMetrics, Run, System};
 
 /// One run of one scenario.
@@ -23,6 +23,10 @@ pub struct Report {
     /// The same bound from payload rates (configured × `payload_efficiency`).
     pub t_min_effective_seconds: f64,
     pub payload_efficiency: f64,
+    /// Ethernet MTU of every emulated link.
+    pub mtu: u16,
+    /// Whether the veths ran with generic receive offload.
+    pub gro: bool,
     pub cores: usize,
     pub started_unix: u64,
     pub systems: Vec<SystemResult>,
@@ -92,8 +96,10 @@ impl Report {
             node_up_bits_per_second: s.node_up.bits_per_second(),
             node_down_bits_per_second: s.node_down.bits_per_second(),
             t_min_seconds: s.t_min(1.0),
-            t_min_effective_seconds: s.t_min(PAYLOAD_EFFICIENCY),
-            payload_efficiency: PAYLOAD_EFFICIENCY,
+            t_min_effective_seconds: s.t_min(s.payload_efficiency()),
+            payload_efficiency: s.payload_efficiency(),
+            mtu: s.mtu,
+            gro: s.gro,
             cores: super::cpu::cores(),
             started_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -134,13 +140,15 @@ impl Report {
         let mut md = String::new();
         let _ = writeln!(
             md,
-            "### Scenario {}: N={}, F={} MiB, origin up {} Mbit/s, nodes up {} / down {} Mbit/s\n",
+            "### Scenario {}: N={}, F={} MiB, origin up {} Mbit/s, nodes up {} / down {} Mbit/s, MTU {}, GRO {}\n",
             self.scenario,
             self.nodes,
             self.object_bytes >> 20,
             self.origin_up_bits_per_second / 1_000_000,
             self.node_up_bits_per_second / 1_000_000,
             self.node_down_bits_per_second / 1_000_000,
+            self.mtu,
+            if self.gro { "on" } else { "off" },
         );
         let _ = writeln!(
             md,

@@ -2,14 +2,22 @@
 //!
 //! Rates are link rates as configured on `tc tbf` (bits per second on the wire,
 //! Ethernet header included). What a TCP or QUIC payload can get out of such a link is
-//! less; [`PAYLOAD_EFFICIENCY`] models that for the "effective" bound. The bound says
-//! nothing about latency: the emulated links have near-zero RTT (no netem).
+//! less; [`Scenario::payload_efficiency`] models that for the "effective" bound (it
+//! depends on the links' MTU). The bound says nothing about latency: the emulated links
+//! have near-zero RTT (no netem).
 
 use std::fmt;
 
 /// Share of a tbf-shaped link rate that is TCP payload with a 1500-byte MTU and TCP
 /// timestamps: 1448 payload bytes per 1514-byte Ethernet frame.
 pub const PAYLOAD_EFFICIENCY: f64 = 1448.0 / 1514.0;
+
+/// The Ethernet MTU of every emulated link unless a run asks for another.
+pub const DEFAULT_MTU: u16 = 1500;
+/// The largest MTU a run may ask for (jumbo frames, as cloud VPCs offer).
+pub const MAX_MTU: u16 = 9000;
+/// The smallest MTU a run may ask for: QUIC needs 1 200-byte UDP payloads.
+pub const MIN_MTU: u16 = 1280;
 
 /// A link rate in bits per second, as handed to `tc`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -59,6 +67,13 @@ pub struct Scenario {
     pub node_up: Rate,
     /// Download cap of every node (d_i).
     pub node_down: Rate,
+    /// Ethernet MTU of every link (veths and bridge), bytes.
+    pub mtu: u16,
+    /// Generic receive offload on every veth, as real NICs have it (`ethtool -K … gro
+    /// on`): the receiving side coalesces a burst of packets of one flow before the IP
+    /// stack, TCP segments and, for sockets that ask (`UDP_GRO`, as quinn does), UDP
+    /// datagrams. Linux veths have it off by default.
+    pub gro: bool,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -89,12 +104,33 @@ impl Scenario {
             origin_up: Rate::mbit(origin),
             node_up: Rate::mbit(up),
             node_down: Rate::mbit(down),
+            mtu: DEFAULT_MTU,
+            gro: true,
         })
+    }
+
+    /// The same scenario on links with MTU `mtu` (checked to be in
+    /// [`MIN_MTU`]`..=`[`MAX_MTU`]).
+    pub fn with_mtu(mut self, mtu: u16) -> Result<Self, String> {
+        if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+            return Err(format!("MTU {mtu} out of range {MIN_MTU}..={MAX_MTU}"));
+        }
+        self.mtu = mtu;
+        Ok(self)
+    }
+
+    /// Share of the link rate that is TCP payload at this MTU with TCP timestamps
+    /// (IP 20 + TCP 32 bytes of headers per packet, Ethernet 14 per frame):
+    /// [`PAYLOAD_EFFICIENCY`] at 1 500 bytes, 0.993 at 9 000.
+    pub fn payload_efficiency(&self) -> f64 {
+        let mtu = f64::from(self.mtu);
+        (mtu - 52.0) / (mtu + 14.0)
     }
 
     /// Kumar–Ross minimum distribution time in seconds,
     /// `max(F/u_s, F/d_min, N·F/(u_s + Σu_i))`, with every rate multiplied by
-    /// `efficiency` (1.0 for the configured rates, [`PAYLOAD_EFFICIENCY`] for payload).
+    /// `efficiency` (1.0 for the configured rates, [`Scenario::payload_efficiency`] for
+    /// payload).
     pub fn t_min(&self, efficiency: f64) -> f64 {
         let f = self.object_bytes as f64;
         let n = self.nodes as f64;
@@ -110,10 +146,10 @@ impl Scenario {
     /// Time in seconds for every node to download straight from the origin if the
     /// origin's upload is the only limit (`N·F/u_s`, payload rates).
     pub fn direct_bound(&self) -> f64 {
-        let per_node =
-            self.object_bytes as f64 / (self.node_down.bytes_per_second() * PAYLOAD_EFFICIENCY);
-        let shared = self.nodes as f64 * self.object_bytes as f64
-            / (self.origin_up.bytes_per_second() * PAYLOAD_EFFICIENCY);
+        let e = self.payload_efficiency();
+        let per_node = self.object_bytes as f64 / (self.node_down.bytes_per_second() * e);
+        let shared =
+            self.nodes as f64 * self.object_bytes as f64 / (self.origin_up.bytes_per_second() * e);
         per_node.max(shared)
     }
 }
@@ -159,6 +195,18 @@ mod tests {
         let f = 128.0 * MIB as f64;
         let upload = 24.0 * f / (12.5e6 + 24.0 * 3.125e6);
         assert!((s.t_min(1.0) - upload).abs() < 1e-9);
+    }
+
+    #[test]
+    fn payload_efficiency_follows_the_mtu() {
+        let s = Scenario::named("S1").unwrap();
+        assert_eq!(s.mtu, DEFAULT_MTU);
+        assert!((s.payload_efficiency() - PAYLOAD_EFFICIENCY).abs() < 1e-12);
+        let jumbo = s.clone().with_mtu(9000).unwrap();
+        assert!((jumbo.payload_efficiency() - 8948.0 / 9014.0).abs() < 1e-12);
+        assert!(jumbo.t_min(jumbo.payload_efficiency()) < s.t_min(s.payload_efficiency()));
+        assert!(s.clone().with_mtu(9001).is_err());
+        assert!(s.with_mtu(1000).is_err());
     }
 
     #[test]
