@@ -4,3 +4,4 @@
 pub mod fleet;
 pub mod hit;
 pub mod probe;
+pub mod sim;
