@@ -5,3 +5,4 @@ pub mod fleet;
 pub mod hit;
 pub mod probe;
 pub mod sim;
+pub mod trackload;
