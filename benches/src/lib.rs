@@ -4,3 +4,5 @@
 pub mod fleet;
 pub mod hit;
 pub mod probe;
+pub mod sim;
+pub mod trackload;

@@ -929,3 +929,34 @@ fn released_leases_are_dropped_and_go_to_others() {
     assert_eq!(r.leases, vec![0]);
     assert!(r.leased_elsewhere.is_empty());
 }
+
+/// Past the sample size a sync ranks a window of the holders, yet a chunk that only
+/// one holder outside any window offers is still in every reply, and different
+/// requesters are sent different holders.
+#[test]
+fn large_swarms_are_sampled_but_every_chunk_stays_covered() {
+    let t0 = Instant::now();
+    let mut reg = Registry::new(cfg(), 1);
+    let k = key("a");
+    let t = topo("n", "z1", "r");
+    for i in 0..1000u16 {
+        let req = sync_req(agent(i, t.clone(), 0), &k, 4, &[0], 0);
+        reg.sync(t0, &id(&format!("p{i}")), &req).unwrap();
+    }
+    let req = sync_req(agent(2000, t.clone(), 0), &k, 4, &[3], 0);
+    reg.sync(t0, &id("rare"), &req).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for r in 0..20u16 {
+        let req = sync_req(agent(3000 + r, t.clone(), 0), &k, 4, &[], 0);
+        let resp = reg.sync(t0, &id(&format!("me{r}")), &req).unwrap();
+        assert_eq!(resp.peers.len(), 32);
+        assert!(resp.peers.iter().any(|p| p.has(3)), "chunk 3 uncovered");
+        assert!(resp.peers.iter().any(|p| p.has(0)));
+        seen.extend(hint_ids(&resp));
+    }
+    assert!(
+        seen.len() > 100,
+        "only {} distinct holders hinted",
+        seen.len()
+    );
+}

@@ -1,0 +1,180 @@
+//! `trackerbench`: syncs per second per core and sync latency of a real
+//! `shoal-tracker` process with many simulated agents over loopback mutual TLS (see
+//! `shoal_benches::trackload`). Figures are reported, never asserted. Needs
+//! `ulimit -n` above twice the agent count:
+//! `cargo build --release -p shoal-tracker -p shoal-benches && target/release/trackerbench`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use shoal_benches::fleet::cleanup::Registry;
+use shoal_benches::fleet::proc::Proc;
+use shoal_benches::hit::load::wait_ready;
+use shoal_benches::hit::servers::free_port;
+use shoal_benches::trackload::{self, Phase, Workload};
+
+#[derive(Debug, Parser)]
+#[command(about = "Tracker syncs/s per core and latency with many simulated agents")]
+struct Args {
+    /// Simulated agents, each with its own certificate and TLS connection.
+    #[arg(long, default_value_t = 10_000)]
+    agents: usize,
+    /// Objects the agents are spread over (1: every agent syncs the same object).
+    #[arg(long, default_value_t = 1)]
+    objects: usize,
+    /// Chunks per object.
+    #[arg(long, default_value_t = 64)]
+    chunks: u32,
+    /// Share of the chunks each agent holds.
+    #[arg(long, default_value_t = 0.5)]
+    held: f64,
+    /// Closed-loop worker tasks.
+    #[arg(long, default_value_t = 64)]
+    workers: usize,
+    /// Paced rates to measure latency at (syncs per second), comma-separated.
+    #[arg(long, default_value = "1000,2000", value_delimiter = ',')]
+    rates: Vec<f64>,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// The tracker binary (default: next to this one).
+    #[arg(long)]
+    tracker_bin: Option<PathBuf>,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trackerbench: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(bench(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trackerbench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn bench(args: &Args) -> Result<()> {
+    let bin = match &args.tracker_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("shoal-tracker"),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("trackerbench-")
+        .tempdir_in("/var/tmp")?;
+    let t = Instant::now();
+    let names = trackload::names(args.agents);
+    let ips = vec![vec![std::net::IpAddr::from([127, 0, 0, 1])]];
+    let pki = shoal_pki::dev_pki(&names, &ips)?;
+    std::fs::write(dir.path().join("ca.pem"), &pki.ca_pem)?;
+    std::fs::write(dir.path().join("tracker.pem"), &pki.certs[0].cert_pem)?;
+    std::fs::write(dir.path().join("tracker.key.pem"), &pki.certs[0].key_pem)?;
+    let identities = (1..names.len())
+        .map(|i| pki.identity(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    println!(
+        "minted {} certificates in {:.1} s",
+        names.len(),
+        t.elapsed().as_secs_f64()
+    );
+
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let config = dir.path().join("tracker.toml");
+    std::fs::write(
+        &config,
+        trackload::tracker_config(dir.path(), listen, admin, args.agents),
+    )?;
+    let registry = Registry::default();
+    let log = dir.path().join("tracker.log");
+    let tracker = Proc::spawn(
+        &registry,
+        "shoal-tracker",
+        None,
+        &bin,
+        ["run", "--config", &config.display().to_string()],
+        &log,
+        &[("SHOAL_LOG", "warn")],
+    )
+    .with_context(|| format!("starting {}", bin.display()))?;
+    wait_ready("tracker admin", admin, "/ready", Duration::from_secs(30)).await?;
+
+    let w = Workload {
+        agents: args.agents,
+        objects: args.objects,
+        chunks: args.chunks,
+        held: args.held,
+        seed: 1,
+    };
+    let t = Instant::now();
+    let cpu0 = tracker.usage().map_or(0.0, |u| u.cpu_seconds);
+    let agents = trackload::connect_all(identities, listen, &w, 128).await?;
+    let setup = t.elapsed().as_secs_f64();
+    let cpu = tracker.usage().map_or(0.0, |u| u.cpu_seconds) - cpu0;
+    println!(
+        "{} agents connected (TLS 1.3, mutual) and synced once in {setup:.1} s; tracker CPU {cpu:.1} s ({:.2} ms per handshake + first sync)",
+        agents.len(),
+        cpu * 1000.0 / agents.len().max(1) as f64
+    );
+
+    let d = Duration::from_secs(args.duration);
+    let mut phases: Vec<Phase> = Vec::new();
+    phases.push(trackload::closed_loop(&agents, tracker.pid(), args.workers, d).await?);
+    for &rate in &args.rates {
+        phases.push(trackload::paced(&agents, tracker.pid(), rate, d).await?);
+    }
+    let rss = tracker.usage().map_or(0, |u| u.peak_rss_bytes);
+    println!(
+        "\n{} agents, {} object(s) of {} chunks, each agent holding ~{:.0} %; tracker peak RSS {} MiB; machine load {}",
+        args.agents,
+        args.objects,
+        args.chunks,
+        args.held * 100.0,
+        rss >> 20,
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    println!(
+        "| phase | syncs | errors | syncs/s | tracker CPU s per 10k syncs | syncs/s per core | p50 ms | p99 ms | max ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for p in &phases {
+        println!(
+            "| {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} |",
+            p.name,
+            p.syncs,
+            p.errors,
+            p.syncs_per_second,
+            p.tracker_cpu_seconds * 10_000.0 / p.syncs.max(1) as f64,
+            p.syncs_per_core_second,
+            p.p50_ms,
+            p.p99_ms,
+            p.max_ms
+        );
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&phases)?)?;
+    }
+    drop(agents);
+    drop(tracker);
+    Ok(())
+}

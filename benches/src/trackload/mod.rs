@@ -1,0 +1,372 @@
+//! Tracker load benchmark: many simulated agents syncing with a real `shoal-tracker`
+//! process over loopback with mutual TLS, as agents do.
+//!
+//! Every simulated agent has its own certificate from one development CA (the
+//! tracker takes the agent's identity from the certificate, so one connection cannot
+//! speak for several agents) and its own keep-alive TLS connection. Setup: the
+//! certificates are minted, the tracker started with them, every agent connects and
+//! syncs once (so the tracker knows every agent as a holder of the object it syncs).
+//! Then the measured phases:
+//!
+//! - **closed loop**: `workers` tasks, each cycling through its share of the agents,
+//!   send syncs back to back for `duration`; gives the most syncs per second this
+//!   machine gets and the tracker's CPU per sync.
+//! - **paced**: syncs sent at a fixed total rate, round-robin over the agents, each on
+//!   its agent's connection; latency is measured from the scheduled send time (a
+//!   sync that waits for a busy connection counts its wait).
+//!
+//! The tracker's CPU comes from `/proc/PID/stat` before and after each phase, so the
+//! load generator's own CPU (same machine) is not counted; syncs/s per core is syncs
+//! ÷ tracker CPU seconds. What it cannot say: the cost with real agents' changing
+//! holdings (each agent here re-sends the same bitmap and cursor), and anything about
+//! more than one tracker replica or another machine's network stack.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use shoal_pki::Identity;
+use shoal_proto::tracker::{
+    ALPN, AgentInfo, ChunkBitmap, Cursor, IndexedId, SYNC_PATH, SyncRequest, SyncResponse,
+};
+use shoal_proto::{ChunkId, Layout, ObjectKey, Topology, Validator};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tokio_rustls::TlsConnector;
+
+use crate::fleet::proc::usage;
+
+/// What the simulated fleet looks like.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub agents: usize,
+    /// Objects the agents are spread over (agent `i` syncs object `i % objects`).
+    pub objects: usize,
+    /// Chunks per object.
+    pub chunks: u32,
+    /// Share of an object's chunks each agent holds (chosen at random per agent).
+    pub held: f64,
+    pub seed: u64,
+}
+
+/// One simulated agent: its connection and the sync it repeats.
+#[derive(Debug)]
+pub struct Agent {
+    send: Mutex<SendRequest<Full<Bytes>>>,
+    body: Bytes,
+}
+
+/// Figures of one measured phase.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Phase {
+    pub name: String,
+    pub syncs: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub tracker_cpu_seconds: f64,
+    pub syncs_per_second: f64,
+    /// Syncs per second of tracker CPU.
+    pub syncs_per_core_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Connects every agent (at most `parallel` handshakes at once) to the tracker at
+/// `addr`, and syncs each once so the tracker knows its holding.
+pub async fn connect_all(
+    identities: Vec<Identity>,
+    addr: SocketAddr,
+    w: &Workload,
+    parallel: usize,
+) -> Result<Vec<Arc<Agent>>> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, id) in identities.into_iter().enumerate() {
+        let sem = sem.clone();
+        let w = w.clone();
+        tasks.spawn(async move {
+            let _permit = sem.acquire_owned().await?;
+            let agent = connect(i, &id, addr, &w).await?;
+            Ok::<_, anyhow::Error>((i, agent))
+        });
+    }
+    let mut agents: Vec<Option<Arc<Agent>>> = vec![None; w.agents];
+    while let Some(r) = tasks.join_next().await {
+        let (i, a) = r??;
+        agents[i] = Some(Arc::new(a));
+    }
+    agents
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| a.with_context(|| format!("agent {i} did not connect")))
+        .collect()
+}
+
+async fn connect(i: usize, id: &Identity, addr: SocketAddr, w: &Workload) -> Result<Agent> {
+    let tls = id.client_config(&[ALPN])?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("agent {i}: connecting to {addr}"))?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::IpAddress(addr.ip().into());
+    let stream = TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .with_context(|| format!("agent {i}: TLS handshake"))?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = sync_request(i, w, addr.port());
+    let first = serde_json::to_vec(&req)?;
+    let send = Mutex::new(send);
+    let resp = post(&send, Bytes::from(first)).await?;
+    // Later syncs carry the cursor (no ids again) and no publications.
+    req.cursor = resp.cursor;
+    req.publish.clear();
+    let body = Bytes::from(serde_json::to_vec(&req)?);
+    Ok(Agent { send, body })
+}
+
+/// Agent `i`'s sync: its object, a random share of its chunks, and (for the first
+/// agent of each object) every chunk id, as if it had fetched them from the origin.
+fn sync_request(i: usize, w: &Workload, port: u16) -> SyncRequest {
+    let object = i % w.objects.max(1);
+    let layout = Layout {
+        size: u64::from(w.chunks) << 20,
+        chunk_size: 1 << 20,
+    };
+    let key = ObjectKey::versioned(
+        &format!("http://origin.bench/object-{object}"),
+        &Validator::ETag("\"bench\"".into()),
+        layout.size,
+    )
+    .unwrap_or_else(|e| unreachable!("a short key is valid: {e}"));
+    let mut rng = w.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut have = ChunkBitmap::new();
+    for c in 0..w.chunks {
+        rng = splitmix(rng);
+        if (rng >> 11) as f64 / (1u64 << 53) as f64 <= w.held {
+            have.insert(c);
+        }
+    }
+    let publish = if i < w.objects.max(1) {
+        (0..w.chunks)
+            .map(|c| IndexedId {
+                index: c,
+                id: ChunkId::of(&c.to_le_bytes()),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    SyncRequest {
+        agent: AgentInfo {
+            peer_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            topology: Topology {
+                node: format!("a{i}"),
+                zone: format!("zone-{}", i % 3),
+                region: "region-1".into(),
+            },
+            load: (i % 5) as u32,
+        },
+        key,
+        layout: Some(layout),
+        have,
+        complete: false,
+        publish,
+        want_leases: 0,
+        want: ChunkBitmap::new(),
+        release: Vec::new(),
+        cursor: None::<Cursor>,
+        renew: Vec::new(),
+    }
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+async fn post(send: &Mutex<SendRequest<Full<Bytes>>>, body: Bytes) -> Result<SyncResponse> {
+    let req = Request::post(SYNC_PATH)
+        .header(header::HOST, "tracker")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))?;
+    let mut s = send.lock().await;
+    s.ready().await?;
+    let resp = s.send_request(req).await?;
+    drop(s);
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!(
+            "sync answered {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// Syncs back to back from `workers` tasks for `duration`.
+pub async fn closed_loop(
+    agents: &[Arc<Agent>],
+    tracker_pid: u32,
+    workers: usize,
+    duration: Duration,
+) -> Result<Phase> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpu0 = cpu(tracker_pid)?;
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let workers = workers.clamp(1, agents.len().max(1));
+    for k in 0..workers {
+        let mine: Vec<Arc<Agent>> = agents.iter().skip(k).step_by(workers).cloned().collect();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            for a in mine.iter().cycle() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let t = Instant::now();
+                match post(&a.send, a.body.clone()).await {
+                    Ok(_) => lat.push(t.elapsed().as_secs_f64()),
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        });
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (l, e) = r?;
+        lat.extend(l);
+        errors += e;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let cpu_s = cpu(tracker_pid)? - cpu0;
+    Ok(phase(
+        format!("closed loop, {workers} workers"),
+        lat,
+        errors,
+        seconds,
+        cpu_s,
+    ))
+}
+
+/// Syncs at `rate` per second in total for `duration`, round-robin over the agents.
+pub async fn paced(
+    agents: &[Arc<Agent>],
+    tracker_pid: u32,
+    rate: f64,
+    duration: Duration,
+) -> Result<Phase> {
+    let cpu0 = cpu(tracker_pid)?;
+    let t0 = Instant::now();
+    let total = (rate * duration.as_secs_f64()).round() as u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..total {
+        let due = t0 + Duration::from_secs_f64(k as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let a = agents[(k as usize) % agents.len()].clone();
+        tasks.spawn(async move {
+            let r = post(&a.send, a.body.clone()).await;
+            r.map(|_| due.elapsed().as_secs_f64())
+        });
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r? {
+            Ok(l) => lat.push(l),
+            Err(_) => errors += 1,
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let cpu_s = cpu(tracker_pid)? - cpu0;
+    Ok(phase(
+        format!("paced, {rate:.0} syncs/s"),
+        lat,
+        errors,
+        seconds,
+        cpu_s,
+    ))
+}
+
+fn cpu(pid: u32) -> Result<f64> {
+    usage(pid)
+        .map(|u| u.cpu_seconds)
+        .with_context(|| format!("reading /proc/{pid}/stat: the tracker exited?"))
+}
+
+fn phase(name: String, mut lat: Vec<f64>, errors: u64, seconds: f64, cpu_s: f64) -> Phase {
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| {
+        if lat.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p * lat.len() as f64).ceil() as usize).clamp(1, lat.len());
+        lat[rank - 1] * 1000.0
+    };
+    let syncs = lat.len() as u64;
+    Phase {
+        name,
+        syncs,
+        errors,
+        seconds,
+        tracker_cpu_seconds: cpu_s,
+        syncs_per_second: syncs as f64 / seconds.max(1e-9),
+        syncs_per_core_second: syncs as f64 / cpu_s.max(1e-9),
+        p50_ms: q(0.5),
+        p99_ms: q(0.99),
+        max_ms: q(1.0),
+    }
+}
+
+/// The tracker's configuration for the benchmark: loopback listeners, the given TLS
+/// files, connection limits above the agent count, defaults otherwise.
+pub fn tracker_config(dir: &Path, listen: SocketAddr, admin: SocketAddr, agents: usize) -> String {
+    let d = dir.display();
+    let conns = agents + 1024;
+    format!(
+        r#"[server]
+listen = "{listen}"
+
+[admin]
+listen = "{admin}"
+
+[tls]
+ca = "{d}/ca.pem"
+cert = "{d}/tracker.pem"
+key = "{d}/tracker.key.pem"
+
+[limits]
+max_connections = {conns}
+max_connections_per_source = {conns}
+"#
+    )
+}
+
+/// The names the development CA certifies: the tracker, then `a0`, `a1`, ….
+pub fn names(agents: usize) -> Vec<String> {
+    std::iter::once("tracker".to_owned())
+        .chain((0..agents).map(|i| format!("a{i}")))
+        .collect()
+}
