@@ -15,6 +15,8 @@ fn small() -> SimConfig {
             origin_up: Rate::mbit(50),
             node_up: Rate::mbit(20),
             node_down: Rate::mbit(20),
+            mtu: crate::fleet::scenario::DEFAULT_MTU,
+            gro: true,
         },
         seed: 7,
         latency: (Duration::from_millis(1), Duration::from_millis(10)),
