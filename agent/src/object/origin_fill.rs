@@ -1,5 +1,5 @@
-//! Filling an object from one streaming origin GET: chunk, hash, store, announce each
-//! chunk to the fill's readers as it completes.
+//! Filling an object from one streaming origin GET: chunk, hash, hand each chunk to
+//! the fill's readers as it completes, and write it behind (`behind`).
 
 use std::sync::Arc;
 
@@ -7,6 +7,7 @@ use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 use shoal_proto::{Chunk, Chunker, ObjectKey, Sha256Digest};
 
+use super::behind::Behind;
 use super::{Fill, FillError, ObjectCache};
 use crate::metrics::Source;
 use crate::origin::reason::FetchReason;
@@ -22,8 +23,9 @@ pub(super) fn spawn(
     digest: Option<Sha256Digest>,
 ) {
     tokio::spawn(async move {
-        match run(&cache, &fill, body, digest.as_ref()).await {
-            Ok(last) => super::fill::finish(&cache, &fill, key, digest, last, Source::Origin).await,
+        let mut behind = Behind::start(&cache, &fill);
+        match run(&cache, &fill, &mut behind, body, digest.as_ref()).await {
+            Ok(last) => behind.finish(&cache, &fill, key, digest, last).await,
             Err(e) => cache.abort_fill(&fill, e).await,
         }
     });
@@ -32,6 +34,7 @@ pub(super) fn spawn(
 async fn run(
     cache: &ObjectCache,
     fill: &Fill,
+    behind: &mut Behind,
     mut body: Incoming,
     digest: Option<&Sha256Digest>,
 ) -> Result<Vec<Chunk>, FillError> {
@@ -66,7 +69,14 @@ async fn run(
         // The newest chunk is always held back: it may be the last (see `finish`).
         for c in chunker.push(data) {
             if let Some(prev) = pending.replace(c) {
-                store_chunk(cache, fill, prev).await;
+                fill.complete(
+                    prev.index,
+                    prev.id,
+                    Source::Origin,
+                    Some(prev.bytes.clone()),
+                    None,
+                );
+                behind.offer(cache, fill, prev).await;
             }
         }
     }
@@ -89,10 +99,4 @@ async fn run(
         }
     }
     Ok(pending.into_iter().chain(last).collect())
-}
-
-/// Stores a verified chunk and completes it in the fill; if the store cannot keep
-/// it, the fill holds the bytes.
-pub(crate) async fn store_chunk(cache: &ObjectCache, fill: &Fill, c: Chunk) {
-    super::fill::complete(cache, fill, c, Source::Origin).await
 }
