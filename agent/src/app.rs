@@ -106,6 +106,7 @@ impl Agent {
             chunk_size: cfg.cache.chunk_size.as_u64() as u32,
             freshness: cfg.cache.freshness,
             stale_if_error: cfg.cache.stale_if_error,
+            fill_buffer: cfg.cache.fill_buffer.as_u64(),
         };
         let ready = Ready::with_store(store.clone())
             .with_wiring(crate::containerd::Wiring::for_ready(&cfg));

@@ -129,6 +129,16 @@ pub struct CacheConfig {
     /// outages with content that may be out of date.
     #[serde(with = "humantime_serde")]
     pub stale_if_error: Duration,
+    /// Chunk bytes that origin fills, together, may queue for the disk (write-behind).
+    /// A cold miss hands each chunk to its clients at once and writes it behind; when
+    /// this much is already queued and a client is waiting for the next chunk, the
+    /// chunk is skipped for caching (`shoal_cache_fill_skipped_chunks_total`) rather
+    /// than slowing the client, and that object is not cached this time. With no
+    /// client waiting, the fill waits for the disk instead (backpressure to the
+    /// origin). Default `32MiB`; at least one chunk is always let through. Raise it
+    /// when the disk is fast but bursty (skips with a mostly idle disk); it counts in
+    /// the memory formula of docs/operations.md.
+    pub fill_buffer: ByteSize,
 }
 
 /// Which origins may be fetched from.
@@ -426,6 +436,7 @@ impl Default for CacheConfig {
             chunk_size: ByteSize::mib(1),
             freshness: Duration::from_secs(60),
             stale_if_error: Duration::from_secs(300),
+            fill_buffer: ByteSize::mib(32),
         }
     }
 }
@@ -648,6 +659,7 @@ mod tests {
         let c = Config::load_from_env(Some(&p), &[], Some(HashMap::new())).unwrap();
         assert_eq!(c.cache.max_size, ByteSize::gib(10));
         assert_eq!(c.cache.stale_if_error, Duration::from_secs(300));
+        assert_eq!(c.cache.fill_buffer, ByteSize::mib(32));
     }
 
     /// The commented registry mirror example in configs/agent.toml parses, with the

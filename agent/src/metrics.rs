@@ -121,6 +121,18 @@ pub struct Metrics {
     /// registry bytes: `remembered` (a grant within `auth_ttl`), `granted` (the
     /// registry accepted a `HEAD` with the client's credentials), `refused`.
     pub registry_auth_checks: IntCounterVec,
+    /// `shoal_cache_fill_skipped_chunks_total`: chunks of origin fills handed to their
+    /// clients but not written, because the fill buffer (`cache.fill_buffer`) was full
+    /// while a client waited: the disk was slower than the client.
+    pub cache_fill_skipped_chunks: IntCounter,
+    /// `shoal_cache_fill_skipped_bytes_total`: the bytes of those chunks.
+    pub cache_fill_skipped_bytes: IntCounter,
+    /// `shoal_cache_fills_incomplete_total`: origin fills served in full but not
+    /// cached because chunks were skipped; the next request fills the object again.
+    pub cache_fills_incomplete: IntCounter,
+    /// `shoal_cache_fill_buffer_bytes`: chunk bytes queued for the disk by fills
+    /// (at most `cache.fill_buffer`).
+    pub cache_fill_buffer_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -280,6 +292,22 @@ impl Metrics {
                 "shoal_registry_auth_checks_total",
                 "Checks that a client may have cached registry bytes, by result.",
                 &["result"],
+            ),
+            cache_fill_skipped_chunks: counter(
+                "shoal_cache_fill_skipped_chunks_total",
+                "Origin fill chunks served but not written: the disk was slower than the client.",
+            ),
+            cache_fill_skipped_bytes: counter(
+                "shoal_cache_fill_skipped_bytes_total",
+                "Bytes of origin fill chunks served but not written: the disk was slower than the client.",
+            ),
+            cache_fills_incomplete: counter(
+                "shoal_cache_fills_incomplete_total",
+                "Origin fills served in full but not cached because chunks were skipped.",
+            ),
+            cache_fill_buffer_bytes: gauge(
+                "shoal_cache_fill_buffer_bytes",
+                "Chunk bytes queued for the disk by fills.",
             ),
             registry,
         };

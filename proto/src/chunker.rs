@@ -44,7 +44,18 @@ impl Chunker {
     }
 
     /// Feeds the next piece of the stream; returns the chunks it completed, in order.
-    pub fn push(&mut self, mut data: Bytes) -> Vec<Chunk> {
+    pub fn push(&mut self, data: Bytes) -> Vec<Chunk> {
+        self.split(data).into_iter().map(seal).collect()
+    }
+
+    /// Ends the stream; returns the final short chunk, if any.
+    pub fn finish(self) -> Option<Chunk> {
+        self.finish_split().map(seal)
+    }
+
+    /// As [`Chunker::push`], but the chunks are not hashed: `(index, bytes)`, for a
+    /// caller that hashes them elsewhere (another thread) with [`seal`].
+    pub fn split(&mut self, mut data: Bytes) -> Vec<(usize, Bytes)> {
         self.total += data.len() as u64;
         let mut out = Vec::new();
         if !self.buf.is_empty() {
@@ -53,12 +64,12 @@ impl Chunker {
             self.buf.extend_from_slice(&data.split_to(take));
             if self.buf.len() == self.chunk_size {
                 let full = std::mem::take(&mut self.buf).freeze();
-                out.push(self.seal(full));
+                out.push(self.next(full));
             }
         }
         while data.len() >= self.chunk_size {
             let piece = data.split_to(self.chunk_size);
-            out.push(self.seal(piece));
+            out.push(self.next(piece));
         }
         if !data.is_empty() {
             if self.buf.capacity() < self.chunk_size {
@@ -69,23 +80,28 @@ impl Chunker {
         out
     }
 
-    /// Ends the stream; returns the final short chunk, if any.
-    pub fn finish(mut self) -> Option<Chunk> {
+    /// As [`Chunker::finish`], not hashed.
+    pub fn finish_split(mut self) -> Option<(usize, Bytes)> {
         if self.buf.is_empty() {
             return None;
         }
         let rest = std::mem::take(&mut self.buf).freeze();
-        Some(self.seal(rest))
+        Some(self.next(rest))
     }
 
-    fn seal(&mut self, bytes: Bytes) -> Chunk {
-        let c = Chunk {
-            index: self.next_index,
-            id: ChunkId::of(&bytes),
-            bytes,
-        };
+    fn next(&mut self, bytes: Bytes) -> (usize, Bytes) {
+        let i = self.next_index;
         self.next_index += 1;
-        c
+        (i, bytes)
+    }
+}
+
+/// Names chunk `index` of `bytes` by its BLAKE3.
+pub fn seal((index, bytes): (usize, Bytes)) -> Chunk {
+    Chunk {
+        index,
+        id: ChunkId::of(&bytes),
+        bytes,
     }
 }
 

@@ -4,8 +4,16 @@
 //! readers wait for the chunk they need next and are woken on every completion. A
 //! chunk that could not be written to disk is held in the fill's memory until the
 //! fill is dropped, so a full or read-only disk never fails a client.
+//!
+//! An origin fill (`origin_fill`, `behind`) hands each chunk to readers with its
+//! bytes before it is written (write-behind): the bytes stay held until the store has
+//! them, and a chunk the disk did not take (skipped or failed) is held only until a
+//! few newer ones are ([`Fill::trim`]); a reader that falls further behind reads it
+//! from the memory cache or fetches it again from the origin. The fill counts the
+//! readers blocked on a chunk that is not there yet ([`Fill::waiting`]): while none
+//! is, nobody is held up by the fill, and it may wait for the disk.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -39,6 +47,14 @@ struct State {
     held: HashMap<usize, Bytes>,
     failed: Option<FillError>,
     pins: Vec<PinGuard>,
+    /// Readers in [`Fill::wait`], by the chunk they wait for (counted from their first
+    /// look until they return or are dropped: a suspended wait may outlive its chunk).
+    waits: BTreeMap<usize, usize>,
+    /// Responses streaming from the fill ([`Fill::reader`]).
+    readers: usize,
+    /// Held chunks not queued for the disk (skipped, or their write failed), by
+    /// index: the ones [`Fill::trim`] may drop.
+    loose: BTreeMap<usize, ()>,
 }
 
 /// See the module docs.
@@ -68,6 +84,9 @@ impl Fill {
             held: HashMap::new(),
             failed: None,
             pins: Vec::new(),
+            waits: BTreeMap::new(),
+            readers: 0,
+            loose: BTreeMap::new(),
         };
         Self {
             url,
@@ -124,6 +143,7 @@ impl Fill {
             }
             if let Some(b) = held {
                 s.held.insert(index, b);
+                s.loose.insert(index, ());
             }
             s.pins.extend(pin);
         }
@@ -188,6 +208,7 @@ impl Fill {
     /// Waits until chunk `index` is done (or the fill failed).
     pub async fn wait(&self, index: usize) -> Result<Ready, FillError> {
         let mut rx = self.tx.subscribe();
+        let mut blocked: Option<Blocked<'_>> = None;
         loop {
             {
                 let s = self.lock();
@@ -211,9 +232,90 @@ impl Fill {
                     return Err(f.clone());
                 }
             }
+            if blocked.is_none() {
+                blocked = Some(Blocked::new(self, index));
+            }
             if rx.changed().await.is_err() {
                 // The sender lives in self, so this cannot happen while we hold &self.
                 return Err(FillError::Internal("fill dropped".into()));
+            }
+        }
+    }
+
+    /// Readers waiting for a chunk at or past the frontier: held up by the fill (a
+    /// plain fill completes in order, so none of those chunks is done).
+    pub fn waiting(&self) -> usize {
+        let s = self.lock();
+        s.waits.range(s.frontier..).map(|(_, n)| n).sum()
+    }
+
+    /// Responses streaming from the fill now.
+    pub fn readers(&self) -> usize {
+        self.lock().readers
+    }
+
+    /// Counts a response streaming from the fill while the guard lives.
+    pub fn reader(self: &Arc<Self>) -> Reading {
+        self.lock().readers += 1;
+        Reading(self.clone())
+    }
+
+    /// Held chunks not queued for the disk (see [`Fill::trim`]).
+    pub fn loose(&self) -> usize {
+        self.lock().loose.len()
+    }
+
+    /// Marks held chunk `index` as queued for the disk: [`Fill::trim`] keeps it
+    /// until [`Fill::stored`] or [`Fill::unqueued`].
+    pub fn queued(&self, index: usize) {
+        self.lock().loose.remove(&index);
+    }
+
+    /// The store has chunk `index` now: its bytes are no longer held (readers read
+    /// it from the store); `pin` keeps it from eviction while the fill lives.
+    pub fn stored(&self, index: usize, pin: PinGuard) {
+        {
+            let mut s = self.lock();
+            s.held.remove(&index);
+            s.loose.remove(&index);
+            s.pins.push(pin);
+        }
+        self.tx.send_replace(());
+    }
+
+    /// Chunk `index` was queued for the disk but not written: held as a loose chunk.
+    pub fn unqueued(&self, index: usize) {
+        let mut s = self.lock();
+        if s.held.contains_key(&index) {
+            s.loose.insert(index, ());
+        }
+    }
+
+    /// Drops the bytes of the oldest loose chunks (not on disk, not queued) until at
+    /// most `keep` are held. Readers that still need them read them from the memory
+    /// cache or fetch them from the origin again ([`ObjectCache::read_chunk`]).
+    ///
+    /// [`ObjectCache::read_chunk`]: crate::object::ObjectCache::read_chunk
+    pub fn trim(&self, keep: usize) {
+        let mut s = self.lock();
+        while s.loose.len() > keep {
+            let Some((i, ())) = s.loose.pop_first() else {
+                break;
+            };
+            s.held.remove(&i);
+        }
+    }
+
+    /// Waits until `ready` holds for the fill's state, or the fill failed. Woken on
+    /// every change: a chunk done or stored, a reader blocked.
+    pub(crate) async fn until(&self, ready: impl Fn(&Fill) -> bool) {
+        let mut rx = self.tx.subscribe();
+        loop {
+            if ready(self) || self.lock().failed.is_some() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
             }
         }
     }
@@ -238,6 +340,46 @@ impl Fill {
     }
 }
 
+/// A response streaming from a fill ([`Fill::reader`]); its drop wakes the fill's
+/// task, which may be waiting for its slowest reader.
+#[derive(Debug)]
+pub struct Reading(Arc<Fill>);
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        {
+            let mut s = self.0.lock();
+            s.readers = s.readers.saturating_sub(1);
+        }
+        self.0.tx.send_replace(());
+    }
+}
+
+/// A reader blocked in [`Fill::wait`], counted in `waiting` while it lives (also
+/// when its wait is cancelled). Creating one wakes the fill's task, which may be
+/// waiting for the disk only while no reader is held up.
+struct Blocked<'a>(&'a Fill, usize);
+
+impl<'a> Blocked<'a> {
+    fn new(f: &'a Fill, index: usize) -> Self {
+        *f.lock().waits.entry(index).or_default() += 1;
+        f.tx.send_replace(());
+        Self(f, index)
+    }
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        if let Some(n) = s.waits.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                s.waits.remove(&self.1);
+            }
+        }
+    }
+}
+
 // What every fill does at its end, whoever fetched the chunks (the origin GET in
 // `origin_fill`, the swarm download in `crate::swarm`).
 
@@ -252,12 +394,27 @@ pub(crate) async fn finish(
     last: Vec<Chunk>,
     source: Source,
 ) {
-    let url = fill.url.clone();
     let mut held = Vec::new();
     for c in last {
         let stored = cache.inner.store.put(c.id, c.bytes.clone()).await.is_ok();
         held.push((c, stored));
     }
+    conclude(cache, fill, key, digest, held, source, true).await;
+}
+
+/// The end of every fill, once its last chunks (`held`, each with whether the store
+/// took it) are known: records the object if `keep` and the disk holds every chunk,
+/// ends the flight, and only then completes the last chunks for readers.
+pub(crate) async fn conclude(
+    cache: &ObjectCache,
+    fill: &Arc<Fill>,
+    key: ObjectKey,
+    digest: Option<Sha256Digest>,
+    held: Vec<(Chunk, bool)>,
+    source: Source,
+    keep: bool,
+) {
+    let url = fill.url.clone();
     let mut ids = fill.chunk_ids_partial();
     for (c, _) in &held {
         if let Some(slot) = ids.get_mut(c.index) {
@@ -273,6 +430,10 @@ pub(crate) async fn finish(
             .all(|id| cache.inner.store.chunk_len(id).is_some())
     };
     match ids.map(|ids| Manifest::new(key, fill.layout, ids, digest.map(|d| d.to_string()))) {
+        Some(Ok(_)) if !keep => {
+            tracing::info!(%url, "object served but not cached: chunks were skipped while the disk was behind");
+            cache.inner.metrics.cache_fills_incomplete.inc();
+        }
         Some(Ok(manifest)) if on_disk(&manifest) => {
             let m = ObjectMeta {
                 url: url.clone(),

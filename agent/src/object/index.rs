@@ -35,6 +35,7 @@ impl ObjectCache {
             }
         }
         tracing::info!(objects = objects.len(), "object index loaded");
+        let fill_budget = super::behind::Budget::new(settings.fill_buffer, settings.chunk_size);
         let inner = Inner {
             store,
             meta,
@@ -44,6 +45,7 @@ impl ObjectCache {
             objects: RwLock::new(objects),
             flights: Mutex::new(HashMap::new()),
             swarm,
+            fill_budget,
         };
         Self {
             inner: Arc::new(inner),

@@ -29,6 +29,7 @@
 //! [`ObjectCache::open`].
 
 mod ahead;
+mod behind;
 pub mod error;
 pub mod fill;
 mod flight;
@@ -69,6 +70,8 @@ pub struct CacheSettings {
     /// Serve a stale copy this long past its freshness when revalidation fails on
     /// the origin's side (`stale.rs`); zero turns it off.
     pub stale_if_error: Duration,
+    /// Chunk bytes all origin fills may queue for the disk (`cache.fill_buffer`).
+    pub fill_buffer: u64,
 }
 
 /// What one client GET wants.
@@ -169,6 +172,8 @@ pub(crate) struct Inner {
     flights: Mutex<HashMap<String, flight::Flight>>,
     /// The swarm `p2p` URLs go through, when a tracker is configured.
     swarm: Option<Arc<crate::swarm::Swarm>>,
+    /// Bytes origin fills may queue for the disk (`behind`).
+    pub(crate) fill_budget: behind::Budget,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -1,16 +1,25 @@
-//! Filling an object from one streaming origin GET: chunk, hash, store, announce each
-//! chunk to the fill's readers as it completes.
+//! Filling an object from one streaming origin GET: chunk, hash, hand each chunk to
+//! the fill's readers as it completes, and write it behind (`behind`).
 
 use std::sync::Arc;
 
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
-use shoal_proto::{Chunk, Chunker, ObjectKey, Sha256Digest};
+use std::collections::VecDeque;
 
+use shoal_proto::chunker::seal;
+use shoal_proto::{Chunk, Chunker, ObjectKey, Sha256Digest};
+use tokio::task::JoinHandle;
+
+use super::behind::Behind;
 use super::{Fill, FillError, ObjectCache};
 use crate::metrics::Source;
 use crate::origin::reason::FetchReason;
 use crate::origin::{OriginError, next_data};
+
+/// Chunks hashed at once on blocking threads, ahead of the one released next: the
+/// origin stream, BLAKE3 and the readers run side by side.
+const HASHING: usize = 2;
 
 /// Starts the fill task. It runs to the end even if every client leaves, so the
 /// object is cached for the next one.
@@ -22,8 +31,9 @@ pub(super) fn spawn(
     digest: Option<Sha256Digest>,
 ) {
     tokio::spawn(async move {
-        match run(&cache, &fill, body, digest.as_ref()).await {
-            Ok(last) => super::fill::finish(&cache, &fill, key, digest, last, Source::Origin).await,
+        let mut behind = Behind::start(&cache, &fill);
+        match run(&cache, &fill, &mut behind, body, digest.as_ref()).await {
+            Ok(last) => behind.finish(&cache, &fill, key, digest, last).await,
             Err(e) => cache.abort_fill(&fill, e).await,
         }
     });
@@ -32,6 +42,7 @@ pub(super) fn spawn(
 async fn run(
     cache: &ObjectCache,
     fill: &Fill,
+    behind: &mut Behind,
     mut body: Incoming,
     digest: Option<&Sha256Digest>,
 ) -> Result<Vec<Chunk>, FillError> {
@@ -50,6 +61,8 @@ async fn run(
     // check, so no client sees a clean end of bad bytes; and so `finish` can record
     // the object before readers see the end.
     let mut pending: Option<Chunk> = None;
+    // Chunks being hashed on blocking threads while the next ones arrive, in order.
+    let mut hashing: VecDeque<JoinHandle<Chunk>> = VecDeque::new();
     loop {
         let data = next_data(&mut body, inner.origin.read_timeout(), &host).await?;
         let Some(data) = data else { break };
@@ -63,12 +76,21 @@ async fn run(
         if let Some(s) = sha.as_mut() {
             s.update(&data);
         }
-        // The newest chunk is always held back: it may be the last (see `finish`).
-        for c in chunker.push(data) {
-            if let Some(prev) = pending.replace(c) {
-                store_chunk(cache, fill, prev).await;
-            }
+        for piece in chunker.split(data) {
+            hashing.push_back(tokio::task::spawn_blocking(move || seal(piece)));
         }
+        // Release what is hashed; wait for the oldest only past the pipeline's depth.
+        while let Some(h) = hashing.front() {
+            if !h.is_finished() && hashing.len() <= HASHING {
+                break;
+            }
+            let c = hashed(&mut hashing).await?;
+            release(cache, fill, behind, &mut pending, c).await;
+        }
+    }
+    while !hashing.is_empty() {
+        let c = hashed(&mut hashing).await?;
+        release(cache, fill, behind, &mut pending, c).await;
     }
     if chunker.total() != size {
         return Err(broke(format!(
@@ -76,7 +98,7 @@ async fn run(
             chunker.total()
         )));
     }
-    let last = chunker.finish();
+    let last = chunker.finish_split().map(seal);
     if let (Some(s), Some(want)) = (sha, digest) {
         let got = Sha256Digest::from_sha256(s.finalize().into());
         if got != *want {
@@ -91,8 +113,33 @@ async fn run(
     Ok(pending.into_iter().chain(last).collect())
 }
 
-/// Stores a verified chunk and completes it in the fill; if the store cannot keep
-/// it, the fill holds the bytes.
-pub(crate) async fn store_chunk(cache: &ObjectCache, fill: &Fill, c: Chunk) {
-    super::fill::complete(cache, fill, c, Source::Origin).await
+/// The oldest chunk being hashed, once hashed.
+async fn hashed(hashing: &mut VecDeque<JoinHandle<Chunk>>) -> Result<Chunk, FillError> {
+    match hashing.pop_front() {
+        Some(h) => h
+            .await
+            .map_err(|e| FillError::Internal(format!("chunk hashing task failed: {e}"))),
+        None => Err(FillError::Internal("no chunk being hashed".into())),
+    }
+}
+
+/// Holds `c` back as the newest chunk and hands the one before it to the readers
+/// and the disk (the newest may be the last: see `finish`).
+async fn release(
+    cache: &ObjectCache,
+    fill: &Fill,
+    behind: &mut Behind,
+    pending: &mut Option<Chunk>,
+    c: Chunk,
+) {
+    if let Some(prev) = pending.replace(c) {
+        fill.complete(
+            prev.index,
+            prev.id,
+            Source::Origin,
+            Some(prev.bytes.clone()),
+            None,
+        );
+        behind.offer(cache, fill, prev).await;
+    }
 }

@@ -317,6 +317,11 @@ impl ObjectCache {
             },
             Serve::Fill(_) => None,
         };
+        // Counted so the fill knows whether it may wait for a slow reader (`behind`).
+        let _reading = match &s {
+            Serve::Fill(f) => Some(f.reader()),
+            Serve::Object(_) => None,
+        };
         let reads = futures_util::stream::iter(chunks)
             .map(|i| {
                 let (this, s) = (this.clone(), s.clone());

@@ -114,6 +114,15 @@ struct Inner {
     retry_interval: Duration,
     /// Makes temporary file names unique within this process.
     seq: AtomicU64,
+    /// Every chunk write holds this shared; [`ChunkStore::pause_writes`] takes it
+    /// exclusively (a test hook: a disk that does not keep up).
+    writes: Arc<tokio::sync::RwLock<()>>,
+}
+
+/// Chunk writes wait while this lives ([`ChunkStore::pause_writes`]).
+#[must_use = "writes resume when the guard is dropped"]
+pub struct WritePause {
+    _guard: tokio::sync::OwnedRwLockWriteGuard<()>,
 }
 
 /// Keeps chunks from eviction while alive (a transfer in progress). Pins nest: a chunk
@@ -175,6 +184,7 @@ impl ChunkStore {
                 retry_at: Mutex::new(None),
                 retry_interval,
                 seq: AtomicU64::new(0),
+                writes: Arc::new(tokio::sync::RwLock::new(())),
             }),
         };
         store.refresh().await;
@@ -328,6 +338,23 @@ impl ChunkStore {
         Ok(())
     }
 
+    /// Puts a verified chunk into the memory cache only (nothing on disk): a chunk
+    /// a fill skipped for the disk, so readers behind the fill may still find it.
+    pub fn hold_in_memory(&self, id: ChunkId, bytes: Bytes) {
+        if let Some(m) = &self.inner.memory {
+            m.insert(id, bytes);
+        }
+    }
+
+    /// Holds every chunk write (the file write, after its reservation) until the
+    /// guard is dropped: a test hook for a disk slower than the network. Writes in
+    /// progress finish first.
+    pub async fn pause_writes(&self) -> WritePause {
+        WritePause {
+            _guard: self.inner.writes.clone().write_owned().await,
+        }
+    }
+
     /// Pins `ids` against eviction until the guard is dropped.
     pub fn pin(&self, ids: impl IntoIterator<Item = ChunkId>) -> PinGuard {
         let mut guard = PinGuard {
@@ -393,6 +420,7 @@ impl ChunkStore {
     }
 
     async fn write(&self, id: ChunkId, bytes: &Bytes) -> Result<(), StoreError> {
+        let _writing = self.inner.writes.read().await;
         let layout = self.inner.layout.clone();
         let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
         let bytes = bytes.clone();
@@ -669,6 +697,12 @@ impl std::fmt::Debug for ChunkStore {
             .field("usage", &self.usage())
             .field("writable", &self.writable())
             .finish()
+    }
+}
+
+impl std::fmt::Debug for WritePause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WritePause")
     }
 }
 

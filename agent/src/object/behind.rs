@@ -1,0 +1,219 @@
+//! Write-behind for origin fills: a chunk goes to the fill's readers the moment it is
+//! hashed, and to the disk through a queue served by a writer task of its own, so a
+//! cold miss streams at the origin's pace, not the disk's.
+//!
+//! The queue is bounded in bytes across all fills ([`Budget`], `cache.fill_buffer`).
+//! When it is full, the fill asks whether anyone is held up by it: if a reader is
+//! blocked on the next chunk, the chunk is *skipped* for caching (counted in
+//! `shoal_cache_fill_skipped_chunks_total`, kept in the memory cache if it fits) and
+//! the fill goes on; if no reader is, the fill waits for the disk, which stops
+//! reading the origin (backpressure through TCP). A fill that skipped a chunk is not
+//! recorded (`shoal_cache_fills_incomplete_total`): the next request fills the object
+//! again, and the chunks that did reach the disk are not written twice.
+//!
+//! Chunks not on disk and not queued (skipped, or their write failed) are held for
+//! readers only while they are among the newest [`LOOSE`]; past that, with no reader
+//! blocked, the fill waits (backpressure again), and with one blocked, the oldest are
+//! dropped: a reader that far behind reads them from the memory cache or fetches them
+//! from the origin again. So a fill holds at most its share of the budget plus
+//! [`LOOSE`] chunks, and a slow client never slows a fast one.
+//!
+//! Not done here: the BLAKE3 of each chunk is still computed on the fill's task,
+//! before readers see the chunk (the manifest and the memory cache need the id);
+//! swarm fills (`crate::swarm`) store each chunk before releasing it, as before.
+
+use std::sync::Arc;
+
+use shoal_proto::{Chunk, ObjectKey, Sha256Digest};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use super::{Fill, ObjectCache};
+use crate::metrics::Source;
+
+/// Loose chunks (not on disk, not queued) a fill keeps holding for its readers: more
+/// than a reader's read-ahead (`read::READ_AHEAD`, 3), whose suspended waits may
+/// still ask for the newest few.
+pub(crate) const LOOSE: usize = 4;
+
+/// Budget units are KiB, so a budget past 4 GiB still fits the semaphore's `u32`
+/// acquisitions.
+const UNIT: u64 = 1024;
+
+/// Chunk bytes all origin fills may have queued for the disk at once. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Budget {
+    sem: Arc<Semaphore>,
+    /// Units in all; a chunk larger than the budget takes all of it.
+    total: u32,
+}
+
+/// One chunk waiting for the disk, with its share of the budget.
+struct Job {
+    chunk: Chunk,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The write-behind of one origin fill. Dropping it (a failed fill) lets the writer
+/// finish what is queued.
+pub(super) struct Behind {
+    tx: mpsc::UnboundedSender<Job>,
+    writer: JoinHandle<()>,
+    skipped: u64,
+}
+
+impl Budget {
+    /// A budget of `bytes`, at least one chunk of `chunk_size`.
+    pub(crate) fn new(bytes: u64, chunk_size: u32) -> Self {
+        let units = bytes.max(u64::from(chunk_size)).div_ceil(UNIT);
+        let total = u32::try_from(units).unwrap_or(u32::MAX);
+        Self {
+            sem: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    fn units(&self, len: usize) -> u32 {
+        let u = (len as u64).div_ceil(UNIT);
+        u32::try_from(u).unwrap_or(u32::MAX).min(self.total)
+    }
+
+    fn try_take(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        self.sem
+            .clone()
+            .try_acquire_many_owned(self.units(len))
+            .ok()
+    }
+
+    /// Waits for room; `None` only if the semaphore were closed (it never is).
+    async fn take(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        self.sem
+            .clone()
+            .acquire_many_owned(self.units(len))
+            .await
+            .ok()
+    }
+}
+
+impl Behind {
+    /// Starts the writer task of `fill`.
+    pub(super) fn start(cache: &ObjectCache, fill: &Arc<Fill>) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let (cache, fill) = (cache.clone(), fill.clone());
+        let writer = tokio::spawn(async move {
+            let store = &cache.inner.store;
+            let gauge = &cache.inner.metrics.cache_fill_buffer_bytes;
+            while let Some(job) = rx.recv().await {
+                let c = job.chunk;
+                let len = c.bytes.len() as i64;
+                match store.put(c.id, c.bytes).await {
+                    Ok(()) => fill.stored(c.index, store.pin([c.id])),
+                    Err(e) => {
+                        tracing::debug!(url = %fill.url, chunk = c.index, error = %e, "chunk not written; held in memory");
+                        fill.unqueued(c.index);
+                    }
+                }
+                gauge.sub(len);
+            }
+        });
+        Self {
+            tx,
+            writer,
+            skipped: 0,
+        }
+    }
+
+    /// Hands chunk `c`, already completed in `fill` with its bytes held, to the disk:
+    /// queued if the budget has room; else skipped if a reader is blocked on the
+    /// fill, else queued once the disk made room. Then keeps the loose chunks within
+    /// [`LOOSE`] (see the module docs).
+    pub(super) async fn offer(&mut self, cache: &ObjectCache, fill: &Fill, c: Chunk) {
+        let budget = &cache.inner.fill_budget;
+        let len = c.bytes.len();
+        let permit = match budget.try_take(len) {
+            Some(p) => Some(p),
+            None if fill.waiting() > 0 => None,
+            None => tokio::select! {
+                p = budget.take(len) => p,
+                () = fill.until(|f| f.waiting() > 0) => None,
+            },
+        };
+        match permit {
+            Some(p) => self.queue(cache, fill, c, p),
+            None => self.skip(cache, c),
+        }
+        if fill.loose() > LOOSE {
+            // Nobody is held up: wait for a slow reader to catch up (or leave)
+            // rather than drop chunks it is about to read.
+            fill.until(|f| f.waiting() > 0 || f.readers() == 0 || f.loose() <= LOOSE)
+                .await;
+            fill.trim(LOOSE);
+        }
+    }
+
+    fn queue(&self, cache: &ObjectCache, fill: &Fill, c: Chunk, permit: OwnedSemaphorePermit) {
+        fill.queued(c.index);
+        let (index, len) = (c.index, c.bytes.len() as i64);
+        let job = Job {
+            chunk: c,
+            _permit: permit,
+        };
+        if self.tx.send(job).is_ok() {
+            cache.inner.metrics.cache_fill_buffer_bytes.add(len);
+        } else {
+            // The writer is gone (it panicked): the chunk stays held, loose.
+            fill.unqueued(index);
+        }
+    }
+
+    fn skip(&mut self, cache: &ObjectCache, c: Chunk) {
+        self.skipped += 1;
+        let m = &cache.inner.metrics;
+        m.cache_fill_skipped_chunks.inc();
+        m.cache_fill_skipped_bytes.inc_by(c.bytes.len() as u64);
+        // A reader that falls behind may still find it here, not at the origin.
+        cache.inner.store.hold_in_memory(c.id, c.bytes);
+    }
+
+    /// The fill's end, after its last chunks (`last`, not yet released to readers)
+    /// arrived and checked. With nothing skipped, they are queued too, every queued
+    /// write is awaited (at most the budget's worth), and the object is recorded if
+    /// the disk holds it all; with a skip, nothing is awaited and the object is not
+    /// recorded. Then the last chunks are released ([`super::fill::conclude`]).
+    pub(super) async fn finish(
+        self,
+        cache: &ObjectCache,
+        fill: &Arc<Fill>,
+        key: ObjectKey,
+        digest: Option<Sha256Digest>,
+        last: Vec<Chunk>,
+    ) {
+        let keep = self.skipped == 0;
+        let budget = &cache.inner.fill_budget;
+        for c in &last {
+            let permit = if keep {
+                budget.take(c.bytes.len()).await
+            } else {
+                // Written if there is room, for the next fill of this object.
+                budget.try_take(c.bytes.len())
+            };
+            if let Some(p) = permit {
+                self.queue(cache, fill, c.clone(), p);
+            }
+        }
+        let Self { tx, writer, .. } = self;
+        drop(tx);
+        if keep && let Err(e) = writer.await {
+            tracing::warn!(url = %fill.url, error = %e, "chunk writer task failed");
+        }
+        let store = &cache.inner.store;
+        let last = last
+            .into_iter()
+            .map(|c| {
+                let stored = keep && store.chunk_len(&c.id).is_some();
+                (c, stored)
+            })
+            .collect();
+        super::fill::conclude(cache, fill, key, digest, last, Source::Origin, keep).await;
+    }
+}

@@ -1,0 +1,258 @@
+//! Cold misses never slowed by the cache (issue 11.1) and with bounded buffering
+//! (11.3): chunks are written behind the client; when the disk cannot keep up and a
+//! client waits, chunks are skipped for caching (counted) and the object is not
+//! recorded; when the client is slow too, the fill stops reading the origin.
+//!
+//! The slow disk is the store's `pause_writes` hook (every chunk write waits), the
+//! failing one a cache directory that cannot be created. No timing is asserted: the
+//! bounded-buffering checks look at bytes sent by the origin against bytes read by
+//! the client, polled for a while during which a runaway fill would have run away.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use shoal_agent::app::RunningAgent;
+use shoal_tests::agent;
+use shoal_tests::client::{eventually, get};
+use shoal_tests::{Object, Origin, random_bytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Fill buffer of the test agents: 4 chunks of `agent::TEST_CHUNK`.
+const FILL_BUFFER: u64 = 4 * agent::TEST_CHUNK;
+
+fn config(ip: &str, dir: &std::path::Path) -> shoal_agent::config::Config {
+    let mut c = agent::config(ip, dir);
+    c.cache.fill_buffer = ByteSize::b(FILL_BUFFER);
+    c
+}
+
+fn skipped(a: &RunningAgent) -> u64 {
+    a.metrics().cache_fill_skipped_chunks.get()
+}
+
+/// A client that sends `GET url` through `proxy` and reads the body only when told.
+struct SlowClient {
+    s: TcpStream,
+    /// Body bytes read so far, and the rest of the head read beyond its end.
+    body: Vec<u8>,
+    len: usize,
+}
+
+impl SlowClient {
+    async fn start(proxy: SocketAddr, url: &str, host: &str) -> Self {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        let req = format!("GET {url} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let mut b = [0u8; 4096];
+        let end = loop {
+            let n = s.read(&mut b).await.unwrap();
+            assert!(n > 0, "connection closed before the response head");
+            buf.extend_from_slice(&b[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let len = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("content-length");
+        Self {
+            s,
+            body: buf[end..].to_vec(),
+            len,
+        }
+    }
+
+    /// Reads until at least `n` body bytes (or all) were read.
+    async fn read_to(&mut self, n: usize) {
+        let mut b = vec![0u8; 64 * 1024];
+        while self.body.len() < n.min(self.len) {
+            let k = self.s.read(&mut b).await.unwrap();
+            assert!(
+                k > 0,
+                "body cut after {} of {} bytes",
+                self.body.len(),
+                self.len
+            );
+            self.body.extend_from_slice(&b[..k]);
+        }
+    }
+}
+
+/// The disk stalls, the client is fast: the client still gets every byte, the
+/// chunks the disk could not take are counted as skipped, the object is not
+/// recorded, and the next request goes to the origin again and gets the right bytes.
+#[tokio::test]
+async fn slow_disk_never_slows_the_client_and_the_object_is_not_kept() {
+    let origin = Origin::start("127.0.81.1").await.unwrap();
+    let data = random_bytes(4 << 20, 81);
+    origin.put("/big", Object::new(data.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent::start(config("127.0.81.2", dir.path()))
+        .await
+        .unwrap();
+    let url = origin.url("/big");
+
+    let pause = a.cache().store().pause_writes().await;
+    let r = tokio::time::timeout(Duration::from_secs(60), get(a.proxy_addr(), &url))
+        .await
+        .expect("the client was held up by a stalled disk")
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(blake3::hash(&r.body), blake3::hash(&data), "wrong bytes");
+    let n = skipped(&a);
+    assert!(n > 0, "no chunk counted as skipped while the disk stalled");
+    let chunks = (data.len() as u64).div_ceil(agent::TEST_CHUNK);
+    assert!(
+        n < chunks,
+        "{n} of {chunks} chunks skipped: the queue took none"
+    );
+    assert_eq!(
+        a.metrics().cache_fill_skipped_bytes.get(),
+        n * agent::TEST_CHUNK
+    );
+    assert_eq!(a.metrics().cache_fills_incomplete.get(), 1);
+    assert!(
+        a.cache().cached(&url).is_none(),
+        "an object with skipped chunks was recorded as cached"
+    );
+
+    drop(pause);
+    let r = get(a.proxy_addr(), &url).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        blake3::hash(&r.body),
+        blake3::hash(&data),
+        "wrong bytes on the refill"
+    );
+    assert_eq!(
+        origin.requests("/big"),
+        2,
+        "the second request was not a refill"
+    );
+    assert_eq!(origin.range_requests("/big"), 0);
+}
+
+/// Chunks queued before the stall reach the disk once it resumes, and the writes of
+/// a fill that did not skip are awaited: the object is recorded before its client
+/// sees the end, and the next request is a hit.
+#[tokio::test]
+async fn write_behind_records_the_object_when_the_disk_keeps_up() {
+    let origin = Origin::start("127.0.81.3").await.unwrap();
+    // Fits the fill buffer: nothing is ever skipped, however slow the disk.
+    let data = random_bytes(FILL_BUFFER as usize - 1000, 83);
+    origin.put("/small", Object::new(data.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent::start(config("127.0.81.4", dir.path()))
+        .await
+        .unwrap();
+    let url = origin.url("/small");
+    let r = get(a.proxy_addr(), &url).await.unwrap();
+    assert_eq!(blake3::hash(&r.body), blake3::hash(&data));
+    assert_eq!(skipped(&a), 0);
+    assert!(
+        a.cache().cached(&url).is_some(),
+        "not recorded at the client's end"
+    );
+    let r = get(a.proxy_addr(), &url).await.unwrap();
+    assert_eq!(blake3::hash(&r.body), blake3::hash(&data));
+    assert_eq!(
+        origin.requests("/small"),
+        1,
+        "the second request was not a hit"
+    );
+}
+
+/// Origin body bytes the agent has read (`shoal_origin_bytes_total`), polled for two
+/// seconds, stay within `bound` of what the slow client has read: what lies between
+/// is the agent's buffering (fill buffer, held chunks, read-ahead) plus its socket
+/// buffer towards the client.
+async fn agent_stays_within(a: &RunningAgent, client: &SlowClient, bound: usize) {
+    let read = client.body.len() as u64;
+    let fetched = || {
+        a.metrics()
+            .origin_bytes
+            .with_label_values(&["cache_mode"])
+            .get()
+    };
+    let ran_away = eventually(Duration::from_secs(2), || fetched() > read + bound as u64).await;
+    assert!(
+        !ran_away,
+        "the agent read {} origin bytes while the client read {read}: buffering is not bounded",
+        fetched()
+    );
+}
+
+/// The agent's socket buffer towards the client (`tcp_wmem` allows 4 MiB) plus its
+/// own buffers (fill buffer, held chunks, read-ahead: about 1 MiB here): far below
+/// the object's size.
+const BOUND: usize = 8 << 20;
+const LARGE: usize = 64 << 20;
+
+/// A slow client and a disk that fails every write: the fill waits for the client
+/// instead of holding the object in memory (the origin is read at most a bounded
+/// amount ahead), then the client gets every byte, without range repairs.
+#[tokio::test]
+async fn slow_client_and_failing_disk_backpressure_the_origin() {
+    let origin = Origin::start("127.0.81.5").await.unwrap();
+    let data = random_bytes(LARGE, 85);
+    origin.put("/large", Object::new(data.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    // A cache directory under a regular file cannot be created: every write fails.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let a = agent::start(config("127.0.81.6", &file.join("cache")))
+        .await
+        .unwrap();
+    let mut c = SlowClient::start(
+        a.proxy_addr(),
+        &origin.url("/large"),
+        &origin.addr().to_string(),
+    )
+    .await;
+    c.read_to(1 << 20).await;
+    agent_stays_within(&a, &c, BOUND).await;
+    c.read_to(LARGE).await;
+    assert_eq!(blake3::hash(&c.body), blake3::hash(&data), "wrong bytes");
+    assert_eq!(origin.requests("/large"), 1);
+    assert_eq!(
+        origin.range_requests("/large"),
+        0,
+        "chunks were dropped and repaired"
+    );
+}
+
+/// A slow client and a stalled disk: the fill waits for the disk (no client is held
+/// up by it), so the origin is read at most a bounded amount ahead; once the disk
+/// resumes, the client gets every byte.
+#[tokio::test]
+async fn slow_client_and_slow_disk_backpressure_the_origin() {
+    let origin = Origin::start("127.0.81.7").await.unwrap();
+    let data = random_bytes(LARGE, 87);
+    origin.put("/large", Object::new(data.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent::start(config("127.0.81.8", dir.path()))
+        .await
+        .unwrap();
+    let pause = a.cache().store().pause_writes().await;
+    let mut c = SlowClient::start(
+        a.proxy_addr(),
+        &origin.url("/large"),
+        &origin.addr().to_string(),
+    )
+    .await;
+    c.read_to(1 << 20).await;
+    agent_stays_within(&a, &c, BOUND).await;
+    drop(pause);
+    c.read_to(LARGE).await;
+    assert_eq!(blake3::hash(&c.body), blake3::hash(&data), "wrong bytes");
+    assert_eq!(origin.requests("/large"), 1);
+}
