@@ -292,7 +292,7 @@ impl ChunkStore {
             return Err(StoreError::Size { len });
         }
         if let Some(m) = &self.inner.memory {
-            m.insert(id, bytes.clone());
+            bounded_insert(m, id, bytes.clone());
         }
         if self.index().touch(&id) {
             return Ok(());
@@ -342,7 +342,7 @@ impl ChunkStore {
     /// a fill skipped for the disk, so readers behind the fill may still find it.
     pub fn hold_in_memory(&self, id: ChunkId, bytes: Bytes) {
         if let Some(m) = &self.inner.memory {
-            m.insert(id, bytes);
+            bounded_insert(m, id, bytes);
         }
     }
 
@@ -660,6 +660,15 @@ impl ChunkStore {
             tracing::warn!(error = %e, "deleting chunk file failed");
         }
     }
+}
+
+/// Inserts into the memory cache and applies the insert (evicting) at once. moka
+/// applies writes in batches of 64 or every 300 ms, and until then they are not
+/// weighed: with chunk-sized entries arriving at a fill's rate that let the cache hold
+/// 100-190 MiB past `cache.memory_size` (docs/benchmarks.md, Cold miss and memory).
+fn bounded_insert(m: &moka::sync::Cache<ChunkId, Bytes>, id: ChunkId, bytes: Bytes) {
+    m.insert(id, bytes);
+    m.run_pending_tasks();
 }
 
 impl PinGuard {

@@ -8,6 +8,7 @@
 //! the load generator's CPU use is reported next to every figure. The origin that
 //! fills the agent's cache runs in this process and is asked exactly once.
 
+pub mod cold;
 pub mod load;
 pub mod report;
 pub mod servers;

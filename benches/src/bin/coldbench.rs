@@ -1,0 +1,118 @@
+//! `coldbench`: a cold miss through a Shoal agent next to the same download straight
+//! from nginx, its origin; 1 and N clients, the agent's RSS sampled (see
+//! `shoal_benches::hit::cold` and docs/benchmarks.md). Figures are reported, never
+//! asserted.
+//!
+//! Exit codes: 0 the run completed (targets met or not); 2 the harness failed
+//! (a server did not start, a download failed or delivered wrong bytes).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use bytesize::ByteSize;
+use clap::Parser;
+
+use shoal_benches::hit::cold::{ColdOptions, run};
+
+#[derive(Debug, Parser)]
+#[command(about = "Cold miss: curl from nginx vs curl through a Shoal agent with an empty cache")]
+struct Args {
+    /// The large object (the 1-client case; N clients get N objects of SIZE / N).
+    #[arg(long, default_value = "2GiB")]
+    size: ByteSize,
+    /// Clients of the multi-client cases.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Interleaved rounds (each measures every case direct and through the agent).
+    #[arg(long, default_value_t = 4)]
+    rounds: usize,
+    /// The agent's chunk size.
+    #[arg(long, default_value = "1MiB")]
+    chunk_size: ByteSize,
+    /// The agent's memory cache.
+    #[arg(long, default_value = "256MiB")]
+    memory_size: ByteSize,
+    /// The agent's `cache.fill_buffer` (default: the agent's default).
+    #[arg(long)]
+    fill_buffer: Option<ByteSize>,
+    /// Also run N clients on the one large object (one fill, N readers).
+    #[arg(long)]
+    same: bool,
+    /// The shoal-agent binary (default: next to this binary).
+    #[arg(long)]
+    agent_bin: Option<PathBuf>,
+    #[arg(long, default_value = "nginx")]
+    nginx: String,
+    #[arg(long, default_value = "curl")]
+    curl: String,
+    /// Parent directory of the run's temporary directory (needs about 2 x SIZE free,
+    /// plus SIZE for the agent's cache).
+    #[arg(long, default_value = "/var/tmp")]
+    workdir: PathBuf,
+    #[arg(long)]
+    keep_workdir: bool,
+    /// Extra environment variable of the agent process, KEY=VALUE (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env)]
+    agent_env: Vec<(String, String)>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+fn main() -> ExitCode {
+    match main_inner(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coldbench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn main_inner(a: Args) -> Result<()> {
+    let agent_bin = match a.agent_bin {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .context("binary has no directory")?
+            .join("shoal-agent"),
+    };
+    let opts = ColdOptions {
+        size: a.size.as_u64(),
+        clients: a.clients.max(1),
+        rounds: a.rounds.max(1),
+        chunk_size: a.chunk_size.as_u64(),
+        memory_size: a.memory_size.as_u64(),
+        fill_buffer: a.fill_buffer.map(|b| b.as_u64()),
+        same: a.same,
+        agent_bin,
+        nginx: a.nginx,
+        curl: a.curl,
+        workdir: a.workdir,
+        keep_workdir: a.keep_workdir,
+        agent_env: a.agent_env,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let report = rt.block_on(run(&opts))?;
+    let md = report.markdown();
+    print!("{md}");
+    if let Some(p) = &a.markdown {
+        std::fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
