@@ -256,3 +256,30 @@ async fn slow_client_and_slow_disk_backpressure_the_origin() {
     assert_eq!(blake3::hash(&c.body), blake3::hash(&data), "wrong bytes");
     assert_eq!(origin.requests("/large"), 1);
 }
+
+/// A cold miss's first chunk reaches the client as soon as it is hashed: the origin
+/// holds its body one byte into the second chunk, and the client still gets the whole
+/// first chunk (issue 11.5: first byte after one chunk from the origin, not two). The
+/// object's last chunk alone is held back until the end.
+#[tokio::test]
+async fn first_chunk_reaches_the_client_before_the_second_arrives() {
+    let ip = "127.0.0.236";
+    let origin = Origin::start(ip).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cs = agent::TEST_CHUNK as usize;
+    let data = random_bytes(3 * cs, 236);
+    let mut obj = Object::new(data.clone());
+    obj.gate_after = Some(cs + 1);
+    origin.put("/held", obj);
+    let a = agent::start(config(ip, dir.path())).await.unwrap();
+    let host = origin.addr().to_string();
+    let mut c = SlowClient::start(a.proxy_addr(), &origin.url("/held"), &host).await;
+    tokio::time::timeout(Duration::from_secs(20), c.read_to(cs))
+        .await
+        .expect("the first chunk did not reach the client while the origin held the second");
+    assert_eq!(&c.body[..cs], &data[..cs]);
+    origin.release();
+    c.read_to(3 * cs).await;
+    assert_eq!(c.body, data);
+    a.shutdown().await;
+}

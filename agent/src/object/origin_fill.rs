@@ -57,14 +57,32 @@ async fn run(
     let size = fill.layout.size;
     let mut chunker = Chunker::new(fill.layout.chunk_size);
     let mut sha = digest.map(|_| Sha256::new());
-    // The newest chunk is held back until the next one arrives: with a digest to
-    // check, so no client sees a clean end of bad bytes; and so `finish` can record
-    // the object before readers see the end.
+    // The last chunk, held back until the end (see `release`).
     let mut pending: Option<Chunk> = None;
     // Chunks being hashed on blocking threads while the next ones arrive, in order.
     let mut hashing: VecDeque<JoinHandle<Chunk>> = VecDeque::new();
     loop {
-        let data = next_data(&mut body, inner.origin.read_timeout(), &host).await?;
+        // Past the pipeline's depth, wait for the oldest hash; otherwise take whichever
+        // comes first, the oldest hash or the origin's next bytes, so a hashed chunk
+        // reaches the readers at once even while the origin pauses.
+        if hashing.len() > HASHING {
+            let c = hashed(&mut hashing).await?;
+            release(cache, fill, behind, &mut pending, c).await;
+            continue;
+        }
+        let next = next_data(&mut body, inner.origin.read_timeout(), &host);
+        let data = match hashing.front_mut() {
+            Some(h) => tokio::select! {
+                r = h => {
+                    hashing.pop_front();
+                    let c = r.map_err(|e| FillError::Internal(format!("chunk hashing task failed: {e}")))?;
+                    release(cache, fill, behind, &mut pending, c).await;
+                    continue;
+                }
+                d = next => d?,
+            },
+            None => next.await?,
+        };
         let Some(data) = data else { break };
         if chunker.total() + data.len() as u64 > size {
             return Err(broke(format!(
@@ -79,11 +97,8 @@ async fn run(
         for piece in chunker.split(data) {
             hashing.push_back(tokio::task::spawn_blocking(move || seal(piece)));
         }
-        // Release what is hashed; wait for the oldest only past the pipeline's depth.
-        while let Some(h) = hashing.front() {
-            if !h.is_finished() && hashing.len() <= HASHING {
-                break;
-            }
+        // Release what is already hashed.
+        while hashing.front().is_some_and(JoinHandle::is_finished) {
             let c = hashed(&mut hashing).await?;
             release(cache, fill, behind, &mut pending, c).await;
         }
@@ -123,8 +138,11 @@ async fn hashed(hashing: &mut VecDeque<JoinHandle<Chunk>>) -> Result<Chunk, Fill
     }
 }
 
-/// Holds `c` back as the newest chunk and hands the one before it to the readers
-/// and the disk (the newest may be the last: see `finish`).
+/// Hands `c` to the readers and the disk at once, unless it is the object's last
+/// chunk: that one is held back for `finish` (a digest to check first, so no client
+/// sees a clean end of bad bytes; and the object recorded before readers see its end).
+/// Every other chunk reaches the client as soon as it is hashed, so a cold miss's
+/// first byte waits for one chunk from the origin, not two.
 async fn release(
     cache: &ObjectCache,
     fill: &Fill,
@@ -132,14 +150,10 @@ async fn release(
     pending: &mut Option<Chunk>,
     c: Chunk,
 ) {
-    if let Some(prev) = pending.replace(c) {
-        fill.complete(
-            prev.index,
-            prev.id,
-            Source::Origin,
-            Some(prev.bytes.clone()),
-            None,
-        );
-        behind.offer(cache, fill, prev).await;
+    if c.index + 1 >= fill.layout.chunk_count() {
+        *pending = Some(c);
+        return;
     }
+    fill.complete(c.index, c.id, Source::Origin, Some(c.bytes.clone()), None);
+    behind.offer(cache, fill, c).await;
 }
