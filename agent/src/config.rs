@@ -129,6 +129,15 @@ pub struct CacheConfig {
     /// outages with content that may be out of date.
     #[serde(with = "humantime_serde")]
     pub stale_if_error: Duration,
+    /// How long a chunk file that was read from disk and BLAKE3-verified may be
+    /// served again without hashing it, as long as its `fstat` (device, inode, size,
+    /// mtime, ctime) is unchanged: any write, truncation or replacement of the file
+    /// voids the proof, and the next read hashes it. Default `0s`: every disk read is
+    /// hashed. A window makes disk hits cost about a third less CPU (docs/benchmarks.md);
+    /// what it gives up (a device-level corruption under an unchanged file is caught
+    /// only when the window ends) is in docs/architecture.md ("Verification proofs").
+    #[serde(with = "humantime_serde")]
+    pub verify_window: Duration,
 }
 
 /// Which origins may be fetched from.
@@ -426,6 +435,7 @@ impl Default for CacheConfig {
             chunk_size: ByteSize::mib(1),
             freshness: Duration::from_secs(60),
             stale_if_error: Duration::from_secs(300),
+            verify_window: Duration::ZERO,
         }
     }
 }
@@ -648,6 +658,7 @@ mod tests {
         let c = Config::load_from_env(Some(&p), &[], Some(HashMap::new())).unwrap();
         assert_eq!(c.cache.max_size, ByteSize::gib(10));
         assert_eq!(c.cache.stale_if_error, Duration::from_secs(300));
+        assert_eq!(c.cache.verify_window, Duration::ZERO);
     }
 
     /// The commented registry mirror example in configs/agent.toml parses, with the

@@ -121,6 +121,10 @@ pub struct Metrics {
     /// registry bytes: `remembered` (a grant within `auth_ttl`), `granted` (the
     /// registry accepted a `HEAD` with the client's credentials), `refused`.
     pub registry_auth_checks: IntCounterVec,
+    /// `shoal_cache_reads_proved_total`: chunks read from disk and served without
+    /// hashing them again, under a proof of their last verification that the file's
+    /// `fstat` still matches (`cache.verify_window`; 0 when it is off).
+    pub cache_reads_proved: IntCounter,
 }
 
 impl Metrics {
@@ -280,6 +284,10 @@ impl Metrics {
                 "shoal_registry_auth_checks_total",
                 "Checks that a client may have cached registry bytes, by result.",
                 &["result"],
+            ),
+            cache_reads_proved: counter(
+                "shoal_cache_reads_proved_total",
+                "Chunks read from disk and served under a verification proof, not re-hashed.",
             ),
             registry,
         };
