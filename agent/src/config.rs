@@ -139,6 +139,15 @@ pub struct CacheConfig {
     /// when the disk is fast but bursty (skips with a mostly idle disk); it counts in
     /// the memory formula of docs/operations.md.
     pub fill_buffer: ByteSize,
+    /// How long a chunk file that was read from disk and BLAKE3-verified may be
+    /// served again without hashing it, as long as its `fstat` (device, inode, size,
+    /// mtime, ctime) is unchanged: any write, truncation or replacement of the file
+    /// voids the proof, and the next read hashes it. Default `0s`: every disk read is
+    /// hashed. A window makes disk hits cost about a third less CPU (docs/benchmarks.md);
+    /// what it gives up (a device-level corruption under an unchanged file is caught
+    /// only when the window ends) is in docs/architecture.md ("Verification proofs").
+    #[serde(with = "humantime_serde")]
+    pub verify_window: Duration,
 }
 
 /// Which origins may be fetched from.
@@ -437,6 +446,7 @@ impl Default for CacheConfig {
             freshness: Duration::from_secs(60),
             stale_if_error: Duration::from_secs(300),
             fill_buffer: ByteSize::mib(32),
+            verify_window: Duration::ZERO,
         }
     }
 }
@@ -660,6 +670,7 @@ mod tests {
         assert_eq!(c.cache.max_size, ByteSize::gib(10));
         assert_eq!(c.cache.stale_if_error, Duration::from_secs(300));
         assert_eq!(c.cache.fill_buffer, ByteSize::mib(32));
+        assert_eq!(c.cache.verify_window, Duration::ZERO);
     }
 
     /// The commented registry mirror example in configs/agent.toml parses, with the

@@ -133,6 +133,10 @@ pub struct Metrics {
     /// `shoal_cache_fill_buffer_bytes`: chunk bytes queued for the disk by fills
     /// (at most `cache.fill_buffer`).
     pub cache_fill_buffer_bytes: IntGauge,
+    /// `shoal_cache_reads_proved_total`: chunks read from disk and served without
+    /// hashing them again, under a proof of their last verification that the file's
+    /// `fstat` still matches (`cache.verify_window`; 0 when it is off).
+    pub cache_reads_proved: IntCounter,
 }
 
 impl Metrics {
@@ -308,6 +312,10 @@ impl Metrics {
             cache_fill_buffer_bytes: gauge(
                 "shoal_cache_fill_buffer_bytes",
                 "Chunk bytes queued for the disk by fills.",
+            ),
+            cache_reads_proved: counter(
+                "shoal_cache_reads_proved_total",
+                "Chunks read from disk and served under a verification proof, not re-hashed.",
             ),
             registry,
         };

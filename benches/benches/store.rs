@@ -35,6 +35,7 @@ fn open(rt: &tokio::runtime::Runtime, dir: &std::path::Path, memory_size: u64) -
         high_watermark: 0.95,
         low_watermark: 0.90,
         memory_size,
+        verify_window: std::time::Duration::ZERO,
     };
     rt.block_on(ChunkStore::open(cfg, Metrics::default()))
 }

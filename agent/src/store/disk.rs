@@ -27,12 +27,82 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use shoal_proto::id::ChunkId;
 use shoal_proto::manifest::MAX_CHUNK_SIZE;
 
 use super::StoreError;
+use super::buffers::Buffers;
+
+/// Bytes read (and hashed) per `read()` of a chunk file: small enough to be hashed
+/// while still in the CPU's L2 cache, large enough to keep the calls few (four per
+/// 1 MiB chunk).
+const PIECE: usize = 256 * 1024;
+
+/// What [`Layout::read_verified`] found.
+#[derive(Debug)]
+pub(crate) enum ChunkRead {
+    /// No chunk file of that id.
+    Missing,
+    /// The file's bytes: they hashed to the id, or (`proved`) the file's `fstat`
+    /// after the read still matched the proof of an earlier verification. `proof`
+    /// is a new proof to keep, when asked for and the file's last change is settled.
+    Verified {
+        data: Bytes,
+        proof: Option<Proof>,
+        proved: bool,
+    },
+    /// A file whose bytes do not hash to the id (or whose length is not the indexed one).
+    Corrupt,
+}
+
+/// How old a chunk file's last change (ctime) must be before a verification of it
+/// is recorded as a [`Proof`]. File timestamps are coarse (a clock tick): a file
+/// changed within the same tick as the change before keeps its ctime. Once the last
+/// change is this far in the past, any later one gets a later ctime.
+const PROOF_MARGIN: Duration = if cfg!(test) {
+    Duration::from_millis(50)
+} else {
+    Duration::from_secs(1)
+};
+
+/// A chunk file as it was (`fstat`, after the read) when its bytes last hashed to its
+/// id: the fields that any write, truncation or replacement of the file changes. The
+/// ctime cannot be set from user space: even a write that puts the mtime back moves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Proof {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Proof {
+    fn of(m: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+
+    /// The proof of `m`, if its last change is at least [`PROOF_MARGIN`] old.
+    fn settled(m: &fs::Metadata) -> Option<Self> {
+        let p = Self::of(m);
+        let changed = Duration::new(
+            u64::try_from(p.ctime.0).ok()?,
+            u32::try_from(p.ctime.1).ok()?,
+        );
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
+        (changed.saturating_add(PROOF_MARGIN) <= now).then_some(p)
+    }
+}
 
 /// A chunk file found by [`Layout::scan`].
 #[derive(Debug)]
@@ -51,6 +121,8 @@ pub(crate) struct Layout {
     /// Whether chunk files are still written with `O_DIRECT`; cleared (for every
     /// clone) the first time the filesystem refuses it.
     direct: Arc<AtomicBool>,
+    /// Read buffers, reused (shared by every clone).
+    buffers: Buffers,
 }
 
 impl Layout {
@@ -60,6 +132,7 @@ impl Layout {
             chunks: root.join("chunks"),
             tmp: root.join("tmp"),
             direct: Arc::new(AtomicBool::new(direct::SUPPORTED)),
+            buffers: Buffers::default(),
         }
     }
 
@@ -173,32 +246,98 @@ impl Layout {
         .map_err(werr(&dst))
     }
 
-    /// The chunk file's bytes, unverified; `None` if there is no such file. Reads at
-    /// most [`MAX_CHUNK_SIZE`] + 1 bytes, so a file swapped for a huge one cannot
-    /// exhaust memory (it then fails verification).
-    pub(crate) fn read(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+    /// Reads the chunk file of `id`, which the index says is `len` bytes long, and
+    /// checks it against the id; [`ChunkRead::Missing`] if there is no such file.
+    ///
+    /// The file is read in [`PIECE`]s straight into the buffer that is returned, and
+    /// each piece is hashed right after its `read()`, while it is still in the CPU's
+    /// cache, instead of reading the whole chunk and then hashing it back from memory.
+    /// At most `min(len, MAX_CHUNK_SIZE)` bytes are read: a file that is longer (or
+    /// shorter) than indexed is not the chunk that was written and fails.
+    ///
+    /// With `proof` (an earlier verification of this file), the bytes are not hashed
+    /// if the file's `fstat` after the read equals the proof; if it does not, they
+    /// are hashed as usual. A write to the file changes its ctime before it changes
+    /// its bytes, so a file whose `fstat` after the last `read()` still matches was not
+    /// written since the proof, up to that read. With `record`, a successful hash
+    /// returns a new proof (if the file's last change is settled).
+    pub(crate) fn read_verified(
+        &self,
+        id: &ChunkId,
+        len: u64,
+        proof: Option<Proof>,
+        record: bool,
+    ) -> Result<ChunkRead, StoreError> {
         let path = self.chunk_path(id);
         let rerr = |source| StoreError::Read {
             path: path.clone(),
             source,
         };
-        let f = match File::open(&path) {
+        let mut f = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ChunkRead::Missing),
             Err(e) => return Err(rerr(e)),
         };
-        let hint = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let cap = hint.min(u64::from(MAX_CHUNK_SIZE)) as usize;
-        let mut buf = Vec::with_capacity(cap);
-        f.take(u64::from(MAX_CHUNK_SIZE) + 1)
-            .read_to_end(&mut buf)
-            .map_err(rerr)?;
-        Ok(Some(buf))
+        let len = len.min(u64::from(MAX_CHUNK_SIZE)) as usize;
+        // A reused buffer (buffers.rs): no allocation, no page faults.
+        let mut data = self.buffers.take(len);
+        let mut hasher = blake3::Hasher::new();
+        let mut filled = 0;
+        while filled < len {
+            let end = (filled + PIECE).min(len);
+            let n = read_some(&mut f, &mut data[filled..end]).map_err(rerr)?;
+            if n == 0 {
+                break;
+            }
+            if proof.is_none() {
+                hasher.update(&data[filled..filled + n]);
+            }
+            filled += n;
+        }
+        let longer = filled == len && read_some(&mut f, &mut [0u8; 1]).map_err(rerr)? > 0;
+        if filled < len || longer {
+            return Ok(ChunkRead::Corrupt);
+        }
+        let meta = if proof.is_some() || record {
+            Some(f.metadata().map_err(rerr)?)
+        } else {
+            None
+        };
+        if let Some(p) = proof {
+            if meta.as_ref().is_some_and(|m| Proof::of(m) == p) {
+                return Ok(ChunkRead::Verified {
+                    data: self.buffers.freeze(data, len),
+                    proof: None,
+                    proved: true,
+                });
+            }
+            // Changed since its proof: hash it after all.
+            hasher.update(&data[..len]);
+        }
+        // blake3::Hash equality is constant-time.
+        if hasher.finalize() != blake3::Hash::from_bytes(*id.as_bytes()) {
+            return Ok(ChunkRead::Corrupt);
+        }
+        Ok(ChunkRead::Verified {
+            data: self.buffers.freeze(data, len),
+            proof: meta.as_ref().filter(|_| record).and_then(Proof::settled),
+            proved: false,
+        })
     }
 
     /// Deletes the chunk file; a missing file is fine, other errors are logged.
     pub(crate) fn remove(&self, id: &ChunkId) {
         delete(&self.chunk_path(id));
+    }
+}
+
+/// One `read()` into `buf`, retried when interrupted; 0 at the end of the file.
+fn read_some(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match f.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
     }
 }
 

@@ -3,7 +3,11 @@
 //!
 //! Trust model: bytes handed to [`ChunkStore::put`] were verified by the caller; bytes
 //! read back from disk are verified again (BLAKE3) on every read, and a file that fails
-//! is deleted and counted. The memory cache is trusted and not re-hashed.
+//! is deleted and counted. The memory cache is trusted and not re-hashed. With a
+//! verify window (`cache.verify_window`, off by default) a chunk file that verified is
+//! served unhashed for up to that long while its `fstat` after each read still equals
+//! the one recorded with the hash (`disk::Proof`); docs/architecture.md says what
+//! that does and does not catch.
 //!
 //! The index of what is on disk lives in memory and is rebuilt at [`ChunkStore::open`]
 //! by listing the directory (sizes from metadata, no hashing: corruption is caught on
@@ -33,6 +37,7 @@
 //! Races between a put and an eviction/removal of the same id can leave the index
 //! naming a file that is gone; the next read notices and forgets it.
 
+mod buffers;
 mod disk;
 mod error;
 mod index;
@@ -50,7 +55,7 @@ use shoal_proto::manifest::MAX_CHUNK_SIZE;
 
 use crate::config::CacheConfig;
 use crate::metrics::{Metrics, Source};
-use disk::Layout;
+use disk::{ChunkRead, Layout, Proof};
 use index::Index;
 
 pub use error::StoreError;
@@ -59,6 +64,10 @@ use space::{SpaceSource, Statvfs};
 
 /// How long the store waits after a failed write before it tries the disk again.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Verification proofs kept at most (about 100 bytes each): with 1 MiB chunks, the
+/// hottest 32 GiB of the disk cache.
+const PROOFS_MAX: u64 = 32 * 1024;
 
 /// Settings of one [`ChunkStore`].
 #[derive(Debug, Clone)]
@@ -73,6 +82,9 @@ pub struct StoreConfig {
     pub low_watermark: f64,
     /// Memory cache budget in bytes of chunk data; 0 disables the memory cache.
     pub memory_size: u64,
+    /// How long a verified chunk file is served again unhashed while its `fstat` is
+    /// unchanged (`cache.verify_window`); zero hashes every disk read.
+    pub verify_window: Duration,
 }
 
 /// Bytes and chunks on disk, as indexed.
@@ -103,6 +115,10 @@ struct Inner {
     metrics: Metrics,
     index: Mutex<Index>,
     memory: Option<moka::sync::Cache<ChunkId, Bytes>>,
+    /// Proofs of the last verification of chunk files, each kept for the verify
+    /// window from when it was hashed (a proved read does not extend it); `None`
+    /// when the window is zero.
+    proofs: Option<moka::sync::Cache<ChunkId, Proof>>,
     /// False after a failed open or write, until a write succeeds again.
     writable: AtomicBool,
     /// The last failure was a read-only filesystem: files are left alone.
@@ -141,6 +157,7 @@ impl From<&CacheConfig> for StoreConfig {
             high_watermark: c.high_watermark,
             low_watermark: c.low_watermark,
             memory_size: c.memory_size.as_u64(),
+            verify_window: c.verify_window,
         }
     }
 }
@@ -166,6 +183,12 @@ impl ChunkStore {
                 .weigher(|_: &ChunkId, b: &Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))
                 .build()
         });
+        let proofs = (!cfg.verify_window.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(PROOFS_MAX)
+                .time_to_live(cfg.verify_window)
+                .build()
+        });
         let store = Self {
             inner: Arc::new(Inner {
                 layout: Layout::new(&cfg.dir),
@@ -178,6 +201,7 @@ impl ChunkStore {
                 metrics,
                 index: Mutex::new(Index::default()),
                 memory,
+                proofs,
                 writable: AtomicBool::new(false),
                 read_only: AtomicBool::new(false),
                 prepared: AtomicBool::new(false),
@@ -239,30 +263,40 @@ impl ChunkStore {
             self.index().touch(id);
             return Ok(Some(b));
         }
-        if !self.index().contains(id) {
+        let Some(len) = self.index().len_of(id) else {
             return Ok(None);
-        }
+        };
         let layout = self.inner.layout.clone();
         let cid = *id;
-        let read = tokio::task::spawn_blocking(move || {
-            layout.read(&cid).map(|d| {
-                d.map(|d| {
-                    let ok = cid.verifies(&d);
-                    (d, ok)
-                })
-            })
-        })
-        .await??;
+        let proofs = self.inner.proofs.as_ref();
+        let proof = proofs.and_then(|p| p.get(id));
+        let record = proofs.is_some();
+        // One blocking task reads and verifies the chunk (disk.rs hashes as it reads).
+        let read =
+            tokio::task::spawn_blocking(move || layout.read_verified(&cid, len, proof, record))
+                .await??;
         match read {
-            Some((data, true)) => {
-                let b = Bytes::from(data);
+            ChunkRead::Verified {
+                data,
+                proof: new,
+                proved,
+            } => {
+                if proved {
+                    self.inner.metrics.cache_reads_proved.inc();
+                } else if let Some(p) = proofs {
+                    match new {
+                        Some(new) => p.insert(*id, new),
+                        None => p.invalidate(id),
+                    }
+                }
+                let b = data;
                 if let Some(m) = &self.inner.memory {
                     m.insert(*id, b.clone());
                 }
                 self.index().touch(id);
                 Ok(Some(b))
             }
-            Some((_, false)) => {
+            ChunkRead::Corrupt => {
                 self.inner.metrics.verify_failed(Source::Cache);
                 tracing::warn!(
                     chunk = %id,
@@ -272,7 +306,7 @@ impl ChunkStore {
                 self.forget_and_delete(id).await;
                 Ok(None)
             }
-            None => {
+            ChunkRead::Missing => {
                 tracing::warn!(chunk = %id, "indexed chunk file is missing; forgetting it");
                 self.forget_and_delete(id).await;
                 Ok(None)
@@ -626,6 +660,11 @@ impl ChunkStore {
         if victims.is_empty() {
             return;
         }
+        if let Some(p) = &self.inner.proofs {
+            for id in &victims {
+                p.invalidate(id);
+            }
+        }
         self.inner
             .metrics
             .cache_evictions
@@ -646,6 +685,9 @@ impl ChunkStore {
 
     /// Forgets the chunk and deletes its file (left alone on a read-only disk).
     async fn forget_and_delete(&self, id: &ChunkId) {
+        if let Some(p) = &self.inner.proofs {
+            p.invalidate(id);
+        }
         {
             let mut ix = self.index();
             ix.remove(id);

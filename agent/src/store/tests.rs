@@ -13,6 +13,7 @@ fn cfg(dir: &Path, max_size: u64, memory_size: u64) -> StoreConfig {
         high_watermark: 0.9,
         low_watermark: 0.5,
         memory_size,
+        verify_window: Duration::ZERO,
     }
 }
 
@@ -393,10 +394,108 @@ fn chunk_files_hold_exactly_the_bytes_at_any_length() {
             len as u64,
             "length {len}"
         );
-        assert_eq!(layout.read(&id).unwrap().unwrap(), bytes, "length {len}");
+        match layout.read_verified(&id, len as u64, None, false).unwrap() {
+            disk::ChunkRead::Verified { data, .. } => assert_eq!(data, bytes, "length {len}"),
+            other => panic!("length {len}: {other:?}"),
+        }
     }
     // Nothing left in tmp/.
     assert_eq!(fs::read_dir(&layout.tmp).unwrap().count(), 0);
+}
+
+/// Reading in pieces hashes every byte: a flipped bit in the first, a middle or the
+/// last (partial) piece, a file one byte shorter or longer than indexed, all fail;
+/// the intact file reads back byte for byte. Through the store, a corrupt file is
+/// never returned, is counted and deleted.
+#[tokio::test]
+async fn pieced_read_catches_corruption_anywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, m) = open(tmp.path(), 1 << 30, 0).await;
+    let layout = &s.inner.layout;
+    let len = 1024 * KIB + 3; // four whole pieces and a partial one
+    let mut failures = 0;
+    for (n, damage) in [0usize, 1, 300 * KIB, len - 1, usize::MAX - 1, usize::MAX]
+        .into_iter()
+        .enumerate()
+    {
+        let (id, bytes) = chunk(100 + n as u32, len);
+        s.put(id, bytes.clone()).await.unwrap();
+        let path = layout.chunk_path(&id);
+        let mut data = bytes.to_vec();
+        match damage {
+            0 => {}
+            usize::MAX => data.push(0),
+            x if x == usize::MAX - 1 => {
+                data.pop();
+            }
+            at => data[at] ^= 0x80,
+        }
+        fs::write(&path, &data).unwrap();
+        let read = layout.read_verified(&id, len as u64, None, false).unwrap();
+        let got = s.get(&id).await.unwrap();
+        if damage == 0 {
+            assert!(
+                matches!(read, disk::ChunkRead::Verified { ref data, .. } if data[..] == bytes[..])
+            );
+            assert_eq!(got.as_ref(), Some(&bytes));
+        } else {
+            failures += 1;
+            assert!(matches!(read, disk::ChunkRead::Corrupt), "damage {damage}");
+            assert_eq!(got, None, "damage {damage}");
+            assert!(!path.exists(), "damage {damage}");
+            assert!(!s.contains(&id));
+        }
+        assert_eq!(disk_failures(&m), failures, "damage {damage}");
+    }
+    let (absent, _) = chunk(99, 10);
+    assert!(matches!(
+        layout.read_verified(&absent, 10, None, false).unwrap(),
+        disk::ChunkRead::Missing
+    ));
+}
+
+/// Under a verify window, a settled chunk file is served unhashed while its `fstat`
+/// is unchanged; a file changed in place afterwards (same size, mtime put back) is
+/// hashed again, caught, deleted and counted, and its proof is gone.
+#[tokio::test]
+async fn proof_skips_the_hash_until_the_file_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = Metrics::default();
+    let mut c = cfg(tmp.path(), 1 << 30, 0);
+    c.verify_window = Duration::from_secs(600);
+    let s = ChunkStore::open(c, m.clone()).await;
+    let (id, bytes) = chunk(7, 300 * KIB);
+    s.put(id, bytes.clone()).await.unwrap();
+    let proofs = s.inner.proofs.as_ref().unwrap();
+    // The file's last change must be settled (disk::PROOF_MARGIN, 50 ms in tests).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proofs.contains_key(&id) {
+        assert!(Instant::now() < deadline, "no proof recorded");
+        assert_eq!(s.get(&id).await.unwrap().as_ref(), Some(&bytes));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(m.cache_reads_proved.get(), 0);
+    for n in 1..=3 {
+        assert_eq!(s.get(&id).await.unwrap().as_ref(), Some(&bytes));
+        assert_eq!(m.cache_reads_proved.get(), n);
+    }
+    let path = s.inner.layout.chunk_path(&id);
+    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+    let mut data = bytes.to_vec();
+    data[200 * KIB] ^= 0x04;
+    fs::write(&path, &data).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(s.get(&id).await.unwrap(), None);
+    assert_eq!(m.cache_reads_proved.get(), 3);
+    assert_eq!(disk_failures(&m), 1);
+    assert!(!path.exists());
+    assert!(!s.contains(&id));
+    assert!(!proofs.contains_key(&id));
 }
 
 /// A disk of `free` bytes (for us) beside a huge filesystem: `available` is what is
