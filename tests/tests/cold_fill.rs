@@ -283,3 +283,52 @@ async fn first_chunk_reaches_the_client_before_the_second_arrives() {
     assert_eq!(c.body, data);
     a.shutdown().await;
 }
+
+/// A stalled disk does not hold back a cold miss's last byte when the memory cache
+/// can hold the object: it is recorded at the client's end all the same (its queued
+/// chunks are in memory), the next request is a hit, and the chunks reach the disk
+/// once the disk resumes.
+#[tokio::test]
+async fn last_byte_does_not_wait_for_the_disk_when_memory_holds_the_object() {
+    let origin = Origin::start("127.0.81.7").await.unwrap();
+    let data = random_bytes(FILL_BUFFER as usize - 1000, 87);
+    origin.put("/small", Object::new(data.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent::start(config("127.0.81.8", dir.path()))
+        .await
+        .unwrap();
+    let url = origin.url("/small");
+    let pause = a.cache().store().pause_writes().await;
+    let r = tokio::time::timeout(Duration::from_secs(20), get(a.proxy_addr(), &url))
+        .await
+        .expect("the client's last byte waited for a stalled disk")
+        .unwrap();
+    assert_eq!(blake3::hash(&r.body), blake3::hash(&data));
+    assert_eq!(skipped(&a), 0);
+    let m = a
+        .cache()
+        .cached(&url)
+        .expect("not recorded at the client's end");
+    let r = get(a.proxy_addr(), &url).await.unwrap();
+    assert_eq!(blake3::hash(&r.body), blake3::hash(&data));
+    assert_eq!(
+        origin.requests("/small"),
+        1,
+        "the second request was not a hit"
+    );
+    drop(pause);
+    let store = a.cache().store();
+    assert!(
+        eventually(Duration::from_secs(20), || m
+            .manifest
+            .chunks
+            .iter()
+            .all(|id| store.chunk_len(id).is_some()))
+        .await,
+        "the queued chunks never reached the disk"
+    );
+    assert!(
+        a.cache().cached(&url).is_some(),
+        "forgotten after its writes"
+    );
+}

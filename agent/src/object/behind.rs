@@ -153,6 +153,9 @@ impl Behind {
 
     fn queue(&self, cache: &ObjectCache, fill: &Fill, c: Chunk, permit: OwnedSemaphorePermit) {
         fill.queued(c.index);
+        // Readable at once from memory (a recorded object whose writes are still
+        // queued, a reader that fell behind): the write puts it there again anyway.
+        cache.inner.store.hold_in_memory(c.id, c.bytes.clone());
         let (index, len) = (c.index, c.bytes.len() as i64);
         let job = Job {
             chunk: c,
@@ -176,10 +179,13 @@ impl Behind {
     }
 
     /// The fill's end, after its last chunks (`last`, not yet released to readers)
-    /// arrived and checked. With nothing skipped, they are queued too, every queued
-    /// write is awaited (at most the budget's worth), and the object is recorded if
-    /// the disk holds it all; with a skip, nothing is awaited and the object is not
-    /// recorded. Then the last chunks are released ([`super::fill::conclude`]).
+    /// arrived and checked. With nothing skipped, they are queued too, and the
+    /// object is recorded at once when every chunk is on disk or in the memory cache
+    /// (queued chunks are), its writes finishing behind ([`forget_unwritten`]), else
+    /// after every queued write (at most the budget's worth) if the disk then holds it
+    /// all; with a skip, nothing is awaited and the object is not recorded. Then the
+    /// last chunks are released ([`super::fill::conclude`]): a client's last byte
+    /// waits for the disk only when the memory cache cannot hold the object.
     pub(super) async fn finish(
         self,
         cache: &ObjectCache,
@@ -203,17 +209,77 @@ impl Behind {
         }
         let Self { tx, writer, .. } = self;
         drop(tx);
-        if keep && let Err(e) = writer.await {
+        let store = &cache.inner.store;
+        // Every chunk either on disk or in the memory cache (queued chunks are put
+        // there when queued): the object is recorded now and its last chunks
+        // released, without waiting for the disk; the writes finish behind, and a
+        // failed one forgets the object. Otherwise (no memory cache, or it evicted a
+        // queued chunk) the writes are awaited first, as the disk must then hold it.
+        let readable = keep && {
+            let mut ids = fill.chunk_ids_partial();
+            for c in &last {
+                if let Some(slot) = ids.get_mut(c.index) {
+                    *slot = Some(c.id);
+                }
+            }
+            ids.iter().all(|id| {
+                id.is_some_and(|id| store.chunk_len(&id).is_some() || store.contains(&id))
+            })
+        };
+        let mut writer = Some(writer);
+        if keep
+            && !readable
+            && let Some(w) = writer.take()
+            && let Err(e) = w.await
+        {
             tracing::warn!(url = %fill.url, error = %e, "chunk writer task failed");
         }
-        let store = &cache.inner.store;
-        let last = last
-            .into_iter()
-            .map(|c| {
-                let stored = keep && store.chunk_len(&c.id).is_some();
-                (c, stored)
-            })
-            .collect();
-        super::fill::conclude(cache, fill, key, digest, last, Source::Origin, keep).await;
+        super::fill::conclude(
+            cache,
+            fill,
+            key,
+            digest,
+            with_stored(store, keep, last),
+            Source::Origin,
+            keep,
+            readable,
+        )
+        .await;
+        if readable && let Some(w) = writer.take() {
+            let (cache, fill) = (cache.clone(), fill.clone());
+            tokio::spawn(async move { forget_unwritten(&cache, &fill, w).await });
+        }
+    }
+}
+
+/// Each last chunk with whether the disk has it.
+fn with_stored(
+    store: &crate::store::ChunkStore,
+    keep: bool,
+    last: Vec<Chunk>,
+) -> Vec<(Chunk, bool)> {
+    last.into_iter()
+        .map(|c| {
+            let stored = keep && store.chunk_len(&c.id).is_some();
+            (c, stored)
+        })
+        .collect()
+}
+
+/// Once the writes of a fill recorded ahead of them are done: forgets the object if
+/// the disk did not take every chunk (a write failed, or the chunk was evicted at
+/// once), so the next request fills it anew rather than repairing chunk by chunk.
+async fn forget_unwritten(cache: &ObjectCache, fill: &Fill, writer: JoinHandle<()>) {
+    if let Err(e) = writer.await {
+        tracing::warn!(url = %fill.url, error = %e, "chunk writer task failed");
+    }
+    let store = &cache.inner.store;
+    let Some(ids) = fill.chunk_ids() else { return };
+    let recorded = cache
+        .cached(&fill.url)
+        .is_some_and(|m| m.manifest.chunks == ids);
+    if recorded && !ids.iter().all(|id| store.chunk_len(id).is_some()) {
+        tracing::info!(url = %fill.url, "chunks recorded ahead of their writes did not reach the disk; forgotten");
+        cache.invalidate(&fill.url).await;
     }
 }

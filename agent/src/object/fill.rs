@@ -399,12 +399,14 @@ pub(crate) async fn finish(
         let stored = cache.inner.store.put(c.id, c.bytes.clone()).await.is_ok();
         held.push((c, stored));
     }
-    conclude(cache, fill, key, digest, held, source, true).await;
+    conclude(cache, fill, key, digest, held, source, true, false).await;
 }
 
 /// The end of every fill, once its last chunks (`held`, each with whether the store
-/// took it) are known: records the object if `keep` and the disk holds every chunk,
-/// ends the flight, and only then completes the last chunks for readers.
+/// took it) are known: records the object if `keep` and the disk holds every chunk
+/// (with `behind`, a chunk still queued for the disk counts when the memory cache
+/// has it: the write-behind forgets the object again if a write then fails), ends
+/// the flight, and only then completes the last chunks for readers.
 pub(crate) async fn conclude(
     cache: &ObjectCache,
     fill: &Arc<Fill>,
@@ -413,6 +415,7 @@ pub(crate) async fn conclude(
     held: Vec<(Chunk, bool)>,
     source: Source,
     keep: bool,
+    behind: bool,
 ) {
     let url = fill.url.clone();
     let mut ids = fill.chunk_ids_partial();
@@ -424,10 +427,11 @@ pub(crate) async fn conclude(
     let ids: Option<Vec<_>> = ids.into_iter().collect();
     // Remembered only if the disk holds every chunk (the fill pins them): an object
     // the disk kept in part would cost origin `Range` repairs on every later "hit".
+    let store = &cache.inner.store;
     let on_disk = |m: &Manifest| {
         m.chunks
             .iter()
-            .all(|id| cache.inner.store.chunk_len(id).is_some())
+            .all(|id| store.chunk_len(id).is_some() || (behind && store.contains(id)))
     };
     match ids.map(|ids| Manifest::new(key, fill.layout, ids, digest.map(|d| d.to_string()))) {
         Some(Ok(_)) if !keep => {
