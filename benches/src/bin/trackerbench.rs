@@ -126,7 +126,7 @@ async fn bench(args: &Args) -> Result<()> {
     };
     let t = Instant::now();
     let cpu0 = tracker.usage().map_or(0.0, |u| u.cpu_seconds);
-    let agents = trackload::connect_all(identities, listen, &w, 128).await?;
+    let agents = trackload::connect_all(identities, listen, &w, 32).await?;
     let setup = t.elapsed().as_secs_f64();
     let cpu = tracker.usage().map_or(0.0, |u| u.cpu_seconds) - cpu0;
     println!(
