@@ -171,6 +171,11 @@ async fn bench(args: &Args) -> Result<()> {
             p.max_ms
         );
     }
+    for p in &phases {
+        if let Some(e) = &p.first_error {
+            println!("{}: first error: {e}", p.name);
+        }
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&phases)?)?;
     }

@@ -81,6 +81,8 @@ pub struct SimConfig {
     pub registry: RegistryConfig,
     /// Simulated time after which the run stops, finished or not.
     pub time_limit: Duration,
+    /// Global max-min bandwidth sharing instead of the local model ([`net::Net::exact`]).
+    pub exact_sharing: bool,
 }
 
 /// What one run measured.
@@ -130,6 +132,7 @@ impl Default for SimConfig {
             sched: SchedConfig::default(),
             registry: RegistryConfig::default(),
             time_limit: Duration::from_secs(3600),
+            exact_sharing: false,
         }
     }
 }

@@ -244,7 +244,11 @@ impl World {
             queue: BinaryHeap::new(),
             agents,
             lat,
-            net: Net::new(up, down),
+            net: if cfg.exact_sharing {
+                Net::new(up, down).exact()
+            } else {
+                Net::new(up, down)
+            },
             carry: HashMap::new(),
             connected: HashSet::new(),
             registry: Registry::new(cfg.registry.clone(), cfg.seed),
