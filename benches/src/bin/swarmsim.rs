@@ -27,8 +27,8 @@ struct Args {
     /// Seed of the latency and start-time draws.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// One-way delay of each agent to the core, uniform in MIN,MAX milliseconds.
-    #[arg(long, default_value = "0 0", num_args = 2, value_delimiter = ' ')]
+    /// One-way delay of each agent to the core, uniform in `MIN MAX` milliseconds (two values).
+    #[arg(long, default_value = "0,0", value_delimiter = ',', num_args = 2)]
     latency_ms: Vec<f64>,
     /// One-way delay of the origin and the tracker to the core, milliseconds.
     #[arg(long, default_value_t = 0.0)]
