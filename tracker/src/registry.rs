@@ -117,8 +117,6 @@ struct Object {
     /// Hashed with the registry's seed: iteration order (which [`candidates`] samples
     /// in) is then a function of the seed and the calls, and differs between lives.
     holders: HashMap<PeerId, Holding, Seeded>,
-    /// Syncs of this object so far: moves the window [`candidates`] samples.
-    syncs: u64,
     /// Union of every holder's chunks; recomputed when `held_dirty`.
     held: ChunkBitmap,
     held_dirty: bool,
@@ -228,7 +226,6 @@ impl Registry {
             (Entry::Vacant(_), None) => return Ok(SyncResponse::unknown(lease_ttl_ms)),
         };
         obj.last_active = now;
-        obj.syncs = obj.syncs.wrapping_add(1);
 
         let agrees = proposed.is_none_or(|l| l == obj.layout);
         let mut granted = 0;
@@ -471,7 +468,6 @@ impl Events {
 impl Object {
     fn new(layout: Layout, epoch: u64, now: Instant) -> Self {
         Self {
-            syncs: 0,
             layout,
             // Layout::new bounds the count by 2^26.
             count: layout.chunk_count() as u32,
@@ -788,14 +784,16 @@ const MIN_SAMPLE: usize = 256;
 
 /// The holders a sync ranks: every live holder (other than the requester) holding a
 /// chunk it lacks, if there are at most `sample` holders. Above that, the first
-/// `sample` such holders from a point of the holder table that moves with every sync
-/// of the object (so successive syncs and different requesters see different
-/// holders), then, for the chunks the requester lacks and none of those offers, the
+/// `sample` such holders from a point of the holder table fixed per requester (so
+/// different requesters see different holders, and one requester mostly the same
+/// ones: every hinted peer costs the agent's scheduler work on each of its passes),
+/// then, for the chunks the requester lacks and none of those offers, the
 /// first other holder of each: every chunk some live holder offers stays covered, as
 /// [`choose`] promises, while the cost of a sync stops growing with the swarm.
 ///
-/// Ranking all holders cost about 1.5 ms per sync with 10,000 holders of one object
-/// (hashing and sorting every one), which capped the tracker below 1,000 syncs/s.
+/// Ranking all holders cost about 6 ms of CPU per sync with 10,000 holders of one
+/// object (comparing, hashing and sorting every one; `trackerbench`, a loaded
+/// machine): under 200 syncs/s per core. Sampled, about 0.6 ms.
 /// The price: the nearest, least loaded holders are found within the sample only.
 fn candidates<'a>(
     now: Instant,
@@ -814,7 +812,7 @@ fn candidates<'a>(
         return obj.holders.iter().filter(eligible).collect();
     }
     let mut hasher = DefaultHasher::new();
-    (me.id, obj.syncs).hash(&mut hasher);
+    me.id.hash(&mut hasher);
     let start = (hasher.finish() % n as u64) as usize;
     let window = obj
         .holders

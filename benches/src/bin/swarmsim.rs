@@ -27,7 +27,7 @@ struct Args {
     /// Seed of the latency and start-time draws.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// One-way delay of each agent to the core, uniform in MIN,MAX milliseconds.
+    /// One-way delay of each agent to the core, uniform in `MIN MAX` milliseconds (two values).
     #[arg(long, default_value = "0,0", value_delimiter = ',', num_args = 2)]
     latency_ms: Vec<f64>,
     /// One-way delay of the origin and the tracker to the core, milliseconds.
@@ -39,6 +39,9 @@ struct Args {
     /// Simulated seconds after which a run stops.
     #[arg(long, default_value_t = 3600)]
     time_limit: u64,
+    /// Global max-min bandwidth sharing (exact, slow: small fleets only).
+    #[arg(long)]
+    exact_sharing: bool,
     /// Write every run's figures (and completion times) to this JSON file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -53,6 +56,7 @@ struct Row {
     latency_ms: Vec<f64>,
     server_latency_ms: f64,
     loss: f64,
+    exact_sharing: bool,
     t_min_seconds: f64,
     finished: usize,
     last_seconds: Option<f64>,
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
                 server_latency: ms(args.server_latency_ms),
                 loss: args.loss,
                 time_limit: Duration::from_secs(args.time_limit),
+                exact_sharing: args.exact_sharing,
                 ..SimConfig::default()
             };
             let started = Instant::now();
@@ -160,6 +165,7 @@ fn row(cfg: &SimConfig, r: &SimResult, args: &Args, wall: f64) -> Row {
         latency_ms: args.latency_ms.clone(),
         server_latency_ms: args.server_latency_ms,
         loss: cfg.loss,
+        exact_sharing: cfg.exact_sharing,
         t_min_seconds: r.t_min,
         finished: r.completions.len(),
         last_seconds: r.last(),

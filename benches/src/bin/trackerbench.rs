@@ -126,7 +126,7 @@ async fn bench(args: &Args) -> Result<()> {
     };
     let t = Instant::now();
     let cpu0 = tracker.usage().map_or(0.0, |u| u.cpu_seconds);
-    let agents = trackload::connect_all(identities, listen, &w, 128).await?;
+    let agents = trackload::connect_all(identities, listen, &w, 32).await?;
     let setup = t.elapsed().as_secs_f64();
     let cpu = tracker.usage().map_or(0.0, |u| u.cpu_seconds) - cpu0;
     println!(
@@ -170,6 +170,11 @@ async fn bench(args: &Args) -> Result<()> {
             p.p99_ms,
             p.max_ms
         );
+    }
+    for p in &phases {
+        if let Some(e) = &p.first_error {
+            println!("{}: first error: {e}", p.name);
+        }
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&phases)?)?;

@@ -36,7 +36,14 @@
 //! disk, no packets: no slow start, no queueing delay, no loss bursts or
 //! retransmission timeouts; no tracker failures or agent churn; no global max-min
 //! fairness (see [`net`]); chunk ids are synthetic (no hashing). A chunk fetched from
-//! a peer is usable only once complete, as in the agent.
+//! a peer is usable only once complete, as in the agent. One departure from the
+//! agent's loop: a tracker hint repeating what the scheduler already knows of that
+//! peer is not fed again (see `World::on_sync`). Zero latency is degenerate (every
+//! answer instantaneous, back-offs in lock-step); use a small one.
+//!
+//! Cost: the scheduler re-plans in O(chunks × known peers) per input, so a run costs
+//! about N × chunks × peers; N = 1,000 with a 64-chunk object takes minutes, N =
+//! 10,000 far longer (`swarmsim --object-divisor` shrinks the object).
 
 pub mod net;
 mod world;
@@ -81,6 +88,8 @@ pub struct SimConfig {
     pub registry: RegistryConfig,
     /// Simulated time after which the run stops, finished or not.
     pub time_limit: Duration,
+    /// Global max-min bandwidth sharing instead of the local model ([`net::Net::exact`]).
+    pub exact_sharing: bool,
 }
 
 /// What one run measured.
@@ -130,6 +139,7 @@ impl Default for SimConfig {
             sched: SchedConfig::default(),
             registry: RegistryConfig::default(),
             time_limit: Duration::from_secs(3600),
+            exact_sharing: false,
         }
     }
 }

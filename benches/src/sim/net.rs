@@ -65,6 +65,9 @@ pub struct Net {
     next: FlowId,
     /// Completion times that changed since the last [`Net::take_due`].
     due: Vec<Due>,
+    /// Exact max-min fairness over the whole network on every change
+    /// ([`Net::exact`]) instead of the local approximation.
+    exact: bool,
 }
 
 impl Net {
@@ -79,7 +82,16 @@ impl Net {
             flows: HashMap::new(),
             next: 0,
             due: Vec::new(),
+            exact: false,
         }
+    }
+
+    /// Global max-min fairness (progressive filling over every link) on every flow
+    /// start and end: work-conserving, as TCP and QUIC tend to be, but O(links × flows)
+    /// per change, so only for small fleets (the cross-check with the emulation).
+    pub fn exact(mut self) -> Self {
+        self.exact = true;
+        self
     }
 
     /// Starts a flow of `bytes` at `now` (ns), its rate capped at `cap` bytes/s.
@@ -135,6 +147,10 @@ impl Net {
     /// Recomputes the sender shares at `src`, then the downlink split at every
     /// receiver of those flows and at `dst`.
     fn relink(&mut self, now: u64, src: NodeIx, dst: NodeIx) {
+        if self.exact {
+            self.fill_all(now);
+            return;
+        }
         let n = self.up_flows[src].len().max(1) as f64;
         let base = self.up[src] / n;
         let mut receivers = vec![dst];
@@ -166,6 +182,61 @@ impl Net {
             left -= rate;
             k -= 1;
             self.set_rate(now, id, rate);
+        }
+    }
+
+    /// Progressive filling: raise every unfrozen flow's rate together; freeze the flows
+    /// of the link (or the loss cap) that saturates first; repeat.
+    fn fill_all(&mut self, now: u64) {
+        let mut ids: Vec<FlowId> = self.flows.keys().copied().collect();
+        ids.sort_unstable();
+        let mut rate: HashMap<FlowId, f64> = HashMap::new();
+        let mut up_left = self.up.clone();
+        let mut down_left = self.down.clone();
+        let mut open: Vec<FlowId> = ids.clone();
+        while !open.is_empty() {
+            let mut up_n = vec![0usize; self.up.len()];
+            let mut down_n = vec![0usize; self.down.len()];
+            for id in &open {
+                let f = &self.flows[id];
+                up_n[f.src] += 1;
+                down_n[f.dst] += 1;
+            }
+            // The smallest increment that saturates a link or reaches a cap.
+            let mut step = f64::INFINITY;
+            for id in &open {
+                let f = &self.flows[id];
+                let got = rate.get(id).copied().unwrap_or(0.0);
+                step = step
+                    .min(up_left[f.src] / up_n[f.src] as f64)
+                    .min(down_left[f.dst] / down_n[f.dst] as f64)
+                    .min(f.cap - got);
+            }
+            if !step.is_finite() {
+                step = 0.0;
+            }
+            let mut still = Vec::with_capacity(open.len());
+            for id in &open {
+                let f = &self.flows[id];
+                *rate.entry(*id).or_insert(0.0) += step;
+                up_left[f.src] -= step;
+                down_left[f.dst] -= step;
+            }
+            for id in open {
+                let f = &self.flows[&id];
+                let full = |left: f64, cap: f64| left <= cap * 1e-12 + 1e-9;
+                let frozen = full(up_left[f.src], self.up[f.src])
+                    || full(down_left[f.dst], self.down[f.dst])
+                    || rate[&id] >= f.cap * (1.0 - 1e-12);
+                if !frozen {
+                    still.push(id);
+                }
+            }
+            open = still;
+        }
+        for id in ids {
+            let r = rate.get(&id).copied().unwrap_or(0.0);
+            self.set_rate(now, id, r);
         }
     }
 
@@ -227,6 +298,16 @@ mod tests {
         assert_eq!(net.flow(c).unwrap().rate, 50.0);
         net.stop(0, a);
         assert_eq!(net.flow(c).unwrap().rate, 100.0);
+    }
+
+    #[test]
+    fn exact_mode_gives_unused_sender_share_to_other_flows() {
+        // Node 0 sends to 1 and 2; node 1's downlink is 10, so the flow to 2 gets 90.
+        let mut net = Net::new(vec![100.0; 3], vec![100.0, 10.0, 100.0]).exact();
+        let a = net.start(0, 0, 1, 1000, INF);
+        let b = net.start(0, 0, 2, 1000, INF);
+        assert!((net.flow(a).unwrap().rate - 10.0).abs() < 1e-6);
+        assert!((net.flow(b).unwrap().rate - 90.0).abs() < 1e-6);
     }
 
     #[test]

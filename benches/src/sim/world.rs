@@ -117,6 +117,8 @@ struct Agent {
     sync_armed: Option<u64>,
     timer_armed: Option<u64>,
     out: HashMap<RequestId, Out>,
+    /// The holdings last fed to the scheduler per hinted peer (see [`World::on_sync`]).
+    hinted: HashMap<usize, ChunkBitmap>,
     done_at: Option<u64>,
     /// Uploads being served: in all, and per client.
     uploads: usize,
@@ -228,6 +230,7 @@ impl World {
                 sync_armed: None,
                 timer_armed: None,
                 out: HashMap::new(),
+                hinted: HashMap::new(),
                 done_at: None,
                 uploads: 0,
                 uploads_to: HashMap::new(),
@@ -241,7 +244,11 @@ impl World {
             queue: BinaryHeap::new(),
             agents,
             lat,
-            net: Net::new(up, down),
+            net: if cfg.exact_sharing {
+                Net::new(up, down).exact()
+            } else {
+                Net::new(up, down)
+            },
             carry: HashMap::new(),
             connected: HashSet::new(),
             registry: Registry::new(cfg.registry.clone(), cfg.seed),
@@ -738,6 +745,22 @@ impl World {
         for hint in resp.peers {
             if hint.id == ag.id {
                 continue;
+            }
+            // A hint that repeats what the scheduler already knows of that peer is not
+            // fed again: `handle_peer` would replace the holding by the same one and
+            // re-plan, and the re-plan happens anyway at the end of this reply
+            // (`handle_leases`). This changes only the order in which requests are
+            // planned within one instant, and keeps a 10,000-agent run tractable.
+            let known = if hint.complete {
+                ChunkBitmap::full(n as u32)
+            } else {
+                hint.have.clone()
+            };
+            if let Some(p) = peer_index(&hint.id) {
+                if ag.hinted.get(&p) == Some(&known) {
+                    continue;
+                }
+                ag.hinted.insert(p, known);
             }
             let have: Vec<usize> = if hint.complete {
                 (0..n).collect()

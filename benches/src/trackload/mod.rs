@@ -79,6 +79,8 @@ pub struct Phase {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The first error, if any.
+    pub first_error: Option<String>,
 }
 
 /// Connects every agent (at most `parallel` handshakes at once) to the tracker at
@@ -96,8 +98,15 @@ pub async fn connect_all(
         let w = w.clone();
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await?;
-            let agent = connect(i, &id, addr, &w).await?;
-            Ok::<_, anyhow::Error>((i, agent))
+            // A handshake can miss the tracker's deadline on a loaded machine: retry.
+            let mut tries = 0;
+            loop {
+                match connect(i, &id, addr, &w).await {
+                    Ok(agent) => return Ok::<_, anyhow::Error>((i, agent)),
+                    Err(e) if tries >= 5 => return Err(e),
+                    Err(_) => tries += 1,
+                }
+            }
         });
     }
     let mut agents: Vec<Option<Arc<Agent>>> = vec![None; w.agents];
@@ -238,6 +247,7 @@ pub async fn closed_loop(
         tasks.spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0u64;
+            let mut first = None;
             for a in mine.iter().cycle() {
                 if stop.load(Ordering::Relaxed) {
                     break;
@@ -245,27 +255,32 @@ pub async fn closed_loop(
                 let t = Instant::now();
                 match post(&a.send, a.body.clone()).await {
                     Ok(_) => lat.push(t.elapsed().as_secs_f64()),
-                    Err(_) => errors += 1,
+                    Err(e) => {
+                        errors += 1;
+                        first.get_or_insert(format!("{e:#}"));
+                    }
                 }
             }
-            (lat, errors)
+            (lat, errors, first)
         });
     }
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
     let mut lat = Vec::new();
     let mut errors = 0;
+    let mut first = None;
     while let Some(r) = tasks.join_next().await {
-        let (l, e) = r?;
+        let (l, e, f) = r?;
         lat.extend(l);
         errors += e;
+        first = first.or(f);
     }
     let seconds = t0.elapsed().as_secs_f64();
     let cpu_s = cpu(tracker_pid)? - cpu0;
     Ok(phase(
         format!("closed loop, {workers} workers"),
         lat,
-        errors,
+        (errors, first),
         seconds,
         cpu_s,
     ))
@@ -293,10 +308,14 @@ pub async fn paced(
     }
     let mut lat = Vec::new();
     let mut errors = 0;
+    let mut first = None;
     while let Some(r) = tasks.join_next().await {
         match r? {
             Ok(l) => lat.push(l),
-            Err(_) => errors += 1,
+            Err(e) => {
+                errors += 1;
+                first.get_or_insert(format!("{e:#}"));
+            }
         }
     }
     let seconds = t0.elapsed().as_secs_f64();
@@ -304,7 +323,7 @@ pub async fn paced(
     Ok(phase(
         format!("paced, {rate:.0} syncs/s"),
         lat,
-        errors,
+        (errors, first),
         seconds,
         cpu_s,
     ))
@@ -316,7 +335,13 @@ fn cpu(pid: u32) -> Result<f64> {
         .with_context(|| format!("reading /proc/{pid}/stat: the tracker exited?"))
 }
 
-fn phase(name: String, mut lat: Vec<f64>, errors: u64, seconds: f64, cpu_s: f64) -> Phase {
+fn phase(
+    name: String,
+    mut lat: Vec<f64>,
+    (errors, first_error): (u64, Option<String>),
+    seconds: f64,
+    cpu_s: f64,
+) -> Phase {
     lat.sort_by(|a, b| a.total_cmp(b));
     let q = |p: f64| {
         if lat.is_empty() {
@@ -337,11 +362,15 @@ fn phase(name: String, mut lat: Vec<f64>, errors: u64, seconds: f64, cpu_s: f64)
         p50_ms: q(0.5),
         p99_ms: q(0.99),
         max_ms: q(1.0),
+        first_error,
     }
 }
 
 /// The tracker's configuration for the benchmark: loopback listeners, the given TLS
-/// files, connection limits above the agent count, defaults otherwise.
+/// files, connection limits above the agent count, a 10 s handshake deadline (3 s by
+/// default: thousands of handshakes at once on a shared 2-core machine miss it), a
+/// 10 min head deadline (it also closes idle keep-alive connections, and agents
+/// connected early idle through the rest of the setup), defaults otherwise.
 pub fn tracker_config(dir: &Path, listen: SocketAddr, admin: SocketAddr, agents: usize) -> String {
     let d = dir.display();
     let conns = agents + 1024;
@@ -360,6 +389,8 @@ key = "{d}/tracker.key.pem"
 [limits]
 max_connections = {conns}
 max_connections_per_source = {conns}
+handshake_timeout = "10s"
+header_read_timeout = "10m"
 "#
     )
 }
