@@ -27,6 +27,19 @@ use shoal_tests::require_real;
 use shoal_tests::swarm::TestSwarm;
 
 const LAYERS: [usize; 5] = [16 << 20, 8 << 20, 4 << 20, 2 << 20, 1 << 20];
+
+/// The layer sizes: [`LAYERS`] times `SHOAL_BENCH_IMAGE_SCALE` (default 1). `ctr`
+/// ends a pull on its progress ticker (100 ms), so a pull's time is a multiple of
+/// 100 ms plus ctr's start: with the 31 MiB image (0.3-0.6 s) one tick is 15-30 % of
+/// the figure; `SHOAL_BENCH_IMAGE_SCALE=8` (248 MiB) brings it to about 4 %.
+fn layers() -> Vec<usize> {
+    let scale = std::env::var("SHOAL_BENCH_IMAGE_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    LAYERS.iter().map(|l| l * scale).collect()
+}
 /// Rounds of the cold-pull comparison (`SHOAL_BENCH_ROUNDS`, default 5).
 fn rounds() -> usize {
     std::env::var("SHOAL_BENCH_ROUNDS")
@@ -54,7 +67,7 @@ fn mirror(upstream: &str) -> Vec<Mirror> {
 
 async fn seeded(ip: &str, seed: u64) -> (Registry, Image, tempfile::TempDir) {
     let reg = Registry::start(ip, &Auth::None).await.unwrap();
-    let image = Image::generate(&LAYERS, seed);
+    let image = Image::generate(&layers(), seed);
     let layout = tempfile::tempdir().unwrap();
     image.write_layout(layout.path(), "1").unwrap();
     registry::push(
