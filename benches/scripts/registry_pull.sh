@@ -5,6 +5,7 @@
 # blob bytes). Root, release build, loopback only; installs its packages first.
 #
 #   benches/scripts/registry_pull.sh
+#   SHOAL_BENCH_IMAGE_SCALE=8 SHOAL_BENCH_ROUNDS=5 benches/scripts/registry_pull.sh   # 248 MiB image: ctr ends on a 100 ms tick
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash tests/scripts/install-registry-tools.sh
