@@ -28,6 +28,7 @@ use shoal_proto::{Chunk, ObjectKey, Sha256Digest};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
+use super::fill::Record;
 use super::{Fill, ObjectCache};
 use crate::metrics::Source;
 
@@ -241,8 +242,11 @@ impl Behind {
             digest,
             with_stored(store, keep, last),
             Source::Origin,
-            keep,
-            readable,
+            match (keep, readable) {
+                (false, _) => Record::Skip,
+                (true, false) => Record::OnDisk,
+                (true, true) => Record::Readable,
+            },
         )
         .await;
         if readable && let Some(w) = writer.take() {

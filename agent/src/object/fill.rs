@@ -399,14 +399,24 @@ pub(crate) async fn finish(
         let stored = cache.inner.store.put(c.id, c.bytes.clone()).await.is_ok();
         held.push((c, stored));
     }
-    conclude(cache, fill, key, digest, held, source, true, false).await;
+    conclude(cache, fill, key, digest, held, source, Record::OnDisk).await;
+}
+
+/// Whether a fill's object is recorded at its end ([`conclude`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Record {
+    /// Not recorded: chunks were skipped for caching.
+    Skip,
+    /// Recorded if the disk holds every chunk.
+    OnDisk,
+    /// Recorded if every chunk is on disk or in the memory cache: its writes are
+    /// still queued behind (the write-behind forgets the object if one fails).
+    Readable,
 }
 
 /// The end of every fill, once its last chunks (`held`, each with whether the store
-/// took it) are known: records the object if `keep` and the disk holds every chunk
-/// (with `behind`, a chunk still queued for the disk counts when the memory cache
-/// has it: the write-behind forgets the object again if a write then fails), ends
-/// the flight, and only then completes the last chunks for readers.
+/// took it) are known: records the object as `record` says, ends the flight, and
+/// only then completes the last chunks for readers.
 pub(crate) async fn conclude(
     cache: &ObjectCache,
     fill: &Arc<Fill>,
@@ -414,8 +424,7 @@ pub(crate) async fn conclude(
     digest: Option<Sha256Digest>,
     held: Vec<(Chunk, bool)>,
     source: Source,
-    keep: bool,
-    behind: bool,
+    record: Record,
 ) {
     let url = fill.url.clone();
     let mut ids = fill.chunk_ids_partial();
@@ -429,12 +438,12 @@ pub(crate) async fn conclude(
     // the disk kept in part would cost origin `Range` repairs on every later "hit".
     let store = &cache.inner.store;
     let on_disk = |m: &Manifest| {
-        m.chunks
-            .iter()
-            .all(|id| store.chunk_len(id).is_some() || (behind && store.contains(id)))
+        m.chunks.iter().all(|id| {
+            store.chunk_len(id).is_some() || (record == Record::Readable && store.contains(id))
+        })
     };
     match ids.map(|ids| Manifest::new(key, fill.layout, ids, digest.map(|d| d.to_string()))) {
-        Some(Ok(_)) if !keep => {
+        Some(Ok(_)) if record == Record::Skip => {
             tracing::info!(%url, "object served but not cached: chunks were skipped while the disk was behind");
             cache.inner.metrics.cache_fills_incomplete.inc();
         }
