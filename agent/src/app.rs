@@ -246,6 +246,9 @@ fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
     l.local_addr().unwrap_or(fallback)
 }
 
+/// How long a shutdown waits for queued write-behind chunks to reach the disk.
+const WRITE_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl RunningAgent {
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy_addr
@@ -312,6 +315,13 @@ impl RunningAgent {
                     Some(Err(e)) => e.id(),
                 };
                 admin_live &= id != self.admin_task;
+            }
+            // Chunks written behind the last responses reach the disk before the
+            // process goes, so the objects recorded ahead of them survive a restart.
+            if !self.cache.drain_writes(WRITE_DRAIN_GRACE).await {
+                tracing::warn!(
+                    "stopping with chunk writes still queued; their objects are repaired or refetched after the restart"
+                );
             }
         }
     }

@@ -228,6 +228,11 @@ impl Behind {
             })
         };
         let mut writer = Some(writer);
+        // Counted before any reader sees the end, so a shutdown right after it waits.
+        let running = readable.then(|| {
+            cache.inner.writers.send_modify(|n| *n += 1);
+            Running(cache.inner.writers.clone())
+        });
         if keep
             && !readable
             && let Some(w) = writer.take()
@@ -249,10 +254,37 @@ impl Behind {
             },
         )
         .await;
-        if readable && let Some(w) = writer.take() {
+        if let Some(running) = running
+            && let Some(w) = writer.take()
+        {
             let (cache, fill) = (cache.clone(), fill.clone());
-            tokio::spawn(async move { forget_unwritten(&cache, &fill, w).await });
+            tokio::spawn(async move {
+                forget_unwritten(&cache, &fill, w).await;
+                drop(running);
+            });
         }
+    }
+}
+
+/// Counts a writer task down when it ends.
+struct Running(tokio::sync::watch::Sender<usize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl ObjectCache {
+    /// Waits until the queued writes of every object recorded ahead of them are done
+    /// (on disk or failed), at most `grace`: an agent stopped right after a client's
+    /// last byte keeps that object. Fills still running are not waited for. Whether
+    /// everything drained.
+    pub async fn drain_writes(&self, grace: std::time::Duration) -> bool {
+        let mut rx = self.inner.writers.subscribe();
+        tokio::time::timeout(grace, rx.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 

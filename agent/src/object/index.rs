@@ -46,6 +46,7 @@ impl ObjectCache {
             flights: Mutex::new(HashMap::new()),
             swarm,
             fill_budget,
+            writers: tokio::sync::watch::Sender::new(0),
         };
         Self {
             inner: Arc::new(inner),

@@ -174,6 +174,8 @@ pub(crate) struct Inner {
     swarm: Option<Arc<crate::swarm::Swarm>>,
     /// Bytes origin fills may queue for the disk (`behind`).
     pub(crate) fill_budget: behind::Budget,
+    /// Write-behind writer tasks still running (`behind`), for a shutdown to drain.
+    pub(crate) writers: tokio::sync::watch::Sender<usize>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
