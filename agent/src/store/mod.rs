@@ -325,7 +325,10 @@ impl ChunkStore {
         if len == 0 || len > MAX_CHUNK_SIZE as usize {
             return Err(StoreError::Size { len });
         }
-        if let Some(m) = &self.inner.memory {
+        // A write-behind chunk is already there (queued chunks are held in memory).
+        if let Some(m) = &self.inner.memory
+            && !m.contains_key(&id)
+        {
             bounded_insert(m, id, bytes.clone());
         }
         if self.index().touch(&id) {
