@@ -106,13 +106,6 @@ fn main_inner(a: Args) -> Result<()> {
         .context("starting the runtime")?;
     let report = rt.block_on(run(&opts))?;
     let md = report.markdown();
-    print!("{md}");
-    if let Some(p) = &a.markdown {
-        std::fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;
-    }
-    if let Some(p) = &a.json {
-        std::fs::write(p, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", p.display()))?;
-    }
+    shoal_benches::hit::write_report(&report, &md, a.markdown.as_deref(), a.json.as_deref())?;
     Ok(())
 }

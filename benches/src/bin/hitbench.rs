@@ -116,13 +116,6 @@ fn main_inner(a: Args) -> Result<()> {
         .context("starting the runtime")?;
     let report = rt.block_on(run(&opts))?;
     let md = report.markdown();
-    print!("{md}");
-    if let Some(p) = &a.markdown {
-        std::fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;
-    }
-    if let Some(p) = &a.json {
-        let j = serde_json::to_string_pretty(&report)?;
-        std::fs::write(p, j).with_context(|| format!("writing {}", p.display()))?;
-    }
+    shoal_benches::hit::write_report(&report, &md, a.markdown.as_deref(), a.json.as_deref())?;
     Ok(())
 }

@@ -313,18 +313,8 @@ pub async fn run(o: &ColdOptions) -> Result<ColdReport> {
         "size, clients and rounds must be positive"
     );
     let registry = Registry::default();
-    std::fs::create_dir_all(&o.workdir)?;
-    let tmp = tempfile::Builder::new()
-        .prefix("coldbench-")
-        .tempdir_in(&o.workdir)
-        .context("creating the work directory")?;
+    let (tmp, www) = super::work_dir(&o.workdir, "coldbench-")?;
     let dir = tmp.path().to_path_buf();
-    let www = dir.join("www");
-    std::fs::create_dir_all(&www)?;
-    use std::os::unix::fs::PermissionsExt;
-    for d in [&dir, &www] {
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
-    }
     let small = (o.size / o.clients as u64).max(1);
     eprintln!(
         "coldbench: writing /big ({} bytes) and {} objects of {small} bytes in {}",

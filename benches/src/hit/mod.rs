@@ -61,6 +61,45 @@ struct Mark {
     stat: Option<(u64, u64, u64)>,
 }
 
+/// A fresh temporary directory under `parent` (deleted when dropped) with a `www/`
+/// for nginx to serve, both world-readable: nginx's workers run as an unprivileged
+/// user when started as root.
+pub(crate) fn work_dir(
+    parent: &std::path::Path,
+    prefix: &str,
+) -> Result<(tempfile::TempDir, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(parent)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(parent)
+        .context("creating the work directory")?;
+    let www = tmp.path().join("www");
+    std::fs::create_dir_all(&www)?;
+    for d in [tmp.path(), &www] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok((tmp, www))
+}
+
+/// Prints a report's Markdown and writes it and its JSON where asked.
+pub fn write_report<R: serde::Serialize>(
+    report: &R,
+    md: &str,
+    markdown: Option<&std::path::Path>,
+    json: Option<&std::path::Path>,
+) -> Result<()> {
+    print!("{md}");
+    if let Some(p) = markdown {
+        std::fs::write(p, md).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = json {
+        let j = serde_json::to_string_pretty(report)?;
+        std::fs::write(p, j).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
 fn self_cpu() -> f64 {
     usage(std::process::id()).map_or(0.0, |u| u.cpu_seconds)
 }
@@ -146,19 +185,8 @@ pub async fn run(opts: &Options) -> Result<Report> {
         "streams and rounds must be positive"
     );
     let registry = Registry::default();
-    std::fs::create_dir_all(&opts.workdir)?;
-    let tmp = tempfile::Builder::new()
-        .prefix("hitbench-")
-        .tempdir_in(&opts.workdir)
-        .context("creating the work directory")?;
+    let (tmp, www) = work_dir(&opts.workdir, "hitbench-")?;
     let dir = tmp.path().to_path_buf();
-    let www = dir.join("www");
-    std::fs::create_dir_all(&www)?;
-    // nginx's workers run as an unprivileged user when started as root.
-    use std::os::unix::fs::PermissionsExt;
-    for d in [&dir, &www] {
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
-    }
 
     eprintln!(
         "hitbench: generating {} bytes in {}",
