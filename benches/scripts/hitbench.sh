@@ -30,7 +30,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 echo "hitbench: cargo build --release -p shoal-agent -p shoal-benches"
-cargo build --release -p shoal-agent -p shoal-benches --bin shoal-agent --bin hitbench
+cargo build --release -p shoal-agent -p shoal-benches --bin shoal-agent --bin hitbench --bin hitbound
 
 size="${HIT_SIZE:-1GiB}"
 out="${HIT_OUT:-target/hitbench}"

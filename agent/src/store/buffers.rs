@@ -23,7 +23,7 @@ const KEEP_BYTES: usize = 16 << 20;
 
 /// A bounded free list of chunk read buffers. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Buffers {
+pub struct Buffers {
     free: Arc<Mutex<Free>>,
 }
 
@@ -43,7 +43,7 @@ struct Loan {
 impl Buffers {
     /// A buffer of at least `len` initialized bytes (contents unspecified): the most
     /// recently returned one that fits, else a new one.
-    pub(crate) fn take(&self, len: usize) -> Vec<u8> {
+    pub fn take(&self, len: usize) -> Vec<u8> {
         let fits = |b: &Vec<u8>| b.len() >= len && b.len() - len <= b.len() / 8;
         let reused = {
             let mut f = self.free.lock().unwrap_or_else(PoisonError::into_inner);
@@ -61,7 +61,7 @@ impl Buffers {
 
     /// The first `len` bytes of `buf` as [`Bytes`]; `buf` comes back to this free
     /// list when the last clone is dropped.
-    pub(crate) fn freeze(&self, buf: Vec<u8>, len: usize) -> Bytes {
+    pub fn freeze(&self, buf: Vec<u8>, len: usize) -> Bytes {
         let len = len.min(buf.len());
         Bytes::from_owner(Loan {
             buf,

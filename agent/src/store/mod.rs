@@ -58,6 +58,7 @@ use crate::metrics::{Metrics, Source};
 use disk::{ChunkRead, Layout, Proof};
 use index::Index;
 
+pub use buffers::Buffers;
 pub use error::StoreError;
 pub use meta::{MetaStore, is_record_name};
 use space::{SpaceSource, Statvfs};

@@ -60,6 +60,12 @@ struct Args {
     /// Extra environment variable of the agent process, KEY=VALUE (repeatable).
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env)]
     agent_env: Vec<(String, String)>,
+    /// The baseline server binary (default: `hitbound` next to this binary, if there).
+    #[arg(long)]
+    bound_bin: Option<PathBuf>,
+    /// Run without the baseline server.
+    #[arg(long)]
+    no_bound: bool,
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -93,6 +99,11 @@ fn main_inner(a: Args) -> Result<()> {
             .context("binary has no directory")?
             .join("shoal-agent"),
     };
+    let bound_bin = match (a.no_bound, a.bound_bin) {
+        (true, _) => None,
+        (false, Some(p)) => Some(p),
+        (false, None) => Some(agent_bin.with_file_name("hitbound")).filter(|p| p.is_file()),
+    };
     let opts = Options {
         size: a.size.as_u64(),
         streams: a.streams,
@@ -108,6 +119,7 @@ fn main_inner(a: Args) -> Result<()> {
         wrk: !a.no_wrk,
         perf_dir: a.perf_dir,
         agent_env: a.agent_env,
+        bound_bin,
         seed: 1,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -8,6 +8,7 @@
 //! the load generator's CPU use is reported next to every figure. The origin that
 //! fills the agent's cache runs in this process and is asked exactly once.
 
+pub mod bound;
 pub mod cold;
 pub mod load;
 pub mod report;
@@ -50,6 +51,8 @@ pub struct Options {
     pub perf_dir: Option<PathBuf>,
     /// Extra environment of the agent process (experiments, e.g. allocator tuning).
     pub agent_env: Vec<(String, String)>,
+    /// The baseline server binary (`hitbound`); `None` runs without the baseline.
+    pub bound_bin: Option<PathBuf>,
     pub seed: u64,
 }
 
@@ -209,6 +212,38 @@ pub async fn run(opts: &Options) -> Result<Report> {
     };
     let mut agent =
         servers::start_agent(&registry, &opts.agent_bin, &dir, &settings, &opts.agent_env).await?;
+    // The baseline of this memory mode: the work the agent must do per byte, without
+    // its logic. A partial memory cache mixes both, so it has none.
+    let bound_mode = if opts.memory_size == 0 {
+        Some(bound::Mode::Verify)
+    } else if opts.memory_size >= opts.size + opts.size / 8 {
+        Some(bound::Mode::Copy)
+    } else {
+        None
+    };
+    let mut bound = match (&opts.bound_bin, bound_mode) {
+        (Some(bin), Some(mode)) => {
+            let file = www.join(&FILE[1..]);
+            let b =
+                servers::start_bound(&registry, bin, &dir, &file, opts.chunk_size, mode).await?;
+            eprintln!(
+                "hitbench: baseline hitbound --mode {mode:?} (pid {}) on {}",
+                b.pid(),
+                b.addr
+            );
+            Some(b)
+        }
+        _ => None,
+    };
+    let bound_t = match &bound {
+        Some(b) => Some(Target {
+            name: "bound",
+            addr: b.addr,
+            uri: FILE.parse()?,
+            host: b.addr.to_string(),
+        }),
+        None => None,
+    };
     eprintln!(
         "hitbench: nginx (pid {}) on {}, shoal-agent (pid {}) on {}, origin on {}",
         nginx.pid(),
@@ -247,7 +282,10 @@ pub async fn run(opts: &Options) -> Result<Report> {
     drop(fill);
     let fill_seconds = t0.elapsed().as_secs_f64();
     eprintln!("hitbench: fill took {fill_seconds:.2} s");
-    for t in [&shoal_t, &shoal_mirror, &nginx_t] {
+    for t in [&shoal_t, &shoal_mirror, &nginx_t]
+        .into_iter()
+        .chain(bound_t.as_ref())
+    {
         let b = load::fetch(t).await?;
         ensure!(
             blake3::hash(&b) == expect,
@@ -285,14 +323,22 @@ pub async fn run(opts: &Options) -> Result<Report> {
     };
     for round in 0..opts.rounds {
         for &streams in &modes {
-            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            let mut order = vec![0, 1];
+            if bound.is_some() {
+                order.push(2);
+            }
+            if round % 2 == 1 {
+                order.reverse();
+            }
             for which in order {
-                let m = if which == 0 {
-                    measure(&nginx_t, &mut nginx, streams, round, opts).await?
-                } else {
-                    let m = measure(&shoal_t, &mut agent, streams, round, opts).await?;
-                    shoal_bytes += m.bytes;
-                    m
+                let m = match (which, &bound_t, &mut bound) {
+                    (0, _, _) => measure(&nginx_t, &mut nginx, streams, round, opts).await?,
+                    (2, Some(t), Some(b)) => measure(t, b, streams, round, opts).await?,
+                    _ => {
+                        let m = measure(&shoal_t, &mut agent, streams, round, opts).await?;
+                        shoal_bytes += m.bytes;
+                        m
+                    }
                 };
                 eprintln!(
                     "hitbench: round {} {:>5} {:>2} stream(s): {:.2} GB/s ({} responses; server CPU {:.1} s, load-gen CPU {:.1} s, other load {:.0} %)",
@@ -321,8 +367,10 @@ pub async fn run(opts: &Options) -> Result<Report> {
         "hitbench: time to first byte, {} requests per server",
         opts.ttfb_samples
     );
-    let lat = load::first_byte(&[nginx_t.clone(), shoal_t.clone()], opts.ttfb_samples).await?;
-    let ttfb: Vec<_> = [&nginx_t, &shoal_t]
+    let mut ttfb_targets = vec![nginx_t.clone(), shoal_t.clone()];
+    ttfb_targets.extend(bound_t.clone());
+    let lat = load::first_byte(&ttfb_targets, opts.ttfb_samples).await?;
+    let ttfb: Vec<_> = ttfb_targets
         .iter()
         .zip(&lat)
         .map(|(t, l)| {
@@ -414,6 +462,17 @@ pub async fn run(opts: &Options) -> Result<Report> {
         "the load generator (hyper, HTTP/1.1 keep-alive) runs in the benchmark process on the same {} cores as the servers; its CPU competes with theirs",
         crate::fleet::cpu::cores()
     ));
+    if let Some(m) = bound_mode.filter(|_| bound.is_some()) {
+        notes.push(format!(
+            "bound: the baseline server `hitbound --mode {}` (benches/src/hit/bound.rs): {}",
+            format!("{m:?}").to_lowercase(),
+            match m {
+                bound::Mode::Copy => "the file's chunks held in memory and written to the socket by hyper on tokio, no cache logic (one user-to-kernel copy per byte, which nginx's sendfile does not make)",
+                bound::Mode::Verify => "every chunk read from the file with pread into a reused buffer and BLAKE3-hashed, a few chunks ahead on blocking threads, written by hyper on tokio, no cache logic (one hash and two copies per byte)",
+            }
+        ));
+    }
+    drop(bound);
     drop(agent);
     drop(nginx);
     if opts.keep_workdir {

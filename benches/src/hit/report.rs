@@ -45,6 +45,9 @@ pub struct Summary {
     pub gbps_max: f64,
     /// Shoal's median over nginx's median, same mode (shoal rows only).
     pub ratio_to_nginx: Option<f64>,
+    /// Shoal's median over the baseline server's (`bound`), same mode (shoal rows of
+    /// runs with a baseline only).
+    pub ratio_to_bound: Option<f64>,
     pub server_cpu_seconds_per_gb: Option<f64>,
     pub client_cpu_seconds_per_gb: f64,
     pub other_busy_median: f64,
@@ -156,6 +159,7 @@ pub fn summarise(ms: &[Measurement]) -> Vec<Summary> {
                 gbps_min: g.iter().copied().fold(f64::INFINITY, f64::min),
                 gbps_max: g.iter().copied().fold(0.0, f64::max),
                 ratio_to_nginx: None,
+                ratio_to_bound: None,
                 server_cpu_seconds_per_gb: server_cpu.map(|v| median(&v)),
                 client_cpu_seconds_per_gb: median(&client_cpu),
                 other_busy_median: median(&other),
@@ -169,11 +173,21 @@ pub fn summarise(ms: &[Measurement]) -> Vec<Summary> {
         .filter(|s| s.server == "nginx")
         .map(|s| (s.streams, s.gbps_median))
         .collect();
-    for s in out.iter_mut().filter(|s| s.server != "nginx") {
-        s.ratio_to_nginx = nginx
-            .iter()
+    let bound: Vec<(usize, f64)> = out
+        .iter()
+        .filter(|s| s.server == "bound")
+        .map(|s| (s.streams, s.gbps_median))
+        .collect();
+    let ratio = |base: &[(usize, f64)], s: &Summary| {
+        base.iter()
             .find(|(n, g)| *n == s.streams && *g > 0.0)
-            .map(|(_, g)| s.gbps_median / g);
+            .map(|(_, g)| s.gbps_median / g)
+    };
+    for s in out.iter_mut().filter(|s| s.server != "nginx") {
+        s.ratio_to_nginx = ratio(&nginx, s);
+        if s.server == "shoal" {
+            s.ratio_to_bound = ratio(&bound, s);
+        }
     }
     out
 }
@@ -222,19 +236,22 @@ impl Report {
             self.rounds, self.duration_seconds
         );
         s.push_str(
-            "| server | streams | GB/s (median) | min – max | shoal/nginx | server CPU s/GB | load-gen CPU s/GB | other load |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| server | streams | GB/s (median) | min – max | ÷ nginx | shoal ÷ bound | server CPU s/GB | load-gen CPU s/GB | other load |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for m in &self.summaries {
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.2} | {:.2} – {:.2} | {} | {} | {:.2} | {:.0} % |",
+                "| {} | {} | {:.2} | {:.2} – {:.2} | {} | {} | {} | {:.2} | {:.0} % |",
                 m.server,
                 m.streams,
                 m.gbps_median / 1e9,
                 m.gbps_min / 1e9,
                 m.gbps_max / 1e9,
                 m.ratio_to_nginx
+                    .map(|r| format!("{r:.2}x"))
+                    .unwrap_or_default(),
+                m.ratio_to_bound
                     .map(|r| format!("{r:.2}x"))
                     .unwrap_or_default(),
                 m.server_cpu_seconds_per_gb
@@ -396,5 +413,24 @@ mod tests {
             .find(|x| x.server == "nginx" && x.streams == 1)
             .unwrap();
         assert!(nginx1.server_cpu_seconds_per_gb.unwrap() > 0.0);
+        assert!(
+            s.iter().all(|x| x.ratio_to_bound.is_none()),
+            "no baseline run"
+        );
+    }
+
+    #[test]
+    fn shoal_rows_get_a_ratio_to_the_baseline() {
+        let ms = vec![
+            m("nginx", 1, 4.0e9),
+            m("shoal", 1, 2.0e9),
+            m("bound", 1, 2.5e9),
+        ];
+        let s = summarise(&ms);
+        let get = |name: &str| s.iter().find(|x| x.server == name).unwrap();
+        assert!((get("shoal").ratio_to_bound.unwrap() - 0.8).abs() < 1e-9);
+        assert!((get("bound").ratio_to_nginx.unwrap() - 0.625).abs() < 1e-9);
+        assert!(get("bound").ratio_to_bound.is_none());
+        assert!(get("nginx").ratio_to_bound.is_none());
     }
 }

@@ -1,6 +1,7 @@
-//! The two servers under test, each its own process started from a generated config:
-//! nginx (Debian package, `sendfile on`) serving the file from a directory, and
-//! `shoal-agent run` caching the same bytes from an in-process origin. Both are
+//! The servers under test, each its own process started from a generated config:
+//! nginx (Debian package, `sendfile on`) serving the file from a directory,
+//! `shoal-agent run` caching the same bytes from an in-process origin, and the
+//! baseline `hitbound` ([`super::bound`]). Both are
 //! stopped by pid when dropped (SIGTERM, SIGKILL after two seconds), also on error.
 
 use std::net::{SocketAddr, TcpListener};
@@ -142,6 +143,46 @@ pub async fn start_nginx(
         log: err,
     };
     s.wait_ready("nginx", probe_path).await?;
+    Ok(s)
+}
+
+/// Starts the baseline server (`hitbound`, [`super::bound`]) serving `file`.
+pub async fn start_bound(
+    registry: &Registry,
+    bin: &Path,
+    dir: &Path,
+    file: &Path,
+    chunk_size: u64,
+    mode: super::bound::Mode,
+) -> Result<Server> {
+    anyhow::ensure!(
+        bin.is_file(),
+        "{} not found; build it with `cargo build --release -p shoal-benches --bin hitbound`",
+        bin.display()
+    );
+    let port = free_port()?;
+    let mode = match mode {
+        super::bound::Mode::Copy => "copy",
+        super::bound::Mode::Verify => "verify",
+    };
+    let log = dir.join(format!("bound-{mode}.log"));
+    let args = [
+        "--listen".into(),
+        format!("127.0.0.1:{port}").into(),
+        "--file".into(),
+        file.as_os_str().to_owned(),
+        "--chunk-size".into(),
+        chunk_size.to_string().into(),
+        "--mode".into(),
+        std::ffi::OsString::from(mode),
+    ];
+    let proc = Proc::spawn(registry, "hitbound", None, bin, args, &log, &[])?;
+    let mut s = Server {
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        proc,
+        log,
+    };
+    s.wait_ready("bound", "/").await?;
     Ok(s)
 }
 
