@@ -52,6 +52,10 @@ struct Args {
     workdir: PathBuf,
     #[arg(long)]
     keep_workdir: bool,
+    /// Cold misses per origin speed (nginx, and nginx under limit_rate) for time to
+    /// first byte; 0 skips it.
+    #[arg(long, default_value_t = 50)]
+    ttfb_samples: usize,
     /// Extra environment variable of the agent process, KEY=VALUE (repeatable).
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env)]
     agent_env: Vec<(String, String)>,
@@ -99,6 +103,7 @@ fn main_inner(a: Args) -> Result<()> {
         workdir: a.workdir,
         keep_workdir: a.keep_workdir,
         agent_env: a.agent_env,
+        ttfb_samples: a.ttfb_samples,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

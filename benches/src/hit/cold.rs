@@ -46,6 +46,9 @@ pub struct ColdOptions {
     pub workdir: PathBuf,
     pub keep_workdir: bool,
     pub agent_env: Vec<(String, String)>,
+    /// Cold misses per origin speed for time to first byte ([`super::cold_ttfb`]);
+    /// 0 skips it.
+    pub ttfb_samples: usize,
 }
 
 /// One timed download set (one case, one server, one round).
@@ -94,6 +97,8 @@ pub struct ColdReport {
     pub cores: usize,
     pub summaries: Vec<ColdSummary>,
     pub measurements: Vec<ColdMeasurement>,
+    /// Time to first body byte of cold misses, per origin speed.
+    pub ttfb: Vec<super::cold_ttfb::TtfbRow>,
     pub notes: Vec<String>,
 }
 
@@ -333,6 +338,7 @@ pub async fn run(o: &ColdOptions) -> Result<ColdReport> {
             write_random(&www.join(&p[1..]), small, 100 + i as u64)?,
         ));
     }
+    super::cold_ttfb::prepare(&www, 2 * o.ttfb_samples)?;
     let mut nginx = servers::start_nginx(&registry, &o.nginx, &dir, &www, "/m0").await?;
     let origin = format!("http://{}", nginx.addr);
     let mut cases = vec![Case {
@@ -517,6 +523,30 @@ pub async fn run(o: &ColdOptions) -> Result<ColdReport> {
             }
         })
         .collect();
+    let mut ttfb = Vec::new();
+    if o.ttfb_samples > 0 {
+        eprintln!(
+            "coldbench: time to first byte, {} cold misses per origin speed",
+            o.ttfb_samples
+        );
+        let d = fresh();
+        std::fs::create_dir_all(&d)?;
+        let agent = servers::start_agent(&registry, &o.agent_bin, &d, &settings, &env).await?;
+        // A slow sample takes seconds (the whole body is read): fewer of them.
+        let n = o.ttfb_samples;
+        let slow = n.min(10);
+        for (case, prefix, first, n) in [("nginx", "/", 0, n), ("slow nginx", "/slow/", n, slow)] {
+            let r = super::cold_ttfb::measure(case, nginx.addr, agent.addr, prefix, first, n)
+                .await?;
+            eprintln!(
+                "coldbench: {case}: first byte direct p50 {:.2} ms, agent p50 {:.2} ms p99 {:.2} ms, excess p99 {:.2} ms",
+                r.direct_p50_ms, r.agent_p50_ms, r.agent_p99_ms, r.excess_p99_ms
+            );
+            ttfb.push(r);
+        }
+        drop(agent);
+        let _ = std::fs::remove_dir_all(&d);
+    }
     notes.push(format!(
         "curl {} as the client (-o /dev/null), nginx ({}) as the origin and the direct server, on {} cores shared with the servers",
         curl_version(&o.curl),
@@ -546,6 +576,7 @@ pub async fn run(o: &ColdOptions) -> Result<ColdReport> {
         cores: cores(),
         summaries,
         measurements: ms,
+        ttfb,
         notes,
     })
 }
@@ -637,6 +668,9 @@ impl ColdReport {
                 o(m.cached_bytes, &|b| format!("{:.0}", mib(b))),
                 m.other_busy * 100.0
             );
+        }
+        if !self.ttfb.is_empty() {
+            s += &super::cold_ttfb::markdown(&self.ttfb, servers::SLOW_RATE);
         }
         s += "\n";
         for n in &self.notes {

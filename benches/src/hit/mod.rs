@@ -10,6 +10,7 @@
 
 pub mod bound;
 pub mod cold;
+pub mod cold_ttfb;
 pub mod load;
 pub mod report;
 pub mod servers;

@@ -83,8 +83,15 @@ fn tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
+/// nginx's rate under `/slow/` (the same files as `/`), bytes per second in nginx's
+/// syntax: an origin whose bytes trickle in. nginx sends one second's worth at once
+/// (its budget is `rate × (elapsed seconds + 1)`), so the rate must be well under a
+/// chunk per second for the first chunk to arrive slowly.
+pub const SLOW_RATE: &str = "512k";
+
 /// The nginx configuration: two workers, sendfile, no access log, everything else
-/// (pid, logs, temporary paths) inside `dir`.
+/// (pid, logs, temporary paths) inside `dir`; `/slow/` serves the root at
+/// [`SLOW_RATE`].
 pub fn nginx_conf(dir: &Path, root: &Path, port: u16) -> String {
     let d = dir.display();
     format!(
@@ -107,6 +114,10 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {root};
+        location /slow/ {{
+            alias {root}/;
+            limit_rate {SLOW_RATE};
+        }}
     }}
 }}
 "#,
