@@ -292,7 +292,7 @@ impl ChunkStore {
                 }
                 let b = data;
                 if let Some(m) = &self.inner.memory {
-                    m.insert(*id, b.clone());
+                    bounded_insert(m, *id, b.clone());
                 }
                 self.index().touch(id);
                 Ok(Some(b))

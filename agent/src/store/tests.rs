@@ -752,3 +752,29 @@ async fn enospc_evicts_and_resumes() {
     assert!(s.usage().bytes <= 2 << 20);
     drop(s);
 }
+
+/// Chunks read back from disk go into the memory cache within its budget at once:
+/// moka weighs inserts only when it applies them (in batches of 64, or every 300
+/// ms), so 16 clients reading a large object from disk let it hold far more than
+/// `memory_size` until then.
+#[tokio::test]
+async fn disk_reads_keep_the_memory_cache_within_its_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let budget = 256 * KIB as u64;
+    let (s, _) = open(tmp.path(), 1 << 30, budget).await;
+    let chunks: Vec<_> = (0..24).map(|n| chunk(n, 64 * KIB)).collect();
+    for (id, b) in &chunks {
+        s.put(*id, b.clone()).await.unwrap();
+    }
+    let memory = s.inner.memory.as_ref().unwrap();
+    let held = || memory.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+    // Most chunks were evicted from memory: reading them goes to disk.
+    for (id, b) in &chunks {
+        assert_eq!(s.get(id).await.unwrap().as_ref(), Some(b));
+        assert!(
+            held() <= budget + 64 * KIB as u64,
+            "the memory cache holds {} bytes, budget {budget}",
+            held()
+        );
+    }
+}

@@ -536,8 +536,8 @@ pub async fn run(o: &ColdOptions) -> Result<ColdReport> {
         let n = o.ttfb_samples;
         let slow = n.min(10);
         for (case, prefix, first, n) in [("nginx", "/", 0, n), ("slow nginx", "/slow/", n, slow)] {
-            let r = super::cold_ttfb::measure(case, nginx.addr, agent.addr, prefix, first, n)
-                .await?;
+            let r =
+                super::cold_ttfb::measure(case, nginx.addr, agent.addr, prefix, first, n).await?;
             eprintln!(
                 "coldbench: {case}: first byte direct p50 {:.2} ms, agent p50 {:.2} ms p99 {:.2} ms, excess p99 {:.2} ms",
                 r.direct_p50_ms, r.agent_p50_ms, r.agent_p99_ms, r.excess_p99_ms
