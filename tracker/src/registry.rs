@@ -254,6 +254,7 @@ impl Registry {
                     slot,
                     place: p.place,
                     have: holding.map_or(&holders::EMPTY, |h| &h.have),
+                    sample: holding.map_or(0, |h| h.sample),
                 };
                 rank(now, &self.peers, obj, &me, &self.cfg)
             }
@@ -453,7 +454,7 @@ impl Object {
             epoch,
             ids: HashMap::new(),
             log: Vec::new(),
-            holders: Holders::default(),
+            holders: Holders::new(layout.chunk_count() as u32),
             held: ChunkBitmap::new(),
             held_dirty: false,
             leases: BTreeMap::new(),

@@ -20,6 +20,10 @@ use super::peers::Slot;
 #[derive(Debug)]
 pub(super) struct Holding {
     pub slot: Slot,
+    /// `have` at 64 chunks spread over the object ([`Holders::sample`]), inline: a
+    /// window's eligibility checks mostly end here, without a cache miss on the
+    /// bitmap's heap allocation (that miss was 15 % of the tracker's CPU).
+    pub sample: u64,
     /// Empty when `complete` (a 1 TiB object would otherwise cost 8 MiB per seed).
     pub have: ChunkBitmap,
     pub complete: bool,
@@ -30,8 +34,10 @@ pub(super) struct Holding {
 pub(super) static EMPTY: ChunkBitmap = ChunkBitmap::new();
 
 /// See the module docs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Holders {
+    /// The object's chunk count (for [`Holders::sample`]).
+    count: u32,
     list: Vec<Holding>,
     /// Position of each slot's holding in `list`.
     pos: HashMap<Slot, usize, BuildHasherDefault<SlotHasher>>,
@@ -52,6 +58,33 @@ pub(super) struct Change {
 pub(super) struct SlotHasher(u64);
 
 impl Holders {
+    /// No holders of an object of `count` chunks.
+    pub fn new(count: u32) -> Self {
+        Self {
+            count,
+            list: Vec::new(),
+            pos: HashMap::default(),
+            complete: 0,
+        }
+    }
+
+    /// Bit `j` says whether `have` holds chunk `j × count / 64` (chunk `j` for objects
+    /// of at most 64 chunks, where the sample is the whole bitmap). A bit set in one
+    /// holding's sample and clear in another's is a chunk the first has and the
+    /// second lacks; the converse needs the bitmaps.
+    pub fn sample(&self, have: &ChunkBitmap) -> u64 {
+        let n = self.count.min(64);
+        (0..n).fold(0, |s, j| {
+            let chunk = if self.count <= 64 {
+                j
+            } else {
+                // Below count: j < 64.
+                (u64::from(j) * u64::from(self.count) / 64) as u32
+            };
+            s | (u64::from(have.contains(chunk)) << j)
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.list.len()
     }
@@ -89,12 +122,14 @@ impl Holders {
     /// `complete`.
     pub fn set(&mut self, now: Instant, slot: Slot, have: &ChunkBitmap, complete: bool) -> Change {
         let have = if complete { &EMPTY } else { have };
+        let sample = self.sample(have);
         if let Some(&i) = self.pos.get(&slot) {
             let h = &mut self.list[i];
             let shrank = !h.have.is_subset(have);
             // Most syncs repeat the last report: keep the allocation then.
             if h.have != *have {
                 h.have = have.clone();
+                h.sample = sample;
             }
             if h.complete != complete {
                 if complete {
@@ -110,6 +145,7 @@ impl Holders {
         self.pos.insert(slot, self.list.len());
         self.list.push(Holding {
             slot,
+            sample,
             have: have.clone(),
             complete,
             last_seen: now,
@@ -156,6 +192,7 @@ impl Holders {
         for (i, h) in self.list.iter().enumerate() {
             assert_eq!(self.pos.get(&h.slot), Some(&i), "index of {:?}", h.slot);
             assert!(!h.complete || h.have.is_empty(), "complete keeps no bitmap");
+            assert_eq!(h.sample, self.sample(&h.have), "sample of {:?}", h.slot);
         }
         let complete = self.list.iter().filter(|h| h.complete).count();
         assert_eq!(self.complete, complete, "complete holders counted");

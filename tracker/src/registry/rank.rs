@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use shoal_proto::Proximity;
 use shoal_proto::tracker::{ChunkBitmap, PeerHint};
 
 use super::Object;
@@ -26,6 +27,8 @@ pub(super) struct Requester<'a> {
     pub slot: Slot,
     pub place: Place,
     pub have: &'a ChunkBitmap,
+    /// `have`'s [`Holders::sample`](super::holders::Holders::sample).
+    pub sample: u64,
 }
 
 /// Up to `max_peers_per_reply` live holders of `obj` for `me`, among those holding a
@@ -41,17 +44,34 @@ pub(super) fn rank(
 ) -> Vec<PeerHint> {
     let max = cfg.max_peers_per_reply;
     let sample = max.saturating_mul(SAMPLE_PER_HINT).max(MIN_SAMPLE);
-    let mut cands: Vec<_> = candidates(now, obj, me, cfg.peer_ttl, sample)
+    let found: Vec<_> = candidates(now, obj, me, cfg.peer_ttl, sample)
         .into_iter()
-        .filter_map(|h| {
-            let p = peers.get(h.slot)?;
-            let proximity = me.place.proximity(&p.place);
+        .filter_map(|h| Some((h, peers.get(h.slot)?)))
+        .collect();
+    // Sorting packed keys is several times cheaper than sorting the tuples.
+    let salt = me.slot.mix(obj.epoch);
+    let mut keys: Vec<u128> = found
+        .iter()
+        .enumerate()
+        .map(|(i, (h, p))| {
             let age = now.saturating_duration_since(p.last_seen).as_secs();
-            let spread = h.slot.mix(me.slot.mix(obj.epoch));
-            Some(((proximity, p.load, age, spread), h, p))
+            let key = SortKey {
+                proximity: me.place.proximity(&p.place),
+                load: p.load,
+                age: u32::try_from(age).unwrap_or(u32::MAX),
+                spread: h.slot.mix(salt),
+            };
+            key.pack(i)
         })
         .collect();
-    cands.sort_unstable_by_key(|c| c.0);
+    keys.sort_unstable();
+    let cands: Vec<_> = keys
+        .iter()
+        .map(|&k| {
+            let (h, p) = found[SortKey::index(k)];
+            (me.place.proximity(&p.place), h, p)
+        })
+        .collect();
     let holdings: Vec<&Holding> = cands.iter().map(|c| c.1).collect();
     let chosen = choose(&holdings, me.have, obj.count, max);
     // The reply stays small for any object: bitmaps past the byte budget are left out
@@ -70,7 +90,7 @@ pub(super) fn rank(
             }
             fits
         })
-        .map(|((proximity, ..), h, p)| PeerHint {
+        .map(|(proximity, h, p)| PeerHint {
             id: p.id.clone(),
             addr: p.addr,
             proximity,
@@ -80,6 +100,33 @@ pub(super) fn rank(
             have: h.have.clone(),
         })
         .collect()
+}
+
+/// A candidate's rank: lower is better, compared field by field.
+#[derive(Debug, Clone, Copy)]
+struct SortKey {
+    proximity: Proximity,
+    load: u32,
+    /// Whole seconds since the peer was heard from.
+    age: u32,
+    /// Spreads requesters over equally good peers; only its top 30 bits count.
+    spread: u64,
+}
+
+impl SortKey {
+    /// The key in one integer that sorts like (proximity, load, age, spread), with
+    /// the candidate's index `i` (below 2^32: candidates fit in memory) in the low bits.
+    fn pack(self, i: usize) -> u128 {
+        (self.proximity as u128) << 126
+            | u128::from(self.load) << 94
+            | u128::from(self.age) << 62
+            | u128::from(self.spread >> 34) << 32
+            | (i as u128 & 0xFFFF_FFFF)
+    }
+
+    fn index(packed: u128) -> usize {
+        (packed & 0xFFFF_FFFF) as usize
+    }
 }
 
 /// The holders a sync ranks: every live holder (other than the requester) holding a
@@ -108,7 +155,7 @@ fn candidates<'a>(
     let eligible = |h: &&Holding| {
         h.slot != me.slot
             && now.saturating_duration_since(h.last_seen) < peer_ttl
-            && (h.complete || !h.have.is_subset(me.have))
+            && (h.complete || h.sample & !me.sample != 0 || !h.have.is_subset(me.have))
     };
     let n = obj.holders.len();
     if n <= sample {
@@ -127,19 +174,28 @@ fn candidates<'a>(
         .filter(eligible)
         .take(sample)
         .collect();
-    // What the requester has or the sample offers; then what someone else offers.
-    let mut covered = me.have.clone();
+    // What some holder offers and neither the requester nor the sample has: take the
+    // sample's holdings away until nothing is left (after a few holders, usually; each
+    // is a cache miss on its bitmap, so not all of them).
+    let mut lacking = if obj.holders.any_complete() {
+        minus(&ChunkBitmap::full(obj.count), me.have)
+            .as_bytes()
+            .to_vec()
+    } else {
+        minus(&obj.held, me.have).as_bytes().to_vec()
+    };
     for h in &picked {
+        if lacking.iter().all(|&b| b == 0) {
+            return picked;
+        }
         if h.complete {
             return picked;
         }
-        covered.union_with(&h.have);
+        for (l, b) in lacking.iter_mut().zip(h.have.as_bytes()) {
+            *l &= !b;
+        }
     }
-    let mut lacking = if obj.holders.any_complete() {
-        minus(&ChunkBitmap::full(obj.count), &covered)
-    } else {
-        minus(&obj.held, &covered)
-    };
+    let mut lacking = ChunkBitmap::from_bytes(lacking);
     if lacking.is_empty() {
         return picked;
     }
@@ -201,14 +257,19 @@ fn choose(ranked: &[&Holding], have: &ChunkBitmap, count: u32, max: usize) -> Ve
     for k in 0..ranked.len().min(max.div_ceil(2)) {
         c.take(k);
     }
-    let mut offered = ChunkBitmap::new();
-    for h in ranked {
-        if h.complete {
-            offered = ChunkBitmap::full(count);
-            break;
+    let offered = if ranked.iter().any(|h| h.complete) {
+        ChunkBitmap::full(count)
+    } else if count <= 64 {
+        // The inline samples are the whole bitmaps: no cache miss per candidate.
+        let s = ranked.iter().fold(0u64, |s, h| s | h.sample);
+        ChunkBitmap::from_bytes(s.to_le_bytes().to_vec())
+    } else {
+        let mut offered = ChunkBitmap::new();
+        for h in ranked {
+            offered.union_with(&h.have);
         }
-        offered.union_with(&h.have);
-    }
+        offered
+    };
     let wanted: Vec<u32> = c
         .covered
         .missing(count)
