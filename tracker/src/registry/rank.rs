@@ -152,9 +152,11 @@ fn candidates<'a>(
     peer_ttl: Duration,
     sample: usize,
 ) -> Vec<&'a Holding> {
+    // `seen > now - ttl` is `now - seen < ttl` without a subtraction per holder.
+    let cutoff = now.checked_sub(peer_ttl);
     let eligible = |h: &&Holding| {
         h.slot != me.slot
-            && now.saturating_duration_since(h.last_seen) < peer_ttl
+            && cutoff.is_none_or(|c| h.last_seen > c)
             && (h.complete || h.sample & !me.sample != 0 || !h.have.is_subset(me.have))
     };
     let n = obj.holders.len();
