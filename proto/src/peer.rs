@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 /// A peer's name: the DNS name in its fleet certificate (usually the node name).
 /// 1–253 characters of `[A-Za-z0-9._-]`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct PeerId(String);
 
 /// A name that is empty, too long or has characters outside `[A-Za-z0-9._-]`.
@@ -47,6 +47,13 @@ impl std::str::FromStr for PeerId {
 impl From<PeerId> for String {
     fn from(p: PeerId) -> Self {
         p.0
+    }
+}
+
+/// As a JSON string, like `String` (written in place: `#[serde(into)]` would clone it).
+impl Serialize for PeerId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
     }
 }
 
@@ -112,6 +119,14 @@ mod tests {
         assert!("".parse::<PeerId>().is_err());
         assert!("a b".parse::<PeerId>().is_err());
         assert!("a/b".parse::<PeerId>().is_err());
+    }
+
+    #[test]
+    fn peer_id_json_is_a_plain_string() {
+        let id: PeerId = "n7.zone-1".parse().unwrap();
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"n7.zone-1\"");
+        assert_eq!(serde_json::from_str::<PeerId>("\"n7.zone-1\"").unwrap(), id);
+        assert!(serde_json::from_str::<PeerId>("\"no spaces\"").is_err());
     }
 
     #[test]

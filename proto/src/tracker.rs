@@ -401,6 +401,15 @@ impl std::fmt::Debug for ChunkBitmap {
 
 impl Serialize for ChunkBitmap {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // A reply carries up to 32 bitmaps, most of them small: encode those on the
+        // stack rather than into a String each.
+        let mut buf = [0u8; 128];
+        if self.bytes.len() <= 96
+            && let Ok(n) = STANDARD.encode_slice(&self.bytes, &mut buf)
+            && let Ok(text) = std::str::from_utf8(&buf[..n])
+        {
+            return s.serialize_str(text);
+        }
         s.serialize_str(&self.to_base64())
     }
 }
@@ -469,6 +478,18 @@ mod tests {
         assert_eq!(u.count(), 11);
         assert!(ChunkBitmap::full(0).is_empty());
         assert!(ChunkBitmap::full(16).is_full(16));
+    }
+
+    /// Small bitmaps are encoded on the stack, larger ones into a String: the JSON is
+    /// the same base64 either way, on both sides of the 96-byte boundary.
+    #[test]
+    fn bitmap_json_is_base64_at_every_size() {
+        for len in [0usize, 1, 2, 3, 8, 95, 96, 97, 128, 1000] {
+            let b: ChunkBitmap = (0..len as u32 * 8).filter(|i| i % 3 != 1).collect();
+            let json = serde_json::to_string(&b).unwrap();
+            assert_eq!(json, format!("\"{}\"", b.to_base64()), "{len} bytes");
+            assert_eq!(serde_json::from_str::<ChunkBitmap>(&json).unwrap(), b);
+        }
     }
 
     #[test]

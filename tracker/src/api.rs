@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use shoal_proto::PeerId;
 use shoal_proto::TokenBucket;
 use shoal_proto::tracker::{
-    ANNOUNCE_PATH, AgentInfo, AnnounceRequest, ErrorBody, SYNC_PATH, SyncRequest,
+    ANNOUNCE_PATH, AgentInfo, AnnounceRequest, ErrorBody, SYNC_PATH, SyncRequest, SyncResponse,
 };
 
 use crate::config::Config;
@@ -169,7 +169,7 @@ impl Api {
                 }
                 .map_err(|e| (StatusCode::BAD_REQUEST, Reject::BadRequest, e.to_string()))?;
                 self.metrics.syncs.inc();
-                Ok(json(StatusCode::OK, &resp))
+                Ok(json_sized(StatusCode::OK, &resp, reply_size(&resp)))
             }
             Endpoint::Announce => {
                 let mut r: AnnounceRequest = parse(&body)?;
@@ -294,6 +294,9 @@ impl RateLimiter {
 
     /// Takes one token from `peer`'s bucket; false if it is empty.
     pub fn check(&mut self, now: Instant, peer: &PeerId) -> bool {
+        if let Some(b) = self.buckets.get_mut(peer) {
+            return b.try_take(1.0, now);
+        }
         let (rate, burst) = (self.rate, self.burst);
         self.buckets
             .entry(peer.clone())
@@ -353,8 +356,25 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
-    let (status, bytes) = match serde_json::to_vec(body) {
-        Ok(b) => (status, b),
+    json_sized(status, body, 128)
+}
+
+/// About how many bytes `r` is as JSON (a hint with a small bitmap is ~150), so the
+/// buffer is allocated once.
+fn reply_size(r: &SyncResponse) -> usize {
+    let bitmaps: usize = r.peers.iter().map(|p| p.have.as_bytes().len()).sum();
+    256 + 160 * r.peers.len() + bitmaps * 4 / 3 + 100 * r.ids.len() + 12 * r.leases.len()
+}
+
+/// `body` as JSON, serialized into a buffer of `capacity` bytes to start with.
+fn json_sized<T: Serialize>(
+    status: StatusCode,
+    body: &T,
+    capacity: usize,
+) -> Response<Full<Bytes>> {
+    let mut buf = Vec::with_capacity(capacity);
+    let (status, bytes) = match serde_json::to_writer(&mut buf, body) {
+        Ok(()) => (status, buf),
         Err(e) => {
             // Our own types always serialize; report rather than panic if not.
             tracing::error!(error = %e, "response serialization failed");

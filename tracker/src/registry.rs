@@ -10,9 +10,14 @@
 //! tests control. The API layer keeps one `Registry` behind a `Mutex`; every call is
 //! short, bounded by the request's size and the object's holder count.
 //!
+//! Agents are interned (`peers`): inside the registry an agent is a small integer
+//! slot and its topology labels are integers too, so ranking compares no strings.
+//! Each object's holders are a vector with an index by slot and a count of complete
+//! holders (`holders`).
+//!
 //! Work per call: a sync ranks at most `max(8 × max_peers_per_reply, 256)` holders
-//! of its object (see [`candidates`]; below that, all of them), plus one pass over the
-//! holders for a chunk that only holders outside that sample offer, plus
+//! of its object (see `rank::candidates`; below that, all of them), plus one pass over
+//! the holders for a chunk that only holders outside that sample offer, plus
 //! O(chunks / 8 + wanted) for lease search (each candidate also checked against the
 //! request's released indices); announces are O(objects announced). Expired state
 //! is swept every `min(peer_ttl, object_ttl, lease_ttl) / 4`, O(all holdings).
@@ -20,20 +25,25 @@
 //! Non-goals: no persistence, no replication between replicas (agents pick a replica
 //! per key by rendezvous hashing), no proof that an agent really holds what it claims.
 
-use std::collections::hash_map::{DefaultHasher, Entry};
+mod holders;
+mod peers;
+mod rank;
+
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use shoal_proto::manifest::ManifestError;
 use shoal_proto::tracker::{
-    AgentInfo, AnnounceRequest, AnnounceResponse, ChunkBitmap, Cursor, HeldObject, IndexedId,
-    PeerHint, Refusal, SyncRequest, SyncResponse,
+    AnnounceRequest, AnnounceResponse, ChunkBitmap, Cursor, HeldObject, IndexedId, Refusal,
+    SyncRequest, SyncResponse,
 };
-use shoal_proto::{ChunkId, Layout, ObjectKey, PeerId, Topology};
+use shoal_proto::{ChunkId, Layout, ObjectKey, PeerId};
 
 use crate::config::RegistryConfig;
+use holders::Holders;
+use peers::{Peers, Slot};
+use rank::{Requester, rank};
 
 /// Most conflicts kept for [`Registry::drain_events`] between drains (all are counted).
 const MAX_CONFLICT_LOG: usize = 64;
@@ -87,7 +97,7 @@ pub struct Events {
 #[derive(Debug)]
 pub struct Registry {
     cfg: RegistryConfig,
-    peers: HashMap<PeerId, Peer>,
+    peers: Peers,
     objects: HashMap<ObjectKey, Object>,
     next_epoch: u64,
     next_sweep: Option<Instant>,
@@ -95,14 +105,6 @@ pub struct Registry {
     /// Live chunk ids each agent first-published, over all objects (the budget of
     /// `max_published_per_agent`); given back when their object expires.
     published: HashMap<PeerId, u64>,
-}
-
-#[derive(Debug)]
-struct Peer {
-    addr: SocketAddr,
-    topology: Topology,
-    load: u32,
-    last_seen: Instant,
 }
 
 #[derive(Debug)]
@@ -114,9 +116,9 @@ struct Object {
     ids: HashMap<u32, ChunkId>,
     /// Indices in `ids`, in the order they were first published (cursor positions).
     log: Vec<u32>,
-    /// Hashed with the registry's seed: iteration order (which [`candidates`] samples
-    /// in) is then a function of the seed and the calls, and differs between lives.
-    holders: HashMap<PeerId, Holding, Seeded>,
+    /// Who holds which chunks. A sync samples a window of it, at a point that is a
+    /// function of the requester's slot and the epoch (see [`rank`]).
+    holders: Holders,
     /// Union of every holder's chunks; recomputed when `held_dirty`.
     held: ChunkBitmap,
     held_dirty: bool,
@@ -124,34 +126,6 @@ struct Object {
     last_active: Instant,
     /// How many of `ids` each agent published first.
     publishers: HashMap<PeerId, u64>,
-}
-
-/// SipHash keyed by a seed written first (std's `RandomState` cannot be seeded).
-#[derive(Debug, Clone, Copy)]
-struct Seeded(u64);
-
-impl std::hash::BuildHasher for Seeded {
-    type Hasher = DefaultHasher;
-    fn build_hasher(&self) -> DefaultHasher {
-        let mut h = DefaultHasher::new();
-        h.write_u64(self.0);
-        h
-    }
-}
-
-#[derive(Debug)]
-struct Holding {
-    have: ChunkBitmap,
-    complete: bool,
-    last_seen: Instant,
-}
-
-/// The agent a sync answers.
-#[derive(Debug)]
-struct Requester<'a> {
-    id: &'a PeerId,
-    topology: &'a Topology,
-    have: &'a ChunkBitmap,
 }
 
 /// An agent's allowance of first publications (`max_published_per_agent`).
@@ -186,7 +160,7 @@ impl Registry {
     pub fn new(cfg: RegistryConfig, epoch_seed: u64) -> Self {
         Self {
             cfg,
-            peers: HashMap::new(),
+            peers: Peers::default(),
             objects: HashMap::new(),
             next_epoch: epoch_seed,
             next_sweep: None,
@@ -213,7 +187,7 @@ impl Registry {
         req: &SyncRequest,
     ) -> Result<SyncResponse, RegistryError> {
         let proposed = req.layout.map(checked_layout).transpose()?;
-        self.touch_peer(now, peer, &req.agent);
+        let slot = self.peers.touch(now, peer, &req.agent);
         let lease_ttl_ms = self.cfg.lease_ttl.as_millis() as u64;
         let key = &req.key;
         let obj = match (self.objects.entry(key.clone()), proposed) {
@@ -239,7 +213,7 @@ impl Registry {
             };
             obj.publish(key, peer, &req.publish, budget, &mut self.events);
             let complete = req.complete || req.have.is_full(obj.count);
-            obj.hold(now, peer, &req.have, complete);
+            obj.hold(now, slot, &req.have, complete);
             // Expire only after recording what the agent holds: a chunk reported at
             // its deadline fulfils its lease.
             self.events.leases_expired += obj.expire_leases(now);
@@ -270,21 +244,22 @@ impl Registry {
         }
         self.events.leases_granted += granted;
 
-        let complete = agrees && obj.holders.get(peer).is_some_and(|h| h.complete);
-        let requester_have = match obj.holders.get(peer) {
-            Some(h) if agrees => h.have.clone(),
-            _ => ChunkBitmap::new(),
-        };
-        let peers = if complete {
-            Vec::new()
-        } else {
-            obj.refresh_held();
-            let me = Requester {
-                id: peer,
-                topology: &req.agent.topology,
-                have: &requester_have,
-            };
-            rank(now, &self.peers, obj, &me, &self.cfg)
+        obj.refresh_held();
+        let obj = &*obj;
+        let holding = obj.holders.get(slot).filter(|_| agrees);
+        let peers = match (holding, self.peers.get(slot)) {
+            (Some(h), _) if h.complete => Vec::new(),
+            (_, Some(p)) => {
+                let me = Requester {
+                    slot,
+                    place: p.place,
+                    have: holding.map_or(&holders::EMPTY, |h| &h.have),
+                    sample: holding.map_or(0, |h| h.sample),
+                };
+                rank(now, &self.peers, obj, &me, &self.cfg)
+            }
+            // `touch` just recorded the requester.
+            (_, None) => Vec::new(),
         };
         let (ids, cursor, more) = obj.ids_since(req.cursor, self.cfg.max_ids_per_reply);
         Ok(SyncResponse {
@@ -308,10 +283,10 @@ impl Registry {
         req: &AnnounceRequest,
     ) -> AnnounceResponse {
         self.maybe_sweep(now);
-        self.touch_peer(now, peer, &req.agent);
+        let slot = self.peers.touch(now, peer, &req.agent);
         let mut resp = AnnounceResponse::default();
         for held in &req.objects {
-            match self.announce_one(now, peer, held) {
+            match self.announce_one(now, slot, peer, held) {
                 Ok(wants_ids) => {
                     resp.accepted += 1;
                     if wants_ids {
@@ -332,6 +307,7 @@ impl Registry {
     fn announce_one(
         &mut self,
         now: Instant,
+        slot: Slot,
         peer: &PeerId,
         held: &HeldObject,
     ) -> Result<bool, String> {
@@ -366,7 +342,7 @@ impl Registry {
         };
         obj.publish(&held.key, peer, &held.publish, budget, &mut self.events);
         let complete = held.complete || held.have.is_full(obj.count);
-        obj.hold(now, peer, &held.have, complete);
+        obj.hold(now, slot, &held.have, complete);
         self.events.leases_expired += obj.expire_leases(now);
         let lacks = if complete {
             obj.ids.len() < obj.count as usize
@@ -381,14 +357,17 @@ impl Registry {
     pub fn sweep(&mut self, now: Instant) {
         let peer_ttl = self.cfg.peer_ttl;
         let live = |seen: Instant| now.saturating_duration_since(seen) < peer_ttl;
-        self.peers.retain(|_, p| live(p.last_seen));
+        self.peers.retain(|p| live(p.last_seen));
         let object_ttl = self.cfg.object_ttl;
         let mut expired = 0;
         let published = &mut self.published;
+        let peers = &self.peers;
         self.objects.retain(|_, o| {
-            let before = o.holders.len();
-            o.holders.retain(|_, h| live(h.last_seen));
-            o.held_dirty |= o.holders.len() != before;
+            // A forgotten agent's slot may be reused after this sweep: its holdings go
+            // now (they have expired anyway unless `now` went backwards).
+            o.held_dirty |= o
+                .holders
+                .retain(|h| live(h.last_seen) && peers.is_live(h.slot));
             expired += o.expire_leases(now);
             let keep = now.saturating_duration_since(o.last_active) < object_ttl;
             if !keep {
@@ -440,17 +419,18 @@ impl Registry {
         &self.cfg
     }
 
-    fn touch_peer(&mut self, now: Instant, id: &PeerId, info: &AgentInfo) {
-        let p = Peer {
-            addr: info.peer_addr,
-            topology: info.topology.clone(),
-            load: info.load,
-            last_seen: now,
-        };
-        match self.peers.get_mut(id) {
-            Some(old) => *old = p,
-            None => {
-                self.peers.insert(id.clone(), p);
+    /// Checks the registry's internal indexes against each other (tests).
+    #[cfg(test)]
+    fn check(&self) {
+        self.peers.check();
+        for o in self.objects.values() {
+            o.holders.check();
+            for h in o.holders.iter() {
+                assert!(
+                    self.peers.is_live(h.slot),
+                    "holder {:?} is a live agent",
+                    h.slot
+                );
             }
         }
     }
@@ -474,7 +454,7 @@ impl Object {
             epoch,
             ids: HashMap::new(),
             log: Vec::new(),
-            holders: HashMap::with_hasher(Seeded(epoch)),
+            holders: Holders::new(layout.chunk_count() as u32),
             held: ChunkBitmap::new(),
             held_dirty: false,
             leases: BTreeMap::new(),
@@ -520,45 +500,23 @@ impl Object {
         }
     }
 
-    /// Replaces `peer`'s holding and fulfils leases on chunks it now holds. A complete
+    /// Replaces `slot`'s holding and fulfils leases on chunks it now holds. A complete
     /// holding keeps an empty bitmap (and stays out of `held`): a 1 TiB object would
     /// otherwise cost 8 MiB per seed.
-    fn hold(&mut self, now: Instant, peer: &PeerId, have: &ChunkBitmap, complete: bool) {
+    fn hold(&mut self, now: Instant, slot: Slot, have: &ChunkBitmap, complete: bool) {
         if !complete && have.is_empty() {
-            self.held_dirty |= self.holders.remove(peer).is_some();
+            self.held_dirty |= self.holders.remove(slot);
             return;
         }
-        let have = if complete {
-            ChunkBitmap::new()
-        } else {
-            have.clone()
-        };
         if complete {
             self.leases.clear();
         } else {
             self.leases.retain(|i, _| !have.contains(*i));
         }
-        match self.holders.get_mut(peer) {
-            Some(h) => {
-                // A shrinking holding (eviction) may remove chunks from the union.
-                self.held_dirty |= !h.have.is_subset(&have);
-                h.have = have.clone();
-                h.complete = complete;
-                h.last_seen = now;
-            }
-            None => {
-                self.holders.insert(
-                    peer.clone(),
-                    Holding {
-                        have: have.clone(),
-                        complete,
-                        last_seen: now,
-                    },
-                );
-            }
-        }
-        if !self.held_dirty {
-            self.held.union_with(&have);
+        // A shrinking holding (eviction) may remove chunks from the union.
+        self.held_dirty |= self.holders.set(now, slot, have, complete).shrank;
+        if !self.held_dirty && !complete {
+            self.held.union_with(have);
         }
     }
 
@@ -600,7 +558,7 @@ impl Object {
             .max
             .saturating_sub(live)
             .min(ask.cap.saturating_sub(total)) as usize;
-        if room == 0 || self.holders.values().any(|h| h.complete) {
+        if room == 0 || self.holders.any_complete() {
             return 0;
         }
         self.refresh_held();
@@ -637,7 +595,7 @@ impl Object {
     fn refresh_held(&mut self) {
         if self.held_dirty {
             let mut u = ChunkBitmap::new();
-            for h in self.holders.values() {
+            for h in self.holders.iter() {
                 u.union_with(&h.have);
             }
             self.held = u;
@@ -715,245 +673,10 @@ fn check_indices(
     }
 }
 
-/// Up to `max_peers_per_reply` live holders of `obj` for `me`, among those holding a
-/// chunk `me` lacks, ranked by proximity, then load, then freshness in whole seconds,
-/// then a per-requester hash that spreads requesters over equally good peers; chosen
-/// by [`choose`] so that every chunk some candidate holds is covered.
-fn rank(
-    now: Instant,
-    peers: &HashMap<PeerId, Peer>,
-    obj: &Object,
-    me: &Requester<'_>,
-    cfg: &RegistryConfig,
-) -> Vec<PeerHint> {
-    let max = cfg.max_peers_per_reply;
-    let sample = max.saturating_mul(SAMPLE_PER_HINT).max(MIN_SAMPLE);
-    let mut cands: Vec<_> = candidates(now, obj, me, cfg.peer_ttl, sample)
-        .into_iter()
-        .filter_map(|(id, h)| {
-            let p = peers.get(id)?;
-            let proximity = me.topology.proximity(&p.topology);
-            let age = now.saturating_duration_since(p.last_seen).as_secs();
-            let mut hasher = DefaultHasher::new();
-            (me.id, id).hash(&mut hasher);
-            Some(((proximity, p.load, age, hasher.finish()), id, h, p))
-        })
-        .collect();
-    cands.sort_unstable_by_key(|c| c.0);
-    let holdings: Vec<&Holding> = cands.iter().map(|c| c.2).collect();
-    let chosen = choose(&holdings, me.have, obj.count, max);
-    // The reply stays small for any object: bitmaps past the byte budget are left out
-    // (the best-ranked chosen peer is always listed).
-    let budget = usize::try_from(cfg.max_hint_bytes_per_reply.as_u64()).unwrap_or(usize::MAX);
-    let mut spent = 0usize;
-    cands
-        .into_iter()
-        .zip(chosen)
-        .filter_map(|(c, keep)| keep.then_some(c))
-        .filter(|c| {
-            let bytes = if c.2.complete {
-                0
-            } else {
-                c.2.have.as_bytes().len()
-            };
-            let fits = spent == 0 || spent.saturating_add(bytes) <= budget;
-            if fits {
-                spent = spent.saturating_add(bytes.max(1));
-            }
-            fits
-        })
-        .map(|((proximity, ..), id, h, p)| PeerHint {
-            id: id.clone(),
-            addr: p.addr,
-            proximity,
-            load: p.load,
-            complete: h.complete,
-            have: if h.complete {
-                ChunkBitmap::new()
-            } else {
-                h.have.clone()
-            },
-        })
-        .collect()
-}
-
-/// Holders ranked per hint allowed in a reply, when the object has more ([`candidates`]).
-const SAMPLE_PER_HINT: usize = 8;
-/// Fewest holders ranked per sync.
-const MIN_SAMPLE: usize = 256;
-
-/// The holders a sync ranks: every live holder (other than the requester) holding a
-/// chunk it lacks, if there are at most `sample` holders. Above that, the first
-/// `sample` such holders from a point of the holder table fixed per requester (so
-/// different requesters see different holders, and one requester mostly the same
-/// ones: every hinted peer costs the agent's scheduler work on each of its passes),
-/// then, for the chunks the requester lacks and none of those offers, the
-/// first other holder of each: every chunk some live holder offers stays covered, as
-/// [`choose`] promises, while the cost of a sync stops growing with the swarm.
-///
-/// Ranking all holders cost about 6 ms of CPU per sync with 10,000 holders of one
-/// object (comparing, hashing and sorting every one; `trackerbench`, a loaded
-/// machine): under 200 syncs/s per core. Sampled, about 0.6 ms.
-/// The price: the nearest, least loaded holders are found within the sample only.
-fn candidates<'a>(
-    now: Instant,
-    obj: &'a Object,
-    me: &Requester<'_>,
-    peer_ttl: Duration,
-    sample: usize,
-) -> Vec<(&'a PeerId, &'a Holding)> {
-    let eligible = |(id, h): &(&PeerId, &Holding)| {
-        *id != me.id
-            && now.saturating_duration_since(h.last_seen) < peer_ttl
-            && (h.complete || !h.have.is_subset(me.have))
-    };
-    let n = obj.holders.len();
-    if n <= sample {
-        return obj.holders.iter().filter(eligible).collect();
-    }
-    let mut hasher = DefaultHasher::new();
-    me.id.hash(&mut hasher);
-    let start = (hasher.finish() % n as u64) as usize;
-    let window = obj
-        .holders
-        .iter()
-        .skip(start)
-        .chain(obj.holders.iter().take(start));
-    let mut picked: Vec<_> = window.filter(eligible).take(sample).collect();
-    // What the requester has or the sample offers; then what someone else offers.
-    let mut covered = me.have.clone();
-    for (_, h) in &picked {
-        if h.complete {
-            return picked;
-        }
-        covered.union_with(&h.have);
-    }
-    let offered = if obj.holders.values().any(|h| h.complete) {
-        ChunkBitmap::full(obj.count)
-    } else {
-        obj.held.clone()
-    };
-    let mut lacking = minus(&offered, &covered);
-    if lacking.is_empty() {
-        return picked;
-    }
-    for (id, h) in obj.holders.iter() {
-        if !eligible(&(id, h)) || !(h.complete || intersects(&h.have, &lacking)) {
-            continue;
-        }
-        picked.push((id, h));
-        lacking = if h.complete {
-            ChunkBitmap::new()
-        } else {
-            minus(&lacking, &h.have)
-        };
-        if lacking.is_empty() {
-            break;
-        }
-    }
-    picked
-}
-
-/// The chunks of `a` not in `b`.
-fn minus(a: &ChunkBitmap, b: &ChunkBitmap) -> ChunkBitmap {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let bytes = a
-        .iter()
-        .enumerate()
-        .map(|(i, x)| x & !b.get(i).copied().unwrap_or(0))
-        .collect();
-    ChunkBitmap::from_bytes(bytes)
-}
-
-/// Whether `a` and `b` share a chunk.
-fn intersects(a: &ChunkBitmap, b: &ChunkBitmap) -> bool {
-    a.as_bytes()
-        .iter()
-        .zip(b.as_bytes())
-        .any(|(x, y)| x & y != 0)
-}
-
-/// Which of `ranked` (best first) to send to a requester holding `have` of `count`
-/// chunks, at most `max`: the better half by rank; then, for every chunk the requester
-/// lacks that none of those holds but some candidate does, its best-ranked holder;
-/// then the rest by rank.
-///
-/// Ranking alone sent the same nearest, least loaded holders to everyone, and the few
-/// agents holding a new chunk fell outside a 32-peer reply: in a 48-agent flash crowd
-/// (fleet S4) most agents saw some chunks as held by nobody, fell back to the origin
-/// for them after `origin_fallback`, and the origin sent 1.1-2.4x the object.
-///
-/// Cost: one bitmap union per candidate, then at most `max` scans of `ranked`.
-fn choose(ranked: &[&Holding], have: &ChunkBitmap, count: u32, max: usize) -> Vec<bool> {
-    let mut c = Cover {
-        ranked,
-        count,
-        chosen: vec![false; ranked.len()],
-        covered: have.clone(),
-        n: 0,
-    };
-    for k in 0..ranked.len().min(max.div_ceil(2)) {
-        c.take(k);
-    }
-    let mut offered = ChunkBitmap::new();
-    for h in ranked {
-        if h.complete {
-            offered = ChunkBitmap::full(count);
-            break;
-        }
-        offered.union_with(&h.have);
-    }
-    let wanted: Vec<u32> = c
-        .covered
-        .missing(count)
-        .filter(|&i| offered.contains(i))
-        .collect();
-    for i in wanted {
-        if c.n >= max {
-            break;
-        }
-        if c.covered.contains(i) {
-            continue;
-        }
-        let best = (0..ranked.len())
-            .find(|&k| !c.chosen[k] && (ranked[k].complete || ranked[k].have.contains(i)));
-        if let Some(k) = best {
-            c.take(k);
-        }
-    }
-    for k in 0..ranked.len() {
-        if c.n >= max {
-            break;
-        }
-        if !c.chosen[k] {
-            c.take(k);
-        }
-    }
-    c.chosen
-}
-
-/// [`choose`]'s running state.
-struct Cover<'a> {
-    ranked: &'a [&'a Holding],
-    count: u32,
-    chosen: Vec<bool>,
-    /// Chunks the requester has or a chosen holder offers.
-    covered: ChunkBitmap,
-    n: usize,
-}
-
-impl Cover<'_> {
-    fn take(&mut self, k: usize) {
-        self.chosen[k] = true;
-        self.n += 1;
-        if self.ranked[k].complete {
-            self.covered = ChunkBitmap::full(self.count);
-        } else {
-            self.covered.union_with(&self.ranked[k].have);
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod index_tests;

@@ -1,14 +1,16 @@
 //! Registry scenarios with simulated time.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use shoal_proto::Proximity;
+use shoal_proto::tracker::AgentInfo;
+use shoal_proto::{Proximity, Topology};
 
 use super::*;
 
 const CHUNK: u32 = 1 << 20;
 
-fn cfg() -> RegistryConfig {
+pub(super) fn cfg() -> RegistryConfig {
     RegistryConfig {
         peer_ttl: Duration::from_secs(90),
         object_ttl: Duration::from_secs(600),
@@ -22,20 +24,20 @@ fn cfg() -> RegistryConfig {
     }
 }
 
-fn id(n: &str) -> PeerId {
+pub(super) fn id(n: &str) -> PeerId {
     n.parse().unwrap()
 }
 
-fn key(n: &str) -> ObjectKey {
+pub(super) fn key(n: &str) -> ObjectKey {
     ObjectKey::immutable(&format!("sha256:{n}"), 0).unwrap()
 }
 
 /// An object of `chunks` full chunks.
-fn layout(chunks: u32) -> Layout {
+pub(super) fn layout(chunks: u32) -> Layout {
     Layout::new(u64::from(chunks) * u64::from(CHUNK), CHUNK).unwrap()
 }
 
-fn topo(node: &str, zone: &str, region: &str) -> Topology {
+pub(super) fn topo(node: &str, zone: &str, region: &str) -> Topology {
     Topology {
         node: node.into(),
         zone: zone.into(),
@@ -43,7 +45,7 @@ fn topo(node: &str, zone: &str, region: &str) -> Topology {
     }
 }
 
-fn agent(port: u16, t: Topology, load: u32) -> AgentInfo {
+pub(super) fn agent(port: u16, t: Topology, load: u32) -> AgentInfo {
     AgentInfo {
         peer_addr: SocketAddr::from(([10, 0, 0, 1], port)),
         topology: t,
@@ -55,7 +57,13 @@ fn chunk_id(i: u32) -> ChunkId {
     ChunkId::of(&i.to_be_bytes())
 }
 
-fn sync_req(a: AgentInfo, k: &ObjectKey, chunks: u32, have: &[u32], want: u32) -> SyncRequest {
+pub(super) fn sync_req(
+    a: AgentInfo,
+    k: &ObjectKey,
+    chunks: u32,
+    have: &[u32],
+    want: u32,
+) -> SyncRequest {
     SyncRequest {
         agent: a,
         key: k.clone(),
@@ -71,7 +79,7 @@ fn sync_req(a: AgentInfo, k: &ObjectKey, chunks: u32, have: &[u32], want: u32) -
     }
 }
 
-fn held(k: &ObjectKey, chunks: u32, have: &[u32], publish: bool) -> HeldObject {
+pub(super) fn held(k: &ObjectKey, chunks: u32, have: &[u32], publish: bool) -> HeldObject {
     HeldObject {
         key: k.clone(),
         layout: layout(chunks),
@@ -90,7 +98,7 @@ fn held(k: &ObjectKey, chunks: u32, have: &[u32], publish: bool) -> HeldObject {
     }
 }
 
-fn hint_ids(r: &SyncResponse) -> Vec<String> {
+pub(super) fn hint_ids(r: &SyncResponse) -> Vec<String> {
     r.peers.iter().map(|p| p.id.to_string()).collect()
 }
 
