@@ -137,6 +137,13 @@ pub struct Metrics {
     /// hashing them again, under a proof of their last verification that the file's
     /// `fstat` still matches (`cache.verify_window`; 0 when it is off).
     pub cache_reads_proved: IntCounter,
+    /// `shoal_peer_uploads_queued_total`: peer chunk requests that found every upload
+    /// slot taken and waited in the upload queue (`peer.upload_queue`).
+    pub uploads_queued: IntCounter,
+    /// `shoal_peer_upload_queue_wait_seconds{result}`: how long those waited, by how
+    /// the wait ended: `served` (got a slot), `busy` (`peer.upload_queue_wait` passed),
+    /// `cancelled` (the requester stopped the stream), `shutdown`.
+    pub upload_queue_wait: HistogramVec,
 }
 
 impl Metrics {
@@ -317,6 +324,15 @@ impl Metrics {
                 "shoal_cache_reads_proved_total",
                 "Chunks read from disk and served under a verification proof, not re-hashed.",
             ),
+            uploads_queued: counter(
+                "shoal_peer_uploads_queued_total",
+                "Peer chunk requests that waited in the upload queue for a slot.",
+            ),
+            upload_queue_wait: hist_vec(
+                "shoal_peer_upload_queue_wait_seconds",
+                "Time peer chunk requests waited in the upload queue, by how the wait ended.",
+                &["result"],
+            ),
             registry,
         };
         for r in ["idle", "pressure", "full"] {
@@ -466,6 +482,7 @@ mod tests {
             "shoal_origin_fetches_total{reason=\"cold_lease\"} 0",
             "shoal_origin_bytes_total{reason=\"tracker_down\"} 0",
             "shoal_registry_digest_mismatch_total 0",
+            "shoal_peer_uploads_queued_total 0",
         ] {
             assert!(text.contains(name), "missing {name}\n{text}");
         }

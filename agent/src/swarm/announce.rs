@@ -34,9 +34,11 @@ pub async fn run(
 
 /// One announce round.
 pub async fn once(cache: &ObjectCache, swarm: &Swarm) {
-    swarm
-        .tracker
-        .set_load(u32::try_from(swarm.peers.active_uploads()).unwrap_or(u32::MAX));
+    swarm.tracker.set_load(
+        // Waiting requests count: a holder with a queue is as loaded as one serving it.
+        u32::try_from(swarm.peers.active_uploads() + swarm.peers.queued_uploads())
+            .unwrap_or(u32::MAX),
+    );
     let metas = cache.all();
     for batch in metas.chunks(BATCH) {
         let objects: Vec<HeldObject> = batch.iter().map(|m| held(cache, m, false)).collect();

@@ -19,8 +19,9 @@
 //! Metrics it keeps: `shoal_peer_requests_total{result}`,
 //! `shoal_bytes_fetched_total{source="peer"}` (verified bytes only, so callers must not
 //! count them again), `shoal_chunk_verify_failures_total{source="peer"}`,
-//! `shoal_bytes_uploaded_total`, `shoal_uploads_refused_total`, `shoal_peers_connected`
-//! (both directions).
+//! `shoal_bytes_uploaded_total`, `shoal_uploads_refused_total`,
+//! `shoal_peer_uploads_queued_total`, `shoal_peer_upload_queue_wait_seconds{result}`,
+//! `shoal_peers_connected` (both directions).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -64,8 +65,9 @@ pub struct MemorySource {
     chunks: RwLock<HashMap<ChunkId, Bytes>>,
 }
 
-/// Upload limits of the server side. A request over any of them is answered `busy` at
-/// once, so the requester can go elsewhere.
+/// Upload limits of the server side. A request over the slot limits waits in a short
+/// queue if it has room (at most `upload_queue_wait`), else it is answered `busy` at
+/// once, so the requester can go elsewhere; a request over the rate budget gets `busy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UploadLimits {
     /// Chunk requests served at once, all peers together (0 = serve nothing).
@@ -74,6 +76,12 @@ pub struct UploadLimits {
     pub max_uploads_per_peer: usize,
     /// Upload budget in bytes per second, all peers together; 0 = unlimited.
     pub upload_rate: u64,
+    /// Requests that may wait (FIFO) for a slot when none is free; 0 = none.
+    pub upload_queue: usize,
+    /// Of those, at most this many from one peer.
+    pub upload_queue_per_peer: usize,
+    /// Longest wait in the queue; then the request is answered `busy`.
+    pub upload_queue_wait: Duration,
 }
 
 /// Everything [`PeerEndpoint::bind`] needs besides the socket address and identity.
@@ -214,6 +222,9 @@ impl UploadLimits {
         max_uploads: usize::MAX,
         max_uploads_per_peer: usize::MAX,
         upload_rate: 0,
+        upload_queue: 0,
+        upload_queue_per_peer: 0,
+        upload_queue_wait: Duration::ZERO,
     };
 }
 
@@ -226,6 +237,9 @@ impl PeerOptions {
                 max_uploads: c.max_uploads,
                 max_uploads_per_peer: c.max_uploads_per_peer,
                 upload_rate: c.upload_rate.as_u64(),
+                upload_queue: c.upload_queue,
+                upload_queue_per_peer: c.upload_queue_per_peer,
+                upload_queue_wait: c.upload_queue_wait,
             },
             request_timeout: c.request_timeout,
             idle_timeout: c.idle_timeout,
@@ -323,6 +337,11 @@ impl PeerEndpoint {
     /// Uploads in progress right now.
     pub fn active_uploads(&self) -> usize {
         self.server.active_uploads()
+    }
+
+    /// Requests waiting for an upload slot right now.
+    pub fn queued_uploads(&self) -> usize {
+        self.server.queued_uploads()
     }
 
     /// Whether [`PeerEndpoint::shutdown`] or [`PeerEndpoint::close`] was called.

@@ -1,9 +1,14 @@
 //! The serving side: accepts fleet peers and answers their chunk requests.
 //!
 //! Per stream: read one request frame and the end of the stream (within
-//! `request_frame_timeout`), then answer at once with `busy` when a limit is reached,
-//! `not_found`, `error`, or `ok` + the bytes. An upload keeps its slot until the peer has
-//! acknowledged every byte.
+//! `request_frame_timeout`), then take an upload slot: at once, or after waiting in the
+//! gate's optional queue (`upload_queue`, off by default; at most `upload_queue_wait`;
+//! the place is given up as soon as the requester stops the stream). Then answer `ok` + the bytes,
+//! `not_found` or `error`; `busy` when the queue is full, the wait ran out, or the
+//! upload-rate bucket is too far behind. Nothing is sent while a request waits: the
+//! `ok` frame marks the start of the transfer, so a requester can tell queueing from
+//! sending without a new frame (the wire format is unchanged). An upload keeps its slot
+//! until the peer has acknowledged every byte.
 //! A malformed frame resets that stream (both directions, code `STREAM_MALFORMED`) and
 //! counts a strike against the connection; at [`MAX_STRIKES`] the connection is closed.
 
@@ -20,7 +25,7 @@ use shoal_proto::wire::{ErrorCode, Request, Response, code};
 
 use shoal_proto::TokenBucket;
 
-use super::limit::{Gate, Permit, upload_bucket};
+use super::limit::{Admission, Closed, Gate, Permit, Waiting, upload_bucket};
 use super::quic::{FrameError, read_frame};
 use super::{ChunkSource, PeerOptions};
 use crate::metrics::Metrics;
@@ -75,9 +80,14 @@ impl Server {
         self.gate.active()
     }
 
-    /// From now on, requests are answered `error: shutting down`.
+    pub(super) fn queued_uploads(&self) -> usize {
+        self.gate.queued()
+    }
+
+    /// From now on, requests (waiting ones included) are answered `error: shutting down`.
     pub(super) fn begin_shutdown(&self) {
         self.closing.store(true, Ordering::Relaxed);
+        self.gate.close();
     }
 
     pub(super) fn is_closing(&self) -> bool {
@@ -218,8 +228,19 @@ impl Server {
             send.write_chunk(head(Response::Error { code })).await?;
             return Ok(None);
         }
-        let Some(permit) = self.gate.try_enter(peer) else {
-            return self.busy(send, BUSY_RETRY).await;
+        let permit = match self.gate.admit(peer) {
+            Admission::Now(p) => p,
+            Admission::Full => return self.busy(send, BUSY_RETRY).await,
+            Admission::Queued(waiting) => match self.wait_for_slot(waiting, send).await {
+                Waited::Slot(p) => p,
+                Waited::TimedOut => return self.busy(send, BUSY_RETRY).await,
+                Waited::Closed => {
+                    let code = ErrorCode::SHUTTING_DOWN;
+                    send.write_chunk(head(Response::Error { code })).await?;
+                    return Ok(None);
+                }
+                Waited::Stopped => return Ok(None),
+            },
         };
         if let Some(bucket) = &self.bucket {
             let backlog = lock(bucket).backlog(Instant::now());
@@ -259,6 +280,30 @@ impl Server {
         Ok(Some(permit))
     }
 
+    /// Waits in the gate's queue for a slot, at most `upload_queue_wait`, giving the
+    /// place up as soon as the requester stops the stream (it cancelled or timed out,
+    /// or the connection is gone). Counts and times the wait.
+    async fn wait_for_slot(&self, mut waiting: Waiting, send: &SendStream) -> Waited {
+        self.metrics.uploads_queued.inc();
+        let since = Instant::now();
+        let wait = self.gate.limits().upload_queue_wait;
+        let waited = tokio::select! {
+            got = tokio::time::timeout(wait, waiting.granted()) => match got {
+                Ok(Ok(permit)) => Waited::Slot(permit),
+                Ok(Err(Closed)) => Waited::Closed,
+                Err(_elapsed) => Waited::TimedOut,
+            },
+            _ = send.stopped() => Waited::Stopped,
+        };
+        // Leaves the queue now (if still in it), before the answer is written.
+        drop(waiting);
+        self.metrics
+            .upload_queue_wait
+            .with_label_values(&[waited.label()])
+            .observe(since.elapsed().as_secs_f64());
+        waited
+    }
+
     async fn busy(
         &self,
         send: &mut SendStream,
@@ -269,6 +314,30 @@ impl Server {
         let busy = Response::Busy { retry_after_ms };
         send.write_chunk(Bytes::from(busy.to_vec())).await?;
         Ok(None)
+    }
+}
+
+/// How a wait in the upload queue ended.
+#[derive(Debug)]
+enum Waited {
+    Slot(Permit),
+    /// `upload_queue_wait` passed: answer `busy`.
+    TimedOut,
+    /// Shutting down.
+    Closed,
+    /// The requester stopped the stream: answer nothing.
+    Stopped,
+}
+
+impl Waited {
+    /// The `result` label of `shoal_peer_upload_queue_wait_seconds`.
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Slot(_) => "served",
+            Self::TimedOut => "busy",
+            Self::Closed => "shutdown",
+            Self::Stopped => "cancelled",
+        }
     }
 }
 

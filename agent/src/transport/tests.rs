@@ -76,7 +76,7 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
-/// A source that holds every request until released.
+/// A source that holds every request until released (one per permit added).
 struct Stalled {
     inner: MemorySource,
     entered: AtomicUsize,
@@ -97,7 +97,8 @@ impl ChunkSource for Stalled {
     fn chunk<'a>(&'a self, id: &'a ChunkId) -> ChunkFuture<'a> {
         Box::pin(async move {
             self.entered.fetch_add(1, Ordering::SeqCst);
-            let _permit = self.release.acquire().await.ok()?;
+            // Each permit added lets exactly one request through.
+            self.release.acquire().await.ok()?.forget();
             self.inner.chunk(id).await
         })
     }
@@ -267,7 +268,7 @@ async fn saturated_per_peer_limit_answers_busy_at_once() {
     let one = UploadLimits {
         max_uploads: 8,
         max_uploads_per_peer: 1,
-        upload_rate: 0,
+        ..UploadLimits::UNLIMITED
     };
     let (server, sm) = node(&pki.identity(0).unwrap(), options(one), source.clone()).await;
     let (client, _) = node(
@@ -625,3 +626,5 @@ async fn peer_closing_its_connection_is_reported_gone() {
     assert!(gone.try_recv().is_err(), "our own close is not reported");
     server2.shutdown().await;
 }
+
+mod queue;

@@ -42,6 +42,20 @@ struct Args {
     /// Global max-min bandwidth sharing (exact, slow: small fleets only).
     #[arg(long)]
     exact_sharing: bool,
+    /// Upload queue lengths to run (requests that wait for a slot instead of `Busy`;
+    /// 0 = `Busy` at once), comma-separated: every scenario and N runs once per value.
+    #[arg(long, default_value = "0", value_delimiter = ',')]
+    upload_queue: Vec<usize>,
+    /// Waiting requests one peer may have in a holder's queue.
+    #[arg(long, default_value_t = 1)]
+    queue_per_peer: usize,
+    /// Longest wait in an upload queue, milliseconds (then `Busy`).
+    #[arg(long, default_value_t = 4000.0)]
+    queue_wait_ms: f64,
+    /// A freed upload slot goes to the waiter whose chunk the holder has sent least
+    /// often (instead of the oldest waiter).
+    #[arg(long)]
+    queue_fewest_first: bool,
     /// Write every run's figures (and completion times) to this JSON file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -57,6 +71,10 @@ struct Row {
     server_latency_ms: f64,
     loss: f64,
     exact_sharing: bool,
+    upload_queue: usize,
+    upload_queue_per_peer: usize,
+    upload_queue_wait_ms: f64,
+    upload_queue_fewest_first: bool,
     t_min_seconds: f64,
     finished: usize,
     last_seconds: Option<f64>,
@@ -64,6 +82,11 @@ struct Row {
     origin_ratio: f64,
     tracker_requests_per_node_second: f64,
     busy: u64,
+    queued: u64,
+    queue_timeouts: u64,
+    queue_cancelled: u64,
+    queue_wait_seconds: f64,
+    peer_cancelled: u64,
     peer_transfers: u64,
     origin_requests: u64,
     sched_errors: u64,
@@ -80,9 +103,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let mut rows = Vec::new();
     println!(
-        "| scenario | N | F | T_min | last ÷ T_min | p50 ÷ T_min | origin ÷ F | tracker req/node/s | busy/transfer | wall s |"
+        "| scenario | N | F | queue | T_min | last ÷ T_min | p50 ÷ T_min | origin ÷ F | tracker req/node/s | busy/transfer | queued/transfer | mean wait s | timeouts | cancelled/transfer | wall s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for name in &args.scenario {
         let Some(mut scenario) = Scenario::named(name) else {
             eprintln!(
@@ -92,7 +115,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         };
         scenario.object_bytes /= args.object_divisor.max(1);
-        for &n in &args.nodes {
+        for (&n, &queue) in args
+            .nodes
+            .iter()
+            .flat_map(|n| args.upload_queue.iter().map(move |q| (n, q)))
+        {
             let cfg = SimConfig {
                 scenario: Scenario {
                     nodes: n,
@@ -104,6 +131,10 @@ fn main() -> ExitCode {
                 loss: args.loss,
                 time_limit: Duration::from_secs(args.time_limit),
                 exact_sharing: args.exact_sharing,
+                upload_queue: queue,
+                upload_queue_per_peer: args.queue_per_peer,
+                upload_queue_wait: ms(args.queue_wait_ms),
+                upload_queue_fewest_first: args.queue_fewest_first,
                 ..SimConfig::default()
             };
             let started = Instant::now();
@@ -140,18 +171,26 @@ fn print_row(cfg: &SimConfig, r: &SimResult, wall: f64) {
         ),
         None => "none done".into(),
     };
-    let busy = r.busy as f64 / r.peer_transfers.max(1) as f64;
+    let per = |x: u64| x as f64 / r.peer_transfers.max(1) as f64;
+    let served = r
+        .queued
+        .saturating_sub(r.queue_timeouts + r.queue_cancelled);
     println!(
-        "| {} | {} | {} MiB | {:.1} s | {} | {} | {:.3} | {:.2} | {:.2} | {:.1} |",
+        "| {} | {} | {} MiB | {} | {:.1} s | {} | {} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.3} | {:.1} |",
         cfg.scenario.name,
         r.agents,
         r.object_bytes >> 20,
+        cfg.upload_queue,
         r.t_min,
         ratio(r.last()),
         ratio(r.quantile(0.5)),
         r.origin_ratio(),
         r.tracker_rate(),
-        busy,
+        per(r.busy),
+        per(r.queued),
+        r.queue_wait / served.max(1) as f64,
+        r.queue_timeouts,
+        per(r.peer_cancelled),
         wall,
     );
 }
@@ -166,6 +205,10 @@ fn row(cfg: &SimConfig, r: &SimResult, args: &Args, wall: f64) -> Row {
         server_latency_ms: args.server_latency_ms,
         loss: cfg.loss,
         exact_sharing: cfg.exact_sharing,
+        upload_queue: cfg.upload_queue,
+        upload_queue_per_peer: cfg.upload_queue_per_peer,
+        upload_queue_wait_ms: cfg.upload_queue_wait.as_secs_f64() * 1000.0,
+        upload_queue_fewest_first: cfg.upload_queue_fewest_first,
         t_min_seconds: r.t_min,
         finished: r.completions.len(),
         last_seconds: r.last(),
@@ -173,6 +216,11 @@ fn row(cfg: &SimConfig, r: &SimResult, args: &Args, wall: f64) -> Row {
         origin_ratio: r.origin_ratio(),
         tracker_requests_per_node_second: r.tracker_rate(),
         busy: r.busy,
+        queued: r.queued,
+        queue_timeouts: r.queue_timeouts,
+        queue_cancelled: r.queue_cancelled,
+        queue_wait_seconds: r.queue_wait,
+        peer_cancelled: r.peer_cancelled,
         peer_transfers: r.peer_transfers,
         origin_requests: r.origin_requests,
         sched_errors: r.sched_errors,

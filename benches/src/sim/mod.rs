@@ -8,7 +8,8 @@
 //! `poll_interval` (200 ms) and at once when the scheduler wants or gives back leases
 //! or the tracker pages ids, the scheduler's actions performed as the agent performs
 //! them, chunk requests served by the holder under the agent's upload limits
-//! (`peer.max_uploads` 8, `peer.max_uploads_per_peer` 4; more get `Busy` at once), a
+//! (`peer.max_uploads` 8, `peer.max_uploads_per_peer` 4; more wait in the optional
+//! upload queue, `upload_queue`, or get `Busy` at once), a
 //! final `complete` sync when the last chunk is stored, and an announce every
 //! `announce_interval` after that. The tracker is one `Registry` with its default
 //! configuration, called at the simulated instant each request reaches it.
@@ -46,6 +47,7 @@
 //! 10,000 far longer (`swarmsim --object-divisor` shrinks the object).
 
 pub mod net;
+mod upload;
 mod world;
 
 use std::time::Duration;
@@ -78,6 +80,16 @@ pub struct SimConfig {
     pub max_uploads: usize,
     /// Chunk uploads an agent serves at once to one peer.
     pub max_uploads_per_peer: usize,
+    /// Requests that wait (FIFO) for an upload slot when all are taken; more get
+    /// `Busy`. 0 (default) = `Busy` at once.
+    pub upload_queue: usize,
+    /// Of the waiting requests, at most this many from one peer.
+    pub upload_queue_per_peer: usize,
+    /// A request waits at most this long for a slot, then gets `Busy`.
+    pub upload_queue_wait: Duration,
+    /// A freed slot goes to the waiter whose chunk the holder has sent least often
+    /// (ties: the oldest), instead of the oldest waiter.
+    pub upload_queue_fewest_first: bool,
     /// Tracker sync interval of a download.
     pub poll_interval: Duration,
     /// Re-announce interval of a complete object.
@@ -106,8 +118,19 @@ pub struct SimResult {
     pub t_min: f64,
     /// Tracker requests (syncs, paging syncs, final syncs, announces).
     pub tracker_requests: u64,
-    /// Peer requests answered `Busy`.
+    /// Peer requests answered `Busy` (at once, or after waiting in the queue).
     pub busy: u64,
+    /// Peer requests that waited in an upload queue.
+    pub queued: u64,
+    /// Of those, answered `Busy` after the longest wait.
+    pub queue_timeouts: u64,
+    /// Of those, cancelled by the requester while waiting.
+    pub queue_cancelled: u64,
+    /// Seconds waited in queues by requests that then got a slot, summed.
+    pub queue_wait: f64,
+    /// Peer transfers cancelled by the requester after they started (lost
+    /// duplicates, given-up requests): upload spent for nothing.
+    pub peer_cancelled: u64,
     /// Peer chunk transfers completed (duplicates included).
     pub peer_transfers: u64,
     /// Origin range requests sent.
@@ -134,6 +157,10 @@ impl Default for SimConfig {
             start_spread: Duration::from_millis(200),
             max_uploads: 8,
             max_uploads_per_peer: 4,
+            upload_queue: 0,
+            upload_queue_per_peer: 1,
+            upload_queue_wait: Duration::from_secs(4),
+            upload_queue_fewest_first: false,
             poll_interval: Duration::from_millis(200),
             announce_interval: Duration::from_secs(30),
             sched: SchedConfig::default(),

@@ -68,3 +68,33 @@ fn same_seed_same_run_other_seed_other_run() {
         "the seed draws latencies and starts"
     );
 }
+
+#[test]
+fn upload_queue_serves_waiters_instead_of_busy() {
+    let off = run(&small());
+    let on = run(&SimConfig {
+        upload_queue: 8,
+        ..small()
+    });
+    assert!(
+        on.all_done(),
+        "{} of {} finished",
+        on.completions.len(),
+        on.agents
+    );
+    assert!(on.origin_bytes as f64 <= 1.05 * on.object_bytes as f64);
+    assert_eq!(off.queued, 0, "no queue, nobody waits");
+    assert!(on.queued > 0, "requests waited for a slot");
+    assert!(
+        on.busy < off.busy,
+        "busy with a queue {} vs without {}",
+        on.busy,
+        off.busy
+    );
+    assert_eq!(on.sched_errors, 0);
+    let again = run(&SimConfig {
+        upload_queue: 8,
+        ..small()
+    });
+    assert_eq!(on.completions, again.completions, "same seed, same run");
+}

@@ -15,6 +15,7 @@ use shoal_proto::{ChunkId, Layout, ObjectKey, PeerId, Topology, Validator};
 use shoal_tracker::registry::Registry;
 
 use super::net::{FlowId, Net, NodeIx};
+use super::upload::{Admit, Policy, Uploads, Waiter};
 use super::{SimConfig, SimResult};
 use crate::fleet::scenario::PAYLOAD_EFFICIENCY;
 
@@ -49,6 +50,12 @@ enum Ev {
         client: usize,
         req: RequestId,
         index: usize,
+    },
+    /// A queued request's longest wait at the holder is over.
+    QueueWait {
+        client: usize,
+        server: usize,
+        req: RequestId,
     },
     /// An answer (the last byte of a chunk, `Busy`, `NotFound`) reaches the client.
     Answer {
@@ -99,6 +106,8 @@ struct Carry {
 #[derive(Debug, Clone, Copy, Default)]
 struct Out {
     flow: Option<FlowId>,
+    /// Waiting in this holder's upload queue.
+    queued_at: Option<usize>,
 }
 
 struct Agent {
@@ -120,9 +129,8 @@ struct Agent {
     /// The holdings last fed to the scheduler per hinted peer (see [`World::on_sync`]).
     hinted: HashMap<usize, ChunkBitmap>,
     done_at: Option<u64>,
-    /// Uploads being served: in all, and per client.
-    uploads: usize,
-    uploads_to: HashMap<usize, usize>,
+    /// Uploads being served and waiting.
+    uploads: Uploads,
 }
 
 pub(super) struct World {
@@ -140,6 +148,7 @@ pub(super) struct World {
     registry: Registry,
     key: ObjectKey,
     layout: Layout,
+    policy: Policy,
     stats: SimResult,
 }
 
@@ -232,8 +241,7 @@ impl World {
                 out: HashMap::new(),
                 hinted: HashMap::new(),
                 done_at: None,
-                uploads: 0,
-                uploads_to: HashMap::new(),
+                uploads: Uploads::default(),
             })
             .collect();
         let mut w = Self {
@@ -254,6 +262,13 @@ impl World {
             registry: Registry::new(cfg.registry.clone(), cfg.seed),
             key,
             layout,
+            policy: Policy {
+                max: cfg.max_uploads,
+                per_peer: cfg.max_uploads_per_peer,
+                queue: cfg.upload_queue,
+                queue_per_peer: cfg.upload_queue_per_peer,
+                fewest_first: cfg.upload_queue_fewest_first,
+            },
             stats: SimResult {
                 completions: Vec::new(),
                 agents: n,
@@ -262,6 +277,11 @@ impl World {
                 t_min: cfg.t_min(),
                 tracker_requests: 0,
                 busy: 0,
+                queued: 0,
+                queue_timeouts: 0,
+                queue_cancelled: 0,
+                queue_wait: 0.0,
+                peer_cancelled: 0,
                 peer_transfers: 0,
                 origin_requests: 0,
                 sched_errors: 0,
@@ -388,6 +408,11 @@ impl World {
                 req,
                 index,
             } => self.ask_peer(client, server, req, index),
+            Ev::QueueWait {
+                client,
+                server,
+                req,
+            } => self.queue_wait_over(client, server, req),
             Ev::AskOrigin { client, req, index } => {
                 if !self.agents[client].out.contains_key(&req) {
                     return;
@@ -545,7 +570,15 @@ impl World {
         let Some(out) = self.agents[a].out.remove(&req) else {
             return;
         };
+        if let Some(s) = out.queued_at
+            && self.agents[s].uploads.remove(a, req).is_some()
+        {
+            self.stats.queue_cancelled += 1;
+        }
         if let Some(id) = out.flow {
+            if self.carry.get(&id).is_some_and(|c| c.server.is_some()) {
+                self.stats.peer_cancelled += 1;
+            }
             self.stop_flow(id);
         }
     }
@@ -559,14 +592,8 @@ impl World {
         if let Some(c) = self.carry.remove(&id) {
             match c.server {
                 Some(s) => {
-                    let ag = &mut self.agents[s];
-                    ag.uploads = ag.uploads.saturating_sub(1);
-                    if let Some(n) = ag.uploads_to.get_mut(&c.client) {
-                        *n = n.saturating_sub(1);
-                        if *n == 0 {
-                            ag.uploads_to.remove(&c.client);
-                        }
-                    }
+                    self.agents[s].uploads.finished(c.client);
+                    self.serve_queue(s);
                 }
                 None => {
                     let len = f64::from(self.layout.chunk_len(c.index));
@@ -617,37 +644,43 @@ impl World {
         if !self.agents[client].out.contains_key(&req) {
             return;
         }
-        let back = self.delay(server, client);
-        let s = &self.agents[server];
-        let mine = s.uploads_to.get(&client).copied().unwrap_or(0);
-        let outcome = if s.uploads >= self.cfg.max_uploads || mine >= self.cfg.max_uploads_per_peer
-        {
-            self.stats.busy += 1;
-            Outcome::Busy
-        } else if !s.have.contains(index as u32) {
+        let outcome = if !self.agents[server].have.contains(index as u32) {
             Outcome::NotFound
         } else {
-            let s = &mut self.agents[server];
-            s.uploads += 1;
-            *s.uploads_to.entry(client).or_insert(0) += 1;
-            let len = u64::from(self.layout.chunk_len(index));
-            let cap = self.loss_cap(server, client);
-            let id = self.net.start(self.now, server, client, len, cap);
-            self.carry.insert(
-                id,
-                Carry {
-                    client,
-                    req,
-                    index,
-                    server: Some(server),
-                },
-            );
-            if let Some(out) = self.agents[client].out.get_mut(&req) {
-                out.flow = Some(id);
+            let w = Waiter {
+                client,
+                req,
+                index,
+                since: self.now,
+            };
+            match self.agents[server].uploads.admit(&self.policy, w) {
+                Admit::Start => {
+                    self.upload(server, w);
+                    return;
+                }
+                Admit::Queued => {
+                    self.stats.queued += 1;
+                    if let Some(out) = self.agents[client].out.get_mut(&req) {
+                        out.queued_at = Some(server);
+                    }
+                    let wait = self.cfg.upload_queue_wait.as_nanos() as u64;
+                    self.after(
+                        wait,
+                        Ev::QueueWait {
+                            client,
+                            server,
+                            req,
+                        },
+                    );
+                    return;
+                }
+                Admit::Busy => {
+                    self.stats.busy += 1;
+                    Outcome::Busy
+                }
             }
-            self.flush_net();
-            return;
         };
+        let back = self.delay(server, client);
         self.after(
             back,
             Ev::Answer {
@@ -655,6 +688,57 @@ impl World {
                 req,
                 index,
                 outcome,
+            },
+        );
+    }
+
+    /// Starts sending `w`'s chunk from `server` (its slot is taken).
+    fn upload(&mut self, server: usize, w: Waiter) {
+        let len = u64::from(self.layout.chunk_len(w.index));
+        let cap = self.loss_cap(server, w.client);
+        let id = self.net.start(self.now, server, w.client, len, cap);
+        self.carry.insert(
+            id,
+            Carry {
+                client: w.client,
+                req: w.req,
+                index: w.index,
+                server: Some(server),
+            },
+        );
+        if let Some(out) = self.agents[w.client].out.get_mut(&w.req) {
+            out.flow = Some(id);
+            out.queued_at = None;
+        }
+        self.flush_net();
+    }
+
+    /// Gives `server`'s free slots to its first eligible waiters.
+    fn serve_queue(&mut self, server: usize) {
+        while let Some(w) = self.agents[server].uploads.next(&self.policy) {
+            self.stats.queue_wait += self.now.saturating_sub(w.since) as f64 / NS;
+            self.upload(server, w);
+        }
+    }
+
+    /// A waiter's longest wait is over: it leaves the queue with `Busy`.
+    fn queue_wait_over(&mut self, client: usize, server: usize, req: RequestId) {
+        let Some(w) = self.agents[server].uploads.remove(client, req) else {
+            return;
+        };
+        self.stats.busy += 1;
+        self.stats.queue_timeouts += 1;
+        if let Some(out) = self.agents[client].out.get_mut(&req) {
+            out.queued_at = None;
+        }
+        let back = self.delay(server, client);
+        self.after(
+            back,
+            Ev::Answer {
+                client,
+                req,
+                index: w.index,
+                outcome: Outcome::Busy,
             },
         );
     }
@@ -682,7 +766,7 @@ impl World {
 
     fn sync_request(&mut self, a: usize) -> SyncRequest {
         let layout = self.layout;
-        let load = self.agents[a].uploads as u32;
+        let load = u32::try_from(self.agents[a].uploads.load()).unwrap_or(u32::MAX);
         let ag = &mut self.agents[a];
         ag.info.load = load;
         SyncRequest {
