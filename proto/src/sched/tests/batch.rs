@@ -87,7 +87,7 @@ fn many_peers_over_many_words_complete_from_holders_only() {
         },
     );
     h.ids();
-    let holds = |p: usize, i: usize| (p * 7919 + i * 104_729) % 3 == 0 || i % 70 == p;
+    let holds = |p: usize, i: usize| (p * 7919 + i * 104_729).is_multiple_of(3) || i % 70 == p;
     let hints: Vec<_> = (0..70)
         .map(|p| {
             let have: Vec<usize> = (0..N).filter(|&i| holds(p, i)).collect();
@@ -125,7 +125,7 @@ fn many_peers_over_many_words_complete_from_holders_only() {
             continue;
         }
         let (req, _, _) = out.remove(0);
-        let o = if step % 5 == 0 {
+        let o = if step.is_multiple_of(5) {
             Outcome::Busy
         } else {
             Outcome::Ok
