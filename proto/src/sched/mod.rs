@@ -106,8 +106,12 @@
 //!   drop the scheduler at any time (releasing [`Scheduler::leases`] it still holds).
 //! - One object version per scheduler; sharing chunks across objects (same ChunkId) and
 //!   single-flight across clients are the agent's job.
-//! - Work per input is O(chunks × available peers) per request started; fine for
-//!   objects of thousands of chunks, not tuned for millions.
+//! - Work per input is O(known peers + chunks + available peers × chunks / 64) per
+//!   request started (a bitmap union, not a chunk × peer scan), plus O(known peers +
+//!   chunks) for the timers; fine for objects of thousands of chunks and swarms of
+//!   thousands of peers, not tuned for millions. Feed a tracker reply's hints with one
+//!   [`Scheduler::handle_peers`], not one [`Scheduler::handle_peer`] each: one re-plan,
+//!   not one per hint.
 //!
 //! # Call order
 //!
@@ -115,6 +119,7 @@
 //! let mut s = Scheduler::new(now, layout, SchedConfig::default())?;
 //! s.handle_local(now, i)            // for each chunk already on disk
 //! s.handle_chunk_ids(now, ids)      // whenever the tracker tells us ids
+//! s.handle_peers(now, hints)        // a reply's hints: (peer, proximity, have) each
 //! s.handle_peer(now, peer, proximity, have) / handle_have / handle_peer_gone
 //! s.handle_leases(now, indices)     // tracker grants
 //! s.handle_leased_elsewhere(now, i) // tracker: wanted chunks leased to others
@@ -175,6 +180,7 @@ pub struct Scheduler {
     busy_chunks: usize,
     origin_inflight: usize,
     progress: Progress,
+    scratch: pass::Scratch,
 }
 
 /// Per-chunk state.
@@ -235,7 +241,7 @@ impl Scheduler {
         };
         let cfg = cfg.normalized();
         let mut s = Self {
-            peers: Peers::new(n, cfg.salt),
+            peers: Peers::new(n, cfg.salt, cfg.peer_inflight),
             cfg,
             layout,
             chunks: vec![chunk; n],
@@ -253,6 +259,7 @@ impl Scheduler {
                 chunks: n,
                 ..Progress::default()
             },
+            scratch: pass::Scratch::default(),
         };
         s.pass(now);
         Ok(s)
@@ -299,20 +306,25 @@ impl Scheduler {
         proximity: Proximity,
         have: impl IntoIterator<Item = usize>,
     ) -> Result<(), SchedError> {
-        let slot = self
-            .peers
-            .upsert(peer, proximity, self.cfg.peer_window_start);
+        let res = self.update_peer(peer, proximity, have);
+        self.pass(now);
+        res
+    }
+
+    /// Several peers at once (the hints of one tracker reply), each as by
+    /// [`Scheduler::handle_peer`], then one re-plan: requests are planned knowing all of
+    /// them (one call per peer would send the first requests to whichever peer came
+    /// first), and the re-plan is paid once, not once per peer. The first problem is
+    /// returned; the rest still apply.
+    pub fn handle_peers<H: IntoIterator<Item = usize>>(
+        &mut self,
+        now: Instant,
+        peers: impl IntoIterator<Item = (PeerId, Proximity, H)>,
+    ) -> Result<(), SchedError> {
         let mut res = Ok(());
-        if let Some(p) = self.peers.get_mut(slot)
-            && matches!(p.status, PeerStatus::Active | PeerStatus::Gone)
-        {
-            if p.status == PeerStatus::Gone {
-                p.window = self.cfg.peer_window_start;
-            }
-            p.proximity = proximity;
-            p.status = PeerStatus::Active;
-            self.peers.clear(slot);
-            res = self.add_have(slot, have);
+        for (peer, proximity, have) in peers {
+            let r = self.update_peer(peer, proximity, have);
+            res = res.and(r);
         }
         self.pass(now);
         res
@@ -484,7 +496,7 @@ impl Scheduler {
             let slow = if r.slow { None } else { r.slow_at };
             [slow, r.give_up_at]
         });
-        let peers = self.peers.iter().map(|(_, p)| p.backoff_until);
+        let peers = [self.peers.next_backoff_end()];
         let fb = self.cfg.origin_fallback_after;
         let chunks = self.chunks.iter().filter(|c| !c.done).flat_map(|c| {
             let fallback = match (c.fallback, c.sourceless_since) {
@@ -550,6 +562,31 @@ impl Scheduler {
             index,
             chunks: self.chunks.len(),
         }
+    }
+
+    /// [`Scheduler::handle_peer`] without the re-plan.
+    fn update_peer(
+        &mut self,
+        peer: PeerId,
+        proximity: Proximity,
+        have: impl IntoIterator<Item = usize>,
+    ) -> Result<(), SchedError> {
+        let slot = self
+            .peers
+            .upsert(peer, proximity, self.cfg.peer_window_start);
+        let Some(p) = self.peers.get_mut(slot) else {
+            return Ok(());
+        };
+        if !matches!(p.status, PeerStatus::Active | PeerStatus::Gone) {
+            return Ok(());
+        }
+        if p.status == PeerStatus::Gone {
+            p.window = self.cfg.peer_window_start;
+        }
+        p.proximity = proximity;
+        p.status = PeerStatus::Active;
+        self.peers.clear(slot);
+        self.add_have(slot, have)
     }
 
     fn add_have(

@@ -13,6 +13,20 @@ pub(super) fn later(t: Instant, d: Duration) -> Option<Instant> {
     t.checked_add(d)
 }
 
+/// Buffers the planning step reuses, so that a pass allocates nothing once warm.
+#[derive(Debug, Default)]
+pub(super) struct Scratch {
+    /// Slots of the peers that may take a request now.
+    avail: Vec<usize>,
+    /// Union of their holdings, one bit per chunk.
+    held: Vec<u64>,
+}
+
+/// Whether bit `i` is set in the bitmap `words`.
+fn bit(words: &[u64], i: usize) -> bool {
+    words.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+}
+
 /// Where a stored chunk came from, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Via {
@@ -39,6 +53,8 @@ impl Scheduler {
             let indices = std::mem::take(&mut self.released);
             self.actions.push_back(Action::ReleaseLeases { indices });
         }
+        // `poll_timeout` reads the back-off index.
+        self.peers.settle();
     }
 
     /// Acts on every timer due at `now`, leaving only timers later than `now` armed.
@@ -65,11 +81,7 @@ impl Scheduler {
                 }
             }
         }
-        for p in self.peers.iter_mut() {
-            if p.backoff_until.is_some_and(|t| t <= now) {
-                p.backoff_until = None;
-            }
-        }
+        self.peers.end_backoffs(now);
         let fallback_after = self.cfg.origin_fallback_after;
         for (i, c) in self.chunks.iter_mut().enumerate() {
             if c.done {
@@ -148,27 +160,70 @@ impl Scheduler {
     }
 
     /// First requests for chunks that peers can serve: rarest, then lowest.
+    ///
+    /// Per request started: one look at every peer (which may take a request) and one
+    /// OR of the available peers' bitmaps, then one look at every chunk; never a
+    /// chunk × peer scan.
     fn start_peers(&mut self, now: Instant) {
+        let mut avail = std::mem::take(&mut self.scratch.avail);
+        let mut held = std::mem::take(&mut self.scratch.held);
         while !self.peers_full() {
-            let avail = self.available(now);
+            self.available_into(&mut avail);
+            #[cfg(test)]
+            self.check_available(now, &avail);
             if avail.is_empty() {
                 break;
             }
+            self.peers.union_into(&avail, &mut held);
             let pick = self
                 .chunks
                 .iter()
                 .enumerate()
-                .filter(|(i, c)| {
-                    !c.done && c.reqs.is_empty() && c.id.is_some() && self.any_holds(&avail, *i)
-                })
+                .filter(|(i, c)| !c.done && c.reqs.is_empty() && c.id.is_some() && bit(&held, *i))
                 .min_by_key(|(i, _)| (self.peers.holders(*i), *i))
                 .map(|(i, _)| i);
+            #[cfg(test)]
+            assert_eq!(pick, self.first_pick_by_scan(&avail), "bitmap pick differs");
             let Some(index) = pick else { break };
             let Some(slot) = self.best_peer(&avail, index) else {
                 break;
             };
             self.start(now, index, Source::Peer(slot));
         }
+        self.scratch.avail = avail;
+        self.scratch.held = held;
+    }
+
+    /// [`Self::start_peers`]'s pick the slow way (every chunk against every available
+    /// peer), as it was computed before the bitmap: the tests check both agree.
+    #[cfg(test)]
+    fn first_pick_by_scan(&self, avail: &[usize]) -> Option<usize> {
+        self.chunks
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| {
+                !c.done
+                    && c.reqs.is_empty()
+                    && c.id.is_some()
+                    && avail
+                        .iter()
+                        .any(|&s| self.peers.get(s).is_some_and(|p| p.holds(*i)))
+            })
+            .min_by_key(|(i, _)| (self.peers.holders(*i), *i))
+            .map(|(i, _)| i)
+    }
+
+    /// Whether chunk `c` may get another request now, holders aside: in flight, below
+    /// `max_copies`, and in the endgame or with a slow request.
+    fn may_duplicate(&self, c: &Chunk, endgame: bool) -> bool {
+        !c.done
+            && !c.reqs.is_empty()
+            && c.reqs.len() < self.cfg.max_copies
+            && c.id.is_some()
+            && (endgame
+                || c.reqs
+                    .iter()
+                    .any(|r| self.reqs.get(r).is_some_and(|r| r.slow)))
     }
 
     /// Extra requests for chunks already in flight: in the endgame (every remaining chunk
@@ -176,26 +231,28 @@ impl Scheduler {
     fn start_duplicates(&mut self, now: Instant) {
         let remaining = self.chunks.len() - self.progress.done;
         let endgame = remaining > 0 && self.busy_chunks == remaining;
+        let mut avail = std::mem::take(&mut self.scratch.avail);
+        let mut held = std::mem::take(&mut self.scratch.held);
         while !self.peers_full()
             && self.reqs.len().saturating_sub(self.busy_chunks) < self.cfg.max_duplicates
+            // Most passes have nothing to duplicate: then no peer is looked at.
+            && self.chunks.iter().any(|c| self.may_duplicate(c, endgame))
         {
-            let avail = self.available(now);
+            self.available_into(&mut avail);
+            #[cfg(test)]
+            self.check_available(now, &avail);
             if avail.is_empty() {
                 break;
             }
+            // A chunk no available peer holds needs no look for a holder not yet asked.
+            self.peers.union_into(&avail, &mut held);
             let pick = self
                 .chunks
                 .iter()
                 .enumerate()
                 .filter(|(i, c)| {
-                    !c.done
-                        && !c.reqs.is_empty()
-                        && c.reqs.len() < self.cfg.max_copies
-                        && c.id.is_some()
-                        && (endgame
-                            || c.reqs
-                                .iter()
-                                .any(|r| self.reqs.get(r).is_some_and(|r| r.slow)))
+                    self.may_duplicate(c, endgame)
+                        && bit(&held, *i)
                         && self.best_peer(&avail, *i).is_some()
                 })
                 .min_by_key(|(i, c)| {
@@ -214,6 +271,8 @@ impl Scheduler {
             };
             self.start(now, index, Source::Peer(slot));
         }
+        self.scratch.avail = avail;
+        self.scratch.held = held;
     }
 
     /// Emits `WantLeases` when chunks nobody can serve wait for a source, at most once
@@ -229,21 +288,15 @@ impl Scheduler {
         if max == 0 {
             return;
         }
-        let mut indices: Vec<usize> = self
-            .chunks
-            .iter()
-            .enumerate()
-            .filter(|(i, c)| {
-                !c.done
-                    && c.reqs.is_empty()
-                    && !c.leased
-                    && !c.fallback
-                    && c.no_ask_until.is_none()
-                    && !c.peer_source(self.peers.holders(*i))
-            })
-            .map(|(i, _)| i)
-            .collect();
-        if indices.is_empty() {
+        let askable = |(i, c): &(usize, &Chunk)| {
+            !c.done
+                && c.reqs.is_empty()
+                && !c.leased
+                && !c.fallback
+                && c.no_ask_until.is_none()
+                && !c.peer_source(self.peers.holders(*i))
+        };
+        if !self.chunks.iter().enumerate().any(|e| askable(&e)) {
             return;
         }
         let due = self.lease_freed
@@ -251,7 +304,14 @@ impl Scheduler {
                 .last_lease_ask
                 .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.lease_ask_interval);
         if due {
-            indices.truncate(self.cfg.lease_ask_max);
+            let indices = self
+                .chunks
+                .iter()
+                .enumerate()
+                .filter(askable)
+                .map(|(i, _)| i)
+                .take(self.cfg.lease_ask_max)
+                .collect();
             self.actions.push_back(Action::WantLeases { indices, max });
             self.last_lease_ask = Some(now);
             self.lease_freed = false;
@@ -261,19 +321,28 @@ impl Scheduler {
             .and_then(|t| later(t, self.cfg.lease_ask_interval));
     }
 
-    /// Slots of peers that may take a request now.
-    fn available(&self, now: Instant) -> Vec<usize> {
-        self.peers
+    /// Sets `out` to the slots of peers that may take a request now (after
+    /// [`Self::sweep`]: no back-off due is left), in slot order, from the ready set.
+    fn available_into(&mut self, out: &mut Vec<usize>) {
+        self.peers.ready_into(out);
+    }
+
+    /// The ready set against the scan of every peer it replaced.
+    #[cfg(test)]
+    fn check_available(&self, now: Instant, avail: &[usize]) {
+        let scan: Vec<usize> = self
+            .peers
             .iter()
             .filter(|(_, p)| p.available(now, self.cfg.peer_inflight))
             .map(|(s, _)| s)
-            .collect()
-    }
-
-    fn any_holds(&self, avail: &[usize], index: usize) -> bool {
-        avail
-            .iter()
-            .any(|&s| self.peers.get(s).is_some_and(|p| p.holds(index)))
+            .collect();
+        assert_eq!(avail, scan, "ready set differs from the scan");
+        let next = self.peers.iter().filter_map(|(_, p)| p.backoff_until).min();
+        assert_eq!(
+            self.peers.next_backoff_end(),
+            next,
+            "back-off index differs"
+        );
     }
 
     /// Among `avail`, the best holder of `index` not already asked for it.

@@ -1,9 +1,14 @@
 //! The peers of one download: what each holds, its load and its standing.
 //!
-//! Keeps one invariant the scheduler relies on: `holders(i)` is the number of *active*
-//! peers whose holdings include chunk `i`. Banned, dropped and gone peers hold nothing.
+//! Keeps the invariants the scheduler relies on: `holders(i)` is the number of
+//! *active* peers whose holdings include chunk `i` (banned, dropped and gone peers hold
+//! nothing); and, once [`Peers::settle`] has run after the last [`Peers::get_mut`], the
+//! ready set is exactly the peers [`Peer::ready`] and the back-off index holds every
+//! peer's `backoff_until`. Both indices let a planning step look only at the peers
+//! that can take a request and at the next back-off to end, not at every peer ever
+//! seen (a large swarm hints hundreds).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
 use crate::peer::{PeerId, Proximity};
@@ -56,6 +61,16 @@ pub(super) struct Peers {
     salt: u64,
     /// Active holders per chunk.
     holders: Vec<u32>,
+    /// Most requests in flight to one peer (`peer_inflight`).
+    cap: usize,
+    /// One bit per slot: the peer is [`Peer::ready`].
+    ready: Vec<u64>,
+    /// `(backoff_until, slot)` of every peer backing off.
+    backoffs: BTreeSet<(Instant, usize)>,
+    /// Per slot, the `backoff_until` that `backoffs` holds for it.
+    indexed: Vec<Option<Instant>>,
+    /// Slots handed out by [`Peers::get_mut`] since the last [`Peers::settle`].
+    touched: Vec<usize>,
 }
 
 impl Peer {
@@ -65,7 +80,17 @@ impl Peer {
             .is_some_and(|w| w & (1 << (index % 64)) != 0)
     }
 
-    /// Whether a new request may go to this peer now.
+    /// Whether a new request may go to this peer now: active, below its window and not
+    /// backing off (the planning step ends the back-offs due first).
+    pub fn ready(&self, cap: usize) -> bool {
+        self.status == PeerStatus::Active
+            && self.inflight < cap.min(self.window)
+            && self.backoff_until.is_none()
+    }
+
+    /// [`Peer::ready`] as it was computed before the index, from `now` (the tests
+    /// check both agree).
+    #[cfg(test)]
     pub fn available(&self, now: Instant, cap: usize) -> bool {
         self.status == PeerStatus::Active
             && self.inflight < cap.min(self.window)
@@ -74,12 +99,19 @@ impl Peer {
 }
 
 impl Peers {
-    pub fn new(chunks: usize, salt: u64) -> Self {
+    /// No peers yet, for an object of `chunks` chunks; at most `cap` requests in
+    /// flight per peer.
+    pub fn new(chunks: usize, salt: u64, cap: usize) -> Self {
         Self {
             list: Vec::new(),
             slots: HashMap::new(),
             salt,
             holders: vec![0; chunks],
+            cap,
+            ready: Vec::new(),
+            backoffs: BTreeSet::new(),
+            indexed: Vec::new(),
+            touched: Vec::new(),
         }
     }
 
@@ -91,16 +123,91 @@ impl Peers {
         self.list.get(slot)
     }
 
+    /// The peer in `slot`, to change. The ready set and the back-off index follow at
+    /// the next [`Peers::settle`].
     pub fn get_mut(&mut self, slot: usize) -> Option<&mut Peer> {
-        self.list.get_mut(slot)
+        let p = self.list.get_mut(slot)?;
+        self.touched.push(slot);
+        Some(p)
     }
 
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = (usize, &Peer)> {
         self.list.iter().enumerate()
     }
 
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Peer> {
-        self.list.iter_mut()
+    /// Brings the ready set and the back-off index up to date with the peers changed
+    /// since the last call. O(changed peers × log(peers backing off)).
+    pub fn settle(&mut self) {
+        while let Some(slot) = self.touched.pop() {
+            let Some(p) = self.list.get(slot) else {
+                continue;
+            };
+            let (until, ready) = (p.backoff_until, p.ready(self.cap));
+            if let Some(w) = self.ready.get_mut(slot / 64) {
+                let b = 1 << (slot % 64);
+                *w = if ready { *w | b } else { *w & !b };
+            }
+            if let Some(old) = self.indexed.get_mut(slot)
+                && *old != until
+            {
+                if let Some(t) = old.take() {
+                    self.backoffs.remove(&(t, slot));
+                }
+                if let Some(t) = until {
+                    self.backoffs.insert((t, slot));
+                }
+                *old = until;
+            }
+        }
+    }
+
+    /// Ends every back-off due by `now`.
+    pub fn end_backoffs(&mut self, now: Instant) {
+        self.settle();
+        while let Some(&(t, slot)) = self.backoffs.first()
+            && t <= now
+        {
+            match self.get_mut(slot) {
+                Some(p) => p.backoff_until = None,
+                // Unreachable (the index holds slots of the list); keeps the loop finite.
+                None => {
+                    self.backoffs.pop_first();
+                }
+            }
+            self.settle();
+        }
+    }
+
+    /// When the earliest back-off ends (the index as of the last [`Peers::settle`]).
+    pub fn next_backoff_end(&self) -> Option<Instant> {
+        self.backoffs.first().map(|&(t, _)| t)
+    }
+
+    /// Sets `out` to the slots of the [`Peer::ready`] peers, in slot order.
+    /// O(slots / 64 + ready peers).
+    pub fn ready_into(&mut self, out: &mut Vec<usize>) {
+        self.settle();
+        out.clear();
+        for (w, word) in self.ready.iter().enumerate() {
+            let mut bits = *word;
+            while bits != 0 {
+                out.push(w * 64 + bits.trailing_zeros() as usize);
+                bits &= bits - 1;
+            }
+        }
+    }
+
+    /// Sets `out` to the union of the holdings of `slots`: bit `i % 64` of word
+    /// `i / 64` is set when one of them holds chunk `i`. O(slots × chunks / 64).
+    pub fn union_into(&self, slots: &[usize], out: &mut Vec<u64>) {
+        out.clear();
+        out.resize(self.holders.len().div_ceil(64), 0);
+        for p in slots.iter().filter_map(|&s| self.list.get(s)) {
+            for (o, w) in out.iter_mut().zip(&p.have) {
+                *o |= w;
+            }
+        }
     }
 
     /// Active peers that holds chunk `index`.
@@ -129,6 +236,9 @@ impl Peers {
             epoch: 0,
             have: vec![0; self.holders.len().div_ceil(64)],
         });
+        self.indexed.push(None);
+        self.ready.resize(self.list.len().div_ceil(64), 0);
+        self.touched.push(slot);
         slot
     }
 
@@ -187,7 +297,7 @@ impl Peers {
         if status != PeerStatus::Active {
             self.clear(slot);
         }
-        if let Some(p) = self.list.get_mut(slot) {
+        if let Some(p) = self.get_mut(slot) {
             p.status = status;
         }
     }
@@ -215,7 +325,7 @@ mod tests {
 
     #[test]
     fn holder_counts_follow_status() {
-        let mut ps = Peers::new(130, 0);
+        let mut ps = Peers::new(130, 0, 4);
         let a = ps.upsert(pid("a"), Proximity::SameZone, 1);
         let b = ps.upsert(pid("b"), Proximity::Other, 1);
         assert_eq!(ps.upsert(pid("a"), Proximity::Other, 1), a);
@@ -234,5 +344,21 @@ mod tests {
         assert!(ps.add(a, 0));
         assert_eq!(ps.holders(0), 0, "a banned peer holds nothing");
         assert_eq!(ps.holders(999), 0);
+    }
+
+    #[test]
+    fn union_covers_every_word_of_the_chosen_slots_only() {
+        let mut ps = Peers::new(130, 0, 4);
+        let a = ps.upsert(pid("a"), Proximity::SameZone, 1);
+        let b = ps.upsert(pid("b"), Proximity::SameZone, 1);
+        let c = ps.upsert(pid("c"), Proximity::SameZone, 1);
+        for (slot, i) in [(a, 0), (a, 129), (b, 64), (c, 5)] {
+            assert!(ps.add(slot, i));
+        }
+        let mut out = vec![u64::MAX; 7];
+        ps.union_into(&[a, b, 99], &mut out);
+        assert_eq!(out, [1, 1, 1 << 1]);
+        ps.union_into(&[], &mut out);
+        assert_eq!(out, [0, 0, 0]);
     }
 }

@@ -48,6 +48,8 @@ fn id_for(index: usize, variant: u8) -> ChunkId {
 enum Op {
     Ids(Vec<(usize, u8)>),
     Peer(u8, u8, Vec<usize>),
+    /// Several hints in one `handle_peers`.
+    Peers(Vec<(u8, u8, Vec<usize>)>),
     Have(u8, Vec<usize>),
     Gone(u8),
     Leases(Vec<usize>),
@@ -67,6 +69,7 @@ fn op(n: usize) -> impl Strategy<Value = Op> {
         1 => prop::collection::vec((idx.clone(), prop_oneof![9 => Just(0u8), 1 => 1u8..3]), 0..8)
             .prop_map(Op::Ids),
         1 => (0..PEERS, any::<u8>(), idxs.clone()).prop_map(|(p, x, h)| Op::Peer(p, x, h)),
+        1 => prop::collection::vec((0..PEERS, any::<u8>(), idxs.clone()), 0..4).prop_map(Op::Peers),
         1 => (0..PEERS + 1, idxs.clone()).prop_map(|(p, h)| Op::Have(p, h)),
         1 => (0..PEERS + 1).prop_map(Op::Gone),
         1 => idxs.clone().prop_map(Op::Leases),
@@ -237,6 +240,9 @@ proptest! {
                     let _ = s.handle_chunk_ids(now, v);
                 }
                 Op::Peer(p, x, h) => { let _ = s.handle_peer(now, pid(p), prox(x), h); }
+                Op::Peers(v) => {
+                    let _ = s.handle_peers(now, v.into_iter().map(|(p, x, h)| (pid(p), prox(x), h)));
+                }
                 Op::Have(p, h) => { let _ = s.handle_have(now, &pid(p), h); }
                 Op::Gone(p) => { let _ = s.handle_peer_gone(now, &pid(p)); }
                 Op::Leases(v) => {
