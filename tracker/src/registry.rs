@@ -116,8 +116,9 @@ struct Object {
     ids: HashMap<u32, ChunkId>,
     /// Indices in `ids`, in the order they were first published (cursor positions).
     log: Vec<u32>,
-    /// Who holds which chunks. A sync samples a window of it, at a point that is a
-    /// function of the requester's slot and the epoch (see [`rank`]).
+    /// Who holds which chunks. A sync samples a window of it that starts at the
+    /// requester's own position, or at a point mixed from its slot and the epoch if it
+    /// holds nothing (see `rank::candidates`).
     holders: Holders,
     /// Union of every holder's chunks; recomputed when `held_dirty`.
     held: ChunkBitmap,
