@@ -1,12 +1,10 @@
 //! Filling an object from one streaming origin GET: chunk, hash, hand each chunk to
 //! the fill's readers as it completes, and write it behind (`behind`).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use std::collections::VecDeque;
-
 use hyper::body::Incoming;
-
 use shoal_proto::chunker::seal;
 use shoal_proto::{Chunk, Chunker, ObjectKey, Sha256Digest};
 use tokio::task::JoinHandle;
@@ -56,7 +54,8 @@ async fn run(
         })
     };
     let size = fill.layout.size;
-    let mut chunker = Chunker::new(fill.layout.chunk_size);
+    // Origin frames are joined into chunks in reused, aligned buffers (`store::buffers`).
+    let mut chunker = Chunker::with_buffers(fill.layout.chunk_size, inner.store.buffers());
     // The whole-object sha256, on a thread of its own, fed the chunks in order.
     let sha = digest.map(|_| Whole::start());
     // The last chunk, held back until the end (see `release`).
