@@ -2,7 +2,9 @@
 //!
 //! The chunker never copies when input arrives in pieces that are already chunk-aligned
 //! or larger than a chunk: it slices the incoming [`Bytes`]. It copies only to join
-//! pieces that straddle a chunk boundary.
+//! pieces that straddle a chunk boundary, into a buffer from its [`Buffers`]: a new
+//! allocation per chunk ([`Fresh`]), or one reused (the agent's pool, which also
+//! aligns it for `O_DIRECT` writes).
 
 use bytes::{Bytes, BytesMut};
 
@@ -17,11 +19,46 @@ pub struct Chunk {
     pub bytes: Bytes,
 }
 
+/// Where a [`Chunker`] joins the pieces of a chunk, and how the joined bytes become
+/// [`Bytes`].
+pub trait Buffers {
+    /// A chunk being joined.
+    type Buf;
+    /// An empty buffer for at most `len` bytes.
+    fn take(&mut self, len: usize) -> Self::Buf;
+    /// Appends `data` to `buf` (never past the `len` it was taken for).
+    fn append(&mut self, buf: &mut Self::Buf, data: &[u8]);
+    /// The bytes appended to `buf`.
+    fn freeze(&mut self, buf: Self::Buf) -> Bytes;
+}
+
+/// A new allocation per joined chunk.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fresh;
+
+impl Buffers for Fresh {
+    type Buf = BytesMut;
+
+    fn take(&mut self, len: usize) -> BytesMut {
+        BytesMut::with_capacity(len)
+    }
+
+    fn append(&mut self, buf: &mut BytesMut, data: &[u8]) {
+        buf.extend_from_slice(data);
+    }
+
+    fn freeze(&mut self, buf: BytesMut) -> Bytes {
+        buf.freeze()
+    }
+}
+
 /// Accumulates a stream into chunks of `chunk_size` bytes (the last may be shorter).
 #[derive(Debug)]
-pub struct Chunker {
+pub struct Chunker<B: Buffers = Fresh> {
     chunk_size: usize,
-    buf: BytesMut,
+    buffers: B,
+    /// The chunk being joined and how many bytes it has.
+    buf: Option<(B::Buf, usize)>,
     next_index: usize,
     total: u64,
 }
@@ -29,10 +66,17 @@ pub struct Chunker {
 impl Chunker {
     /// `chunk_size` must be non-zero (see [`crate::manifest::Layout::new`] for bounds).
     pub fn new(chunk_size: u32) -> Self {
-        let chunk_size = (chunk_size as usize).max(1);
+        Self::with_buffers(chunk_size, Fresh)
+    }
+}
+
+impl<B: Buffers> Chunker<B> {
+    /// As [`Chunker::new`], joining pieces in buffers from `buffers`.
+    pub fn with_buffers(chunk_size: u32, buffers: B) -> Self {
         Self {
-            chunk_size,
-            buf: BytesMut::new(),
+            chunk_size: (chunk_size as usize).max(1),
+            buffers,
+            buf: None,
             next_index: 0,
             total: 0,
         }
@@ -58,13 +102,14 @@ impl Chunker {
     pub fn split(&mut self, mut data: Bytes) -> Vec<(usize, Bytes)> {
         self.total += data.len() as u64;
         let mut out = Vec::new();
-        if !self.buf.is_empty() {
-            let need = self.chunk_size - self.buf.len();
-            let take = need.min(data.len());
-            self.buf.extend_from_slice(&data.split_to(take));
-            if self.buf.len() == self.chunk_size {
-                let full = std::mem::take(&mut self.buf).freeze();
+        if let Some((mut buf, have)) = self.buf.take() {
+            let take = (self.chunk_size - have).min(data.len());
+            self.buffers.append(&mut buf, &data.split_to(take));
+            if have + take == self.chunk_size {
+                let full = self.buffers.freeze(buf);
                 out.push(self.next(full));
+            } else {
+                self.buf = Some((buf, have + take));
             }
         }
         while data.len() >= self.chunk_size {
@@ -72,20 +117,17 @@ impl Chunker {
             out.push(self.next(piece));
         }
         if !data.is_empty() {
-            if self.buf.capacity() < self.chunk_size {
-                self.buf.reserve(self.chunk_size);
-            }
-            self.buf.extend_from_slice(&data);
+            let mut buf = self.buffers.take(self.chunk_size);
+            self.buffers.append(&mut buf, &data);
+            self.buf = Some((buf, data.len()));
         }
         out
     }
 
     /// As [`Chunker::finish`], not hashed.
     pub fn finish_split(mut self) -> Option<(usize, Bytes)> {
-        if self.buf.is_empty() {
-            return None;
-        }
-        let rest = std::mem::take(&mut self.buf).freeze();
+        let (buf, _) = self.buf.take()?;
+        let rest = self.buffers.freeze(buf);
         Some(self.next(rest))
     }
 

@@ -18,9 +18,10 @@
 //! from the origin again. So a fill holds at most its share of the budget plus
 //! [`LOOSE`] chunks, and a slow client never slows a fast one.
 //!
-//! Not done here: the BLAKE3 of each chunk is still computed on the fill's task,
-//! before readers see the chunk (the manifest and the memory cache need the id);
-//! swarm fills (`crate::swarm`) store each chunk before releasing it, as before.
+//! Not done here: the BLAKE3 of each chunk is still computed before readers see the
+//! chunk (on blocking threads, `origin_fill`: the manifest and the memory cache need
+//! the id), also for a chunk that will be skipped; swarm fills (`crate::swarm`) store
+//! each chunk before releasing it, as before.
 
 use std::sync::Arc;
 

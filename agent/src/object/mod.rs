@@ -40,6 +40,7 @@ mod policy;
 pub mod read;
 mod stale;
 pub(crate) mod version;
+mod whole;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

@@ -1,17 +1,16 @@
 //! Filling an object from one streaming origin GET: chunk, hash, hand each chunk to
 //! the fill's readers as it completes, and write it behind (`behind`).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use sha2::{Digest, Sha256};
-use std::collections::VecDeque;
-
 use shoal_proto::chunker::seal;
 use shoal_proto::{Chunk, Chunker, ObjectKey, Sha256Digest};
 use tokio::task::JoinHandle;
 
 use super::behind::Behind;
+use super::whole::Whole;
 use super::{Fill, FillError, ObjectCache};
 use crate::metrics::Source;
 use crate::origin::reason::FetchReason;
@@ -55,8 +54,10 @@ async fn run(
         })
     };
     let size = fill.layout.size;
-    let mut chunker = Chunker::new(fill.layout.chunk_size);
-    let mut sha = digest.map(|_| Sha256::new());
+    // Origin frames are joined into chunks in reused, aligned buffers (`store::buffers`).
+    let mut chunker = Chunker::with_buffers(fill.layout.chunk_size, inner.store.buffers());
+    // The whole-object sha256, on a thread of its own, fed the chunks in order.
+    let sha = digest.map(|_| Whole::start());
     // The last chunk, held back until the end (see `release`).
     let mut pending: Option<Chunk> = None;
     // Chunks being hashed on blocking threads while the next ones arrive, in order.
@@ -91,10 +92,10 @@ async fn run(
         }
         let reason = fill.origin.unwrap_or(FetchReason::CacheMode);
         inner.metrics.origin_fetched(reason, data.len() as u64);
-        if let Some(s) = sha.as_mut() {
-            s.update(&data);
-        }
         for piece in chunker.split(data) {
+            if let Some(s) = &sha {
+                s.feed(piece.1.clone()).await?;
+            }
             hashing.push_back(tokio::task::spawn_blocking(move || seal(piece)));
         }
         // Release what is already hashed.
@@ -113,9 +114,13 @@ async fn run(
             chunker.total()
         )));
     }
-    let last = chunker.finish_split().map(seal);
+    let last = chunker.finish_split();
+    if let (Some(s), Some((_, b))) = (&sha, &last) {
+        s.feed(b.clone()).await?;
+    }
+    let last = last.map(seal);
     if let (Some(s), Some(want)) = (sha, digest) {
-        let got = Sha256Digest::from_sha256(s.finalize().into());
+        let got = s.finish().await?;
         if got != *want {
             inner.metrics.verify_failed(Source::Origin);
             return Err(FillError::DigestMismatch {

@@ -136,6 +136,11 @@ impl Layout {
         }
     }
 
+    /// The chunk buffers (shared by every clone).
+    pub(crate) fn buffers(&self) -> &Buffers {
+        &self.buffers
+    }
+
     pub(crate) fn chunk_path(&self, id: &ChunkId) -> PathBuf {
         let hex = id.to_hex();
         self.chunks.join(&hex[..2]).join(hex)
@@ -352,9 +357,10 @@ fn create(path: &Path, direct: bool) -> io::Result<File> {
 }
 
 /// `O_DIRECT` writes: the buffer address, the file offset and the length must be
-/// multiples of the device's logical block size, so the chunk is copied into a
-/// block-aligned, zero-padded buffer, written whole, and the file truncated to the
-/// chunk's length. Buffers are pooled: a fresh 1 MiB allocation per chunk costs page
+/// multiples of the device's logical block size, so a chunk that is not (a short last
+/// chunk, a slice of an origin frame) is copied into a block-aligned, zero-padded
+/// buffer, written whole, and the file truncated to the chunk's length; a full chunk
+/// joined in an aligned buffer (`buffers.rs`) is written as it is. Buffers are pooled: a fresh 1 MiB allocation per chunk costs page
 /// faults that a reused one does not.
 #[cfg(target_os = "linux")]
 mod direct {
@@ -365,8 +371,7 @@ mod direct {
     pub(super) const SUPPORTED: bool = true;
     /// The error a filesystem (or a misaligned request) gives for `O_DIRECT`.
     pub(super) const REFUSED: i32 = libc::EINVAL;
-    /// Covers 512-byte and 4 KiB logical blocks.
-    const ALIGN: usize = 4096;
+    use crate::store::buffers::ALIGN;
     /// Buffers kept for reuse; more concurrent writers allocate and drop their own.
     const POOL_MAX: usize = 4;
     static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
@@ -376,6 +381,10 @@ mod direct {
     }
 
     pub(super) fn write(f: &mut File, bytes: &[u8]) -> io::Result<()> {
+        // A chunk joined in an aligned buffer (`buffers.rs`), of whole blocks: as is.
+        if bytes.as_ptr().align_offset(ALIGN) == 0 && bytes.len().is_multiple_of(ALIGN) {
+            return f.write_all(bytes);
+        }
         let padded = bytes.len().next_multiple_of(ALIGN);
         let mut buf = take(padded + ALIGN);
         let off = buf.as_ptr().align_offset(ALIGN);

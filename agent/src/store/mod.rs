@@ -251,6 +251,12 @@ impl ChunkStore {
                 .is_some_and(|m| m.contains_key(id))
     }
 
+    /// The store's reused chunk buffers: a fill's chunker joins origin frames in them
+    /// (`buffers.rs`).
+    pub(crate) fn buffers(&self) -> buffers::Buffers {
+        self.inner.layout.buffers().clone()
+    }
+
     /// Length of the chunk on disk, if indexed.
     pub fn chunk_len(&self, id: &ChunkId) -> Option<u64> {
         self.index().len_of(id)
