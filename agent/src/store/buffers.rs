@@ -44,7 +44,7 @@ struct Free {
 
 /// A chunk being joined ([`Buffers::take_joined`]): its bytes are `vec[start..]`.
 #[derive(Debug)]
-pub(crate) struct Joined {
+pub struct Joined {
     vec: Vec<u8>,
     start: usize,
 }
