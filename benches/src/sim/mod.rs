@@ -42,9 +42,11 @@
 //! peer is not fed again (see `World::on_sync`). Zero latency is degenerate (every
 //! answer instantaneous, back-offs in lock-step); use a small one.
 //!
-//! Cost: the scheduler re-plans in O(chunks × known peers) per input, so a run costs
-//! about N × chunks × peers; N = 1,000 with a 64-chunk object takes minutes, N =
-//! 10,000 far longer (`swarmsim --object-divisor` shrinks the object).
+//! Cost: every scheduler input re-plans, in O(known peers / 64 + chunks) plus a bitmap
+//! OR over the ready peers per request started, and every tracker sync ranks up to
+//! 256 holders; S4 at N = 1,000 with an 8-chunk object takes about 25 CPU seconds
+//! (docs/benchmarks.md, Swarm simulation; `swarmsim --object-divisor` shrinks the
+//! object).
 
 pub mod net;
 mod upload;

@@ -18,8 +18,28 @@ pub(super) fn later(t: Instant, d: Duration) -> Option<Instant> {
 pub(super) struct Scratch {
     /// Slots of the peers that may take a request now.
     avail: Vec<usize>,
-    /// Union of their holdings, one bit per chunk.
+    /// Union of their holdings (within `want`), one bit per chunk.
     held: Vec<u64>,
+    /// The chunks the current step could start, one bit per chunk.
+    want: Vec<u64>,
+}
+
+/// Sets `out` to one bit per chunk of `chunks`, set where `f` holds.
+fn bitmap_into<'a>(
+    chunks: impl Iterator<Item = (usize, &'a Chunk)>,
+    n: usize,
+    out: &mut Vec<u64>,
+    mut f: impl FnMut(usize, &Chunk) -> bool,
+) {
+    out.clear();
+    out.resize(n.div_ceil(64), 0);
+    for (i, c) in chunks {
+        if f(i, c)
+            && let Some(w) = out.get_mut(i / 64)
+        {
+            *w |= 1 << (i % 64);
+        }
+    }
 }
 
 /// Whether bit `i` is set in the bitmap `words`.
@@ -167,6 +187,7 @@ impl Scheduler {
     fn start_peers(&mut self, now: Instant) {
         let mut avail = std::mem::take(&mut self.scratch.avail);
         let mut held = std::mem::take(&mut self.scratch.held);
+        let mut want = std::mem::take(&mut self.scratch.want);
         while !self.peers_full() {
             self.available_into(&mut avail);
             #[cfg(test)]
@@ -174,7 +195,11 @@ impl Scheduler {
             if avail.is_empty() {
                 break;
             }
-            self.peers.union_into(&avail, &mut held);
+            let n = self.chunks.len();
+            bitmap_into(self.chunks.iter().enumerate(), n, &mut want, |_, c| {
+                !c.done && c.reqs.is_empty() && c.id.is_some()
+            });
+            self.peers.union_into(&avail, &want, &mut held);
             let pick = self
                 .chunks
                 .iter()
@@ -192,6 +217,7 @@ impl Scheduler {
         }
         self.scratch.avail = avail;
         self.scratch.held = held;
+        self.scratch.want = want;
     }
 
     /// [`Self::start_peers`]'s pick the slow way (every chunk against every available
@@ -233,6 +259,7 @@ impl Scheduler {
         let endgame = remaining > 0 && self.busy_chunks == remaining;
         let mut avail = std::mem::take(&mut self.scratch.avail);
         let mut held = std::mem::take(&mut self.scratch.held);
+        let mut want = std::mem::take(&mut self.scratch.want);
         while !self.peers_full()
             && self.reqs.len().saturating_sub(self.busy_chunks) < self.cfg.max_duplicates
             // Most passes have nothing to duplicate: then no peer is looked at.
@@ -245,7 +272,11 @@ impl Scheduler {
                 break;
             }
             // A chunk no available peer holds needs no look for a holder not yet asked.
-            self.peers.union_into(&avail, &mut held);
+            let n = self.chunks.len();
+            bitmap_into(self.chunks.iter().enumerate(), n, &mut want, |_, c| {
+                self.may_duplicate(c, endgame)
+            });
+            self.peers.union_into(&avail, &want, &mut held);
             let pick = self
                 .chunks
                 .iter()
@@ -273,6 +304,7 @@ impl Scheduler {
         }
         self.scratch.avail = avail;
         self.scratch.held = held;
+        self.scratch.want = want;
     }
 
     /// Emits `WantLeases` when chunks nobody can serve wait for a source, at most once

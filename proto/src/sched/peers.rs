@@ -198,14 +198,24 @@ impl Peers {
         }
     }
 
-    /// Sets `out` to the union of the holdings of `slots`: bit `i % 64` of word
-    /// `i / 64` is set when one of them holds chunk `i`. O(slots × chunks / 64).
-    pub fn union_into(&self, slots: &[usize], out: &mut Vec<u64>) {
+    /// Sets `out` to the union of the holdings of `slots` within `mask`: bit `i % 64`
+    /// of word `i / 64` is set when chunk `i` is in `mask` and one of them holds it.
+    /// Stops at the first slot after which every chunk of `mask` is covered (an empty
+    /// mask looks at no peer). O(slots × chunks / 64) at worst.
+    pub fn union_into(&self, slots: &[usize], mask: &[u64], out: &mut Vec<u64>) {
         out.clear();
         out.resize(self.holders.len().div_ceil(64), 0);
+        if mask.iter().all(|&m| m == 0) {
+            return;
+        }
         for p in slots.iter().filter_map(|&s| self.list.get(s)) {
-            for (o, w) in out.iter_mut().zip(&p.have) {
-                *o |= w;
+            let mut covered = true;
+            for ((o, w), m) in out.iter_mut().zip(&p.have).zip(mask) {
+                *o |= w & m;
+                covered &= *o == *m;
+            }
+            if covered {
+                break;
             }
         }
     }
@@ -355,10 +365,16 @@ mod tests {
         for (slot, i) in [(a, 0), (a, 129), (b, 64), (c, 5)] {
             assert!(ps.add(slot, i));
         }
+        let all = [u64::MAX; 3];
         let mut out = vec![u64::MAX; 7];
-        ps.union_into(&[a, b, 99], &mut out);
+        ps.union_into(&[a, b, 99], &all, &mut out);
         assert_eq!(out, [1, 1, 1 << 1]);
-        ps.union_into(&[], &mut out);
+        ps.union_into(&[], &all, &mut out);
+        assert_eq!(out, [0, 0, 0]);
+        // Within a mask; an empty mask looks at nobody.
+        ps.union_into(&[a, b, c], &[1 << 5 | 1, 0, 0], &mut out);
+        assert_eq!(out, [1 << 5 | 1, 0, 0]);
+        ps.union_into(&[a, b, c], &[0, 0, 0], &mut out);
         assert_eq!(out, [0, 0, 0]);
     }
 }
