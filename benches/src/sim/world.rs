@@ -680,6 +680,18 @@ impl World {
                 }
             }
         };
+        self.reply(server, client, req, index, outcome);
+    }
+
+    /// `server`'s answer reaches `client` after their one-way delay.
+    fn reply(
+        &mut self,
+        server: usize,
+        client: usize,
+        req: RequestId,
+        index: usize,
+        outcome: Outcome,
+    ) {
         let back = self.delay(server, client);
         self.after(
             back,
@@ -731,16 +743,7 @@ impl World {
         if let Some(out) = self.agents[client].out.get_mut(&req) {
             out.queued_at = None;
         }
-        let back = self.delay(server, client);
-        self.after(
-            back,
-            Ev::Answer {
-                client,
-                req,
-                index: w.index,
-                outcome: Outcome::Busy,
-            },
-        );
+        self.reply(server, client, req, w.index, Outcome::Busy);
     }
 
     fn answer(&mut self, a: usize, req: RequestId, index: usize, outcome: Outcome) {
