@@ -25,7 +25,8 @@
 //!   send window 32 MiB. That bounds what one peer can make us buffer to 32 MiB.
 //! - **Socket buffers.** 4 MiB send/receive socket buffers (Linux caps them at
 //!   `net.core.{r,w}mem_max`), so a burst at line rate is not dropped by the kernel.
-//! - **Streams.** The server allows `max_uploads_per_peer + upload_queue_per_peer + 16`
+//! - **Streams.** The server allows `max_uploads_per_peer + 16` (plus
+//!   `upload_queue_per_peer` when `upload_queue` is on)
 //!   concurrent streams per connection, so a requester over its share gets a quick
 //!   `busy` (or a place in the upload queue) rather than queueing inside QUIC; the client side allows none (we never serve on connections we dial).
 //!   No unidirectional streams, no datagrams, no keep-alive (idle pooled connections
@@ -69,14 +70,16 @@ pub(super) fn endpoint(
     let client_tls = QuicClientConfig::try_from(identity.client_config(&[ALPN])?).map_err(quic)?;
 
     let limits = &options.limits;
-    let streams = u32::try_from(
-        limits
-            .max_uploads_per_peer
-            .saturating_add(limits.upload_queue_per_peer),
-    )
-    .unwrap_or(u32::MAX)
-    .saturating_add(STREAM_HEADROOM)
-    .min(MAX_STREAMS);
+    // A peer's places in the upload queue exist only when there is a queue.
+    let queued = if limits.upload_queue > 0 {
+        limits.upload_queue_per_peer
+    } else {
+        0
+    };
+    let streams = u32::try_from(limits.max_uploads_per_peer.saturating_add(queued))
+        .unwrap_or(u32::MAX)
+        .saturating_add(STREAM_HEADROOM)
+        .min(MAX_STREAMS);
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
     server.transport_config(Arc::new(transport(options, VarInt::from_u32(streams))));
     let mut client = quinn::ClientConfig::new(Arc::new(client_tls));

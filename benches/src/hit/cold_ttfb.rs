@@ -22,7 +22,7 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use serde::Serialize;
 
-use super::load::{Target, connect};
+use super::load::{Target, connect, request};
 use super::report::percentile;
 
 /// Bytes of the file behind every `/ttfb-N`: two default chunks.
@@ -111,9 +111,7 @@ pub async fn measure(
 /// starts) to its first body byte; the whole body is read and its length checked.
 async fn first_body_byte(t: &Target) -> Result<f64> {
     let mut send = connect(t).await?;
-    let req = http::Request::get(t.uri.clone())
-        .header(http::header::HOST, &t.host)
-        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let req = request(t, None)?;
     let t0 = Instant::now();
     let resp = send.send_request(req).await?;
     ensure!(

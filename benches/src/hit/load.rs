@@ -78,7 +78,7 @@ pub async fn connect(t: &Target) -> Result<SendRequest<Empty<Bytes>>> {
     Ok(send)
 }
 
-fn request(t: &Target, range: Option<&str>) -> Result<Request<Empty<Bytes>>> {
+pub(crate) fn request(t: &Target, range: Option<&str>) -> Result<Request<Empty<Bytes>>> {
     let mut b = Request::get(t.uri.clone()).header(HOST, &t.host);
     if let Some(r) = range {
         b = b.header(RANGE, r);
