@@ -116,19 +116,25 @@ pub const FORWARDED: [HeaderName; 17] = [
 /// This agent's product token, appended to the client's `User-Agent`.
 pub const AGENT_TOKEN: &str = concat!("shoal/", env!("CARGO_PKG_VERSION"));
 
+/// This agent's `Via` entry (RFC 9110 §7.6.3): protocol version and pseudonym, no
+/// host name (the node's name is not the origin's business).
+pub const VIA: &str = "1.1 shoal";
+
 /// The headers of `h` that may go to an origin: those in [`FORWARDED`] that no
-/// `Connection` header names as hop-by-hop, with `User-Agent` set by [`user_agent`].
+/// `Connection` header names as hop-by-hop, with `User-Agent` set by [`user_agent`],
+/// and any `Via` the client sent followed by [`VIA`].
 pub fn end_to_end(h: &HeaderMap) -> HeaderMap {
     let mut hop = h.clone();
     strip_hop_by_hop(&mut hop);
     let mut out = HeaderMap::new();
-    for name in &FORWARDED {
+    for name in FORWARDED.iter().chain([&header::VIA]) {
         for v in hop.get_all(name) {
             out.append(name.clone(), v.clone());
         }
     }
     let ua = user_agent(out.get(header::USER_AGENT));
     out.insert(header::USER_AGENT, ua);
+    out.append(header::VIA, HeaderValue::from_static(VIA));
     out
 }
 
@@ -417,12 +423,18 @@ mod tests {
             ("authorization", "Bearer t"),
             ("range", "bytes=0-1"),
             ("user-agent", "curl/8.5.0"),
+            ("via", "1.0 squid"),
         ] {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
         let out = end_to_end(&h);
         let names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["accept", "authorization", "range", "user-agent"]);
+        assert_eq!(
+            names,
+            ["accept", "authorization", "range", "user-agent", "via"]
+        );
+        let via: Vec<_> = out.get_all(header::VIA).iter().collect();
+        assert_eq!(via, ["1.0 squid", VIA]);
         assert_eq!(out.get_all(header::ACCEPT).iter().count(), 2);
         assert_eq!(
             out[header::USER_AGENT],

@@ -446,6 +446,18 @@ async fn semantics_table_cold_and_warm() {
                 if served && reply.header("x-shoal-cache") != Some("hit") {
                     errors.push(format!("warm {:?}: not a cache hit", r.name));
                 }
+                // RFC 9111 §4: a stored response carries `Age`; RFC 9110 §7.6.3: `Via`.
+                if served
+                    && reply
+                        .header("age")
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .is_none()
+                {
+                    errors.push(format!("warm {:?}: no Age on a hit", r.name));
+                }
+                if reply.header("via") != Some("1.1 shoal") {
+                    errors.push(format!("warm {:?}: Via {:?}", r.name, reply.header("via")));
+                }
             }
             Err(e) => errors.push(format!("warm {:?}: {e}", r.name)),
         }

@@ -246,7 +246,12 @@ async fn request_content_never_desyncs_the_origin_connection() {
         .map(|(k, _)| k.to_ascii_lowercase())
         .collect();
     names.sort();
-    assert_eq!(names, ["accept", "cookie", "host", "user-agent"], "{hdr:?}");
+    assert_eq!(
+        names,
+        ["accept", "cookie", "host", "user-agent", "via"],
+        "{hdr:?}"
+    );
+    assert_eq!(hdr[0].all("via"), ["1.1 shoal"], "{hdr:?}");
     for h in &heads {
         assert_eq!(h.all("host").len(), 1, "{h:?}");
         assert!(h.all("content-length").is_empty(), "{h:?}");

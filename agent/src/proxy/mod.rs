@@ -172,6 +172,9 @@ impl Proxy {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        // RFC 9110 §7.6.3: a proxy adds itself to `Via` (after the origin's entries).
+        resp.headers_mut()
+            .append(header::VIA, HeaderValue::from_static(crate::origin::VIA));
         self.metrics
             .requests
             .with_label_values(&[mode, resp.status().as_str()])

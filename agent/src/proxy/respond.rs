@@ -213,7 +213,12 @@ pub fn respond(
         Serve::Fill(_) => "miss",
     };
     h.insert("x-shoal-cache", HeaderValue::from_static(state));
-    match preconditions(req, s.repr(), SystemTime::now()) {
+    let now = SystemTime::now();
+    if let Serve::Object(m) = &s {
+        // RFC 9111 §4: a stored response used without validation carries its age.
+        h.insert(header::AGE, HeaderValue::from(m.age_secs(now)));
+    }
+    match preconditions(req, s.repr(), now) {
         Precondition::Proceed => {}
         Precondition::Failed => {
             let mut r = error(StatusCode::PRECONDITION_FAILED, "precondition failed");
