@@ -117,15 +117,18 @@ pub struct CacheConfig {
     /// Chunk size for new object versions. Default `1MiB` (see docs/benchmarks.md).
     /// Bounds: 16KiB..=16MiB.
     pub chunk_size: ByteSize,
-    /// How long a cached object is served without asking the origin again. Default `60s`.
-    /// Digest-named (immutable) URLs are never revalidated.
+    /// How long a cached object is served without asking the origin again when the
+    /// origin's `Cache-Control` gives no lifetime of its own (RFC 9111 §4.2.1:
+    /// `s-maxage`, else `max-age`, wins either way; `no-cache` means every request is
+    /// revalidated; `Expires` is not read). Default `60s`. Digest-named (immutable)
+    /// URLs are never revalidated.
     #[serde(with = "humantime_serde")]
     pub freshness: Duration,
     /// Stale-if-error (RFC 5861): when revalidating a stale object gets a 5xx, a
     /// timeout or a refused connection, the stale copy is served (with `Age`) for up
     /// to this long past its freshness; the origin's `Cache-Control:
-    /// stale-if-error=N` overrides it, `must-revalidate`/`proxy-revalidate`/`no-cache`
-    /// forbid it. Default `5m`; `0s` turns it off. Raise it to ride out long origin
+    /// stale-if-error=N` overrides it, `must-revalidate`/`proxy-revalidate`/`no-cache`/
+    /// `s-maxage` forbid it. Default `5m`; `0s` turns it off. Raise it to ride out long origin
     /// outages with content that may be out of date.
     #[serde(with = "humantime_serde")]
     pub stale_if_error: Duration,

@@ -199,6 +199,7 @@ impl ObjectCache {
             // Same version as cached: the HEAD revalidated it.
             let mut m = ObjectMeta::clone(m);
             m.validated_at_ms = meta::unix_ms(SystemTime::now());
+            m.repr.refresh(resp.headers());
             let m = Arc::new(m);
             self.remember(m.clone()).await;
             return Ok(Lookup::Object(m));
@@ -253,6 +254,7 @@ impl ObjectCache {
         {
             let mut m = (*m).clone();
             m.validated_at_ms = meta::unix_ms(SystemTime::now());
+            m.repr.refresh(resp.headers());
             let m = Arc::new(m);
             self.remember(m.clone()).await;
             return Ok(Lookup::Object(m));

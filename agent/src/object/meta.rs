@@ -8,6 +8,8 @@ use http::header::{self, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use shoal_proto::{Manifest, Sha256Digest};
 
+use super::cache_control::Directives;
+
 /// Origin response headers that describe the bytes and are replayed on hits.
 const REPLAYED: [&str; 6] = [
     "content-type",
@@ -59,6 +61,24 @@ impl Repr {
         }
     }
 
+    /// Takes the `Cache-Control` of a response that revalidated this version (a
+    /// `304`, or the swarm's `HEAD`), when it has one (RFC 9111 §4.3.4: the stored
+    /// headers are updated from the validating response).
+    pub fn refresh(&mut self, h: &HeaderMap) {
+        let fresh: Vec<_> = h
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        self.headers
+            .retain(|(n, _)| !n.eq_ignore_ascii_case("cache-control"));
+        self.headers
+            .push(("cache-control".to_owned(), fresh.join(", ")));
+    }
+
     /// Writes validators and replayed headers into `h`.
     pub fn apply(&self, h: &mut HeaderMap) {
         for (n, v) in &self.headers {
@@ -90,12 +110,24 @@ impl ObjectMeta {
         self.immutable || self.manifest.key.is_immutable()
     }
 
-    /// Whether this version may be served without asking the origin.
+    /// How long after validation this version may be served without asking the
+    /// origin: the lifetime its `Cache-Control` gives (`no-cache`: zero, else
+    /// `s-maxage`, else `max-age`), or `freshness` (`cache.freshness`) when it gives
+    /// none.
+    pub fn lifetime(&self, freshness: Duration) -> Duration {
+        Directives::parse(&self.repr.headers)
+            .lifetime()
+            .unwrap_or(freshness)
+    }
+
+    /// Whether this version may be served without asking the origin: immutable, or
+    /// validated less than [`lifetime`](Self::lifetime) ago.
     pub fn is_fresh(&self, now: SystemTime, freshness: Duration) -> bool {
         if self.is_immutable() {
             return true;
         }
-        unix_ms(now).saturating_sub(self.validated_at_ms) < freshness.as_millis() as u64
+        let life = self.lifetime(freshness).as_millis();
+        u128::from(unix_ms(now).saturating_sub(self.validated_at_ms)) < life
     }
 }
 

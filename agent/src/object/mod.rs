@@ -30,6 +30,7 @@
 
 mod ahead;
 mod behind;
+mod cache_control;
 pub mod error;
 pub mod fill;
 mod flight;

@@ -2,11 +2,12 @@
 //! side (a 5xx, a timeout, a refused or broken connection), the stale copy is served
 //! for a while instead of the error.
 //!
-//! The window is counted from the end of freshness (`validated_at + cache.freshness`)
+//! The window is counted from the end of freshness (`validated_at` + the origin's
+//! lifetime or `cache.freshness`, [`ObjectMeta::lifetime`])
 //! and is `cache.stale_if_error`, or the origin's own `Cache-Control:
 //! stale-if-error=N` when the stored response carried one. `cache.stale_if_error =
 //! 0s` turns the feature off whatever the origin says. Never served stale: responses
-//! the origin marked `must-revalidate`, `proxy-revalidate` or `no-cache`.
+//! the origin marked `must-revalidate`, `proxy-revalidate`, `s-maxage` or `no-cache`.
 //!
 //! Non-goals: the client's own `max-stale` / `stale-if-error` request directives are
 //! not read (a client's `no-cache` or `max-age=0` asks for revalidation, which was
@@ -18,17 +19,9 @@ use std::time::{Duration, SystemTime};
 use http::StatusCode;
 
 use super::ObjectMeta;
+use super::cache_control::Directives;
 use super::meta::unix_ms;
 use crate::origin::OriginError;
-
-/// What the stored `Cache-Control` allows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Directives {
-    /// `must-revalidate`, `proxy-revalidate` or `no-cache`.
-    forbidden: bool,
-    /// `stale-if-error=N`, seconds.
-    window: Option<u64>,
-}
 
 /// Why revalidation failed in a way that may be answered from the stale copy.
 #[derive(Debug)]
@@ -78,44 +71,18 @@ impl ObjectMeta {
         if window.is_zero() || !failure.is_origin_fault() {
             return false;
         }
-        let d = directives(&self.repr.headers);
-        if d.forbidden {
+        let d = Directives::parse(&self.repr.headers);
+        if d.forbids_stale() {
             return false;
         }
         let window_ms = d
-            .window
+            .stale_if_error
             .map_or(window.as_millis() as u64, |s| s.saturating_mul(1000));
         let stale_since = self
             .validated_at_ms
-            .saturating_add(freshness.as_millis() as u64);
+            .saturating_add(self.lifetime(freshness).as_millis() as u64);
         unix_ms(now).saturating_sub(stale_since) <= window_ms
     }
-}
-
-/// Reads the stored `Cache-Control` header(s).
-fn directives(headers: &[(String, String)]) -> Directives {
-    let mut d = Directives::default();
-    let values = headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("cache-control"))
-        .flat_map(|(_, v)| v.split(','));
-    for dir in values {
-        let (name, arg) = match dir.split_once('=') {
-            Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
-            None => (dir.trim(), None),
-        };
-        let name = name.to_ascii_lowercase();
-        match name.as_str() {
-            "must-revalidate" | "proxy-revalidate" | "no-cache" => d.forbidden = true,
-            "stale-if-error" => {
-                if let Some(n) = arg.and_then(|a| a.parse::<u64>().ok()) {
-                    d.window = Some(n);
-                }
-            }
-            _ => {}
-        }
-    }
-    d
 }
 
 #[cfg(test)]
