@@ -107,6 +107,7 @@ impl Agent {
             freshness: cfg.cache.freshness,
             stale_if_error: cfg.cache.stale_if_error,
             fill_buffer: cfg.cache.fill_buffer.as_u64(),
+            read_buffer: cfg.cache.read_buffer.as_u64(),
         };
         let ready = Ready::with_store(store.clone())
             .with_wiring(crate::containerd::Wiring::for_ready(&cfg));

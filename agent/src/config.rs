@@ -89,6 +89,12 @@ pub struct ProxyConfig {
     /// A tunnel is closed after this long whatever it carries. Default `1h`.
     #[serde(with = "humantime_serde")]
     pub tunnel_max_lifetime: Duration,
+    /// A client connection whose socket takes no bytes for this long while the
+    /// agent has some to send is closed (as nginx's `send_timeout`): a client that
+    /// stops reading does not hold its response's buffers (`cache.read_buffer`)
+    /// forever. Default `60s`. Counts for `CONNECT` tunnels too.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
 }
 
 /// The admin listener: `/metrics`, `/live`, `/ready`.
@@ -151,6 +157,13 @@ pub struct CacheConfig {
     /// only when the window ends) is in docs/architecture.md ("Verification proofs").
     #[serde(with = "humantime_serde")]
     pub verify_window: Duration,
+    /// Chunk bytes that responses, together, may hold between reading them (from the
+    /// memory cache, disk, a fill or a repair) and the client's socket taking them:
+    /// each response reads a few chunks ahead within this budget, and past it waits
+    /// for a slow client's bytes to drain. It bounds the memory of many slow clients
+    /// (docs/operations.md's formula); too small a budget for many fast streams costs
+    /// hit throughput. Default `32MiB`; at least one chunk.
+    pub read_buffer: ByteSize,
 }
 
 /// Which origins may be fetched from.
@@ -443,6 +456,7 @@ impl Default for ProxyConfig {
             max_tunnels: 256,
             tunnel_idle_timeout: Duration::from_secs(300),
             tunnel_max_lifetime: Duration::from_secs(3600),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -468,6 +482,7 @@ impl Default for CacheConfig {
             stale_if_error: Duration::from_secs(300),
             fill_buffer: ByteSize::mib(32),
             verify_window: Duration::ZERO,
+            read_buffer: ByteSize::mib(32),
         }
     }
 }
@@ -598,8 +613,9 @@ impl Config {
         if p.header_read_timeout_under_pressure.is_zero()
             || p.tunnel_idle_timeout.is_zero()
             || p.tunnel_max_lifetime.is_zero()
+            || p.send_timeout.is_zero()
         {
-            return bad("proxy.header_read_timeout_under_pressure, proxy.tunnel_idle_timeout and proxy.tunnel_max_lifetime must be above zero".into());
+            return bad("proxy.header_read_timeout_under_pressure, proxy.tunnel_idle_timeout, proxy.tunnel_max_lifetime and proxy.send_timeout must be above zero".into());
         }
         for r in &self.rules {
             if let Err(e) = regex::Regex::new(&r.pattern) {
@@ -695,6 +711,7 @@ mod tests {
         assert_eq!(c.cache.stale_if_error, Duration::from_secs(300));
         assert_eq!(c.cache.fill_buffer, ByteSize::mib(32));
         assert_eq!(c.cache.verify_window, Duration::ZERO);
+        assert_eq!(c.cache.read_buffer, ByteSize::mib(32));
     }
 
     /// The commented registry mirror example in configs/agent.toml parses, with the

@@ -42,7 +42,9 @@ use Reach::{EmbedsV4, Global, Refused};
 pub enum EgressDenied {
     #[error("egress refused: host {0:?} is not in egress.allow_hosts")]
     Host(String),
-    #[error("egress refused: {ip} is in a refused range ({class} address; allow it with egress.allow_cidrs)")]
+    #[error(
+        "egress refused: {ip} is in a refused range ({class} address; allow it with egress.allow_cidrs)"
+    )]
     Address { ip: IpAddr, class: &'static str },
     #[error("egress refused: {0:?} resolved to no allowed address")]
     NoAllowedAddress(String),

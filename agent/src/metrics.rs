@@ -137,6 +137,12 @@ pub struct Metrics {
     /// hashing them again, under a proof of their last verification that the file's
     /// `fstat` still matches (`cache.verify_window`; 0 when it is off).
     pub cache_reads_proved: IntCounter,
+    /// `shoal_cache_read_buffer_bytes`: chunk bytes responses hold read ahead of
+    /// their clients (at most `cache.read_buffer` plus one chunk per response).
+    pub cache_read_buffer_bytes: IntGauge,
+    /// `shoal_cache_read_buffer_waits_total`: chunk reads that waited for room in
+    /// `cache.read_buffer` (clients slower than the agent, or many streams).
+    pub cache_read_buffer_waits: IntCounter,
     /// `shoal_peer_uploads_queued_total`: peer chunk requests that found every upload
     /// slot taken and waited in the upload queue (`peer.upload_queue`).
     pub uploads_queued: IntCounter,
@@ -323,6 +329,14 @@ impl Metrics {
             cache_reads_proved: counter(
                 "shoal_cache_reads_proved_total",
                 "Chunks read from disk and served under a verification proof, not re-hashed.",
+            ),
+            cache_read_buffer_bytes: gauge(
+                "shoal_cache_read_buffer_bytes",
+                "Chunk bytes responses hold read ahead of their clients.",
+            ),
+            cache_read_buffer_waits: counter(
+                "shoal_cache_read_buffer_waits_total",
+                "Chunk reads that waited for room in cache.read_buffer.",
             ),
             uploads_queued: counter(
                 "shoal_peer_uploads_queued_total",

@@ -80,7 +80,7 @@ impl Budget {
         u32::try_from(u).unwrap_or(u32::MAX).min(self.total)
     }
 
-    fn try_take(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+    pub(super) fn try_take(&self, len: usize) -> Option<OwnedSemaphorePermit> {
         self.sem
             .clone()
             .try_acquire_many_owned(self.units(len))
@@ -88,7 +88,7 @@ impl Budget {
     }
 
     /// Waits for room; `None` only if the semaphore were closed (it never is).
-    async fn take(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+    pub(super) async fn take(&self, len: usize) -> Option<OwnedSemaphorePermit> {
         self.sem
             .clone()
             .acquire_many_owned(self.units(len))

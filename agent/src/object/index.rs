@@ -36,6 +36,10 @@ impl ObjectCache {
         }
         tracing::info!(objects = objects.len(), "object index loaded");
         let fill_budget = super::behind::Budget::new(settings.fill_buffer, settings.chunk_size);
+        let read_budget = super::budget::ReadBudget::new(
+            super::behind::Budget::new(settings.read_buffer, settings.chunk_size),
+            &metrics,
+        );
         let inner = Inner {
             store,
             meta,
@@ -46,6 +50,7 @@ impl ObjectCache {
             flights: Mutex::new(HashMap::new()),
             swarm,
             fill_budget,
+            read_budget,
             writers: tokio::sync::watch::Sender::new(0),
         };
         Self {

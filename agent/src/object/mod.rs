@@ -30,6 +30,7 @@
 
 mod ahead;
 mod behind;
+pub(crate) mod budget;
 mod cache_control;
 pub mod error;
 pub mod fill;
@@ -74,6 +75,9 @@ pub struct CacheSettings {
     pub stale_if_error: Duration,
     /// Chunk bytes all origin fills may queue for the disk (`cache.fill_buffer`).
     pub fill_buffer: u64,
+    /// Chunk bytes all responses may hold read ahead of their clients
+    /// (`cache.read_buffer`, [`budget::ReadBudget`]).
+    pub read_buffer: u64,
 }
 
 /// What one client GET wants.
@@ -176,6 +180,8 @@ pub(crate) struct Inner {
     swarm: Option<Arc<crate::swarm::Swarm>>,
     /// Bytes origin fills may queue for the disk (`behind`).
     pub(crate) fill_budget: behind::Budget,
+    /// Bytes responses may hold read ahead (`read`).
+    pub(crate) read_budget: budget::ReadBudget,
     /// Write-behind writer tasks still running (`behind`), for a shutdown to drain.
     pub(crate) writers: tokio::sync::watch::Sender<usize>,
 }

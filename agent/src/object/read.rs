@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 use shoal_proto::{ByteRange, ChunkId, Layout};
 use tokio::sync::mpsc;
 
+use super::budget::Holder;
 use super::version::{self, Changed};
 use super::{Fill, FillError, ObjectCache, ObjectMeta, Repr};
 use crate::metrics::Source;
@@ -322,14 +323,26 @@ impl ObjectCache {
             Serve::Fill(f) => Some(f.reader()),
             Serve::Object(_) => None,
         };
+        // Read-ahead within `cache.read_buffer` (`budget`): a share is taken once the
+        // chunk can be read (a fill's chunk is there), so waiting for a slow fill
+        // holds none.
+        let holder = Arc::new(Holder::default());
         let reads = futures_util::stream::iter(chunks)
             .map(|i| {
-                let (this, s) = (this.clone(), s.clone());
-                async move { (i, this.read_chunk(&s, i).await) }
+                let (this, s, holder) = (this.clone(), s.clone(), holder.clone());
+                async move {
+                    if let Serve::Fill(f) = &s {
+                        let _ = f.wait(i).await;
+                    }
+                    let b = layout.chunk_bounds(i);
+                    let len = (b.end - b.start) as usize;
+                    let share = this.inner.read_budget.take(&holder, len).await;
+                    (i, this.read_chunk(&s, i).await, share)
+                }
             })
             .buffered(READ_AHEAD);
         futures_util::pin_mut!(reads);
-        while let Some((i, r)) = reads.next().await {
+        while let Some((i, r, share)) = reads.next().await {
             let frame = match r {
                 Ok((bytes, source)) => {
                     let b = layout.chunk_bounds(i);
@@ -342,7 +355,7 @@ impl ObjectCache {
                         )))
                     } else {
                         this.inner.metrics.served(source, (hi - lo) as u64);
-                        Ok(Frame::data(bytes.slice(lo..hi)))
+                        Ok(Frame::data(share.charge(bytes.slice(lo..hi))))
                     }
                 }
                 Err(e) => {

@@ -106,8 +106,11 @@ pub async fn serve(
                 }
             })
         };
+        // A client that stops reading is closed after `send_timeout`.
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(cfg.send_timeout));
         let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
+            .serve_connection(TokioIo::new(Box::pin(stream)), svc)
             .with_upgrades();
         let mut closing = closing.subscribe();
         tasks.spawn(async move {
