@@ -7,11 +7,13 @@
 //! the fill, which is about to have them. The request asks for exactly the client's
 //! range with `If-Range` and is checked like a chunk repair ([`super::version`]):
 //! the answer must be a `206` of exactly that range of the same complete length with
-//! the version's validator; anything else is the object changed, and the client's
-//! response is cut (a reset, never wrong bytes). The bytes stream to the client as
-//! they arrive. When the fill's frontier passes the client's position (a slow
-//! client, a fast fill), the origin request is dropped and the rest is read from the
-//! fill, whose chunks are verified.
+//! the version's validator. Any other answer (a `200` from an origin that ignores
+//! `Range`, the object changed, a short body, a refused connection) is not relayed:
+//! the response goes on from the fill at the byte it reached, so the client waits
+//! for the fill as it would have without this request, and never gets wrong bytes.
+//! The bytes stream to the client as they arrive. When the fill's frontier passes
+//! the client's position (a slow client, a fast fill), the origin request is dropped
+//! and the rest is read from the fill, whose chunks are verified.
 //!
 //! Cannot: store what it fetches (the chunk ids are not known until the fill hashes
 //! those chunks; the fill stores them then), so the origin sends those bytes twice;
@@ -23,7 +25,6 @@
 //! the choice is made); `shoal_origin_fetches_total{reason="range_ahead"}` counts
 //! these requests.
 
-use std::io;
 use std::sync::Arc;
 
 use shoal_proto::ByteRange;
@@ -62,21 +63,30 @@ impl ObjectCache {
     /// request, switching to the fill when it catches up; an error is sent as the
     /// last item (the client's response is cut).
     pub(super) async fn serve_ahead(&self, s: Serve, f: Arc<Fill>, range: ByteRange, tx: Frames) {
-        match self.ahead(&f, range, &tx).await {
+        let mut pos = range.start;
+        match self.ahead(&f, range, &tx, &mut pos).await {
             Ok(End::Done) => {}
             Ok(End::Caught(pos)) => {
                 tracing::debug!(url = %f.url, pos, "fill caught up with a range served ahead");
                 self.stream(s, ByteRange::new(pos, range.end), tx).await;
             }
             Err(e) => {
-                tracing::warn!(url = %f.url, start = range.start, end = range.end, error = %e,
-                    "range served ahead of the fill cut");
-                let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+                // What was sent was checked; the fill has the rest of this version.
+                tracing::info!(url = %f.url, start = range.start, end = range.end, pos, error = %e,
+                    "range ahead of the fill failed; the rest comes from the fill");
+                self.stream(s, ByteRange::new(pos, range.end), tx).await;
             }
         }
     }
 
-    async fn ahead(&self, f: &Fill, range: ByteRange, tx: &Frames) -> Result<End, FillError> {
+    /// Relays the origin's answer for `range`, `pos` the first byte not sent yet.
+    async fn ahead(
+        &self,
+        f: &Fill,
+        range: ByteRange,
+        tx: &Frames,
+        pos: &mut u64,
+    ) -> Result<End, FillError> {
         let reason = FetchReason::RangeAhead;
         let url = f.url.as_str();
         let resp = self
@@ -91,33 +101,32 @@ impl ObjectCache {
             .await?;
         let mut body = resp.into_body();
         let timeout = self.inner.origin.read_timeout();
-        let mut pos = range.start;
-        while pos < range.end {
-            let chunk = f.layout.chunks_for(ByteRange::new(pos, range.end)).start;
+        while *pos < range.end {
+            let chunk = f.layout.chunks_for(ByteRange::new(*pos, range.end)).start;
             if f.frontier() > chunk {
-                return Ok(End::Caught(pos));
+                return Ok(End::Caught(*pos));
             }
             let Some(d) = next_data(&mut body, timeout, url).await? else {
                 return Err(crate::origin::OriginError::Upstream {
                     host: url.to_owned(),
                     detail: format!(
                         "range response ended after {} of {} bytes",
-                        pos - range.start,
+                        *pos - range.start,
                         range.len()
                     ),
                 }
                 .into());
             };
             let n = d.len() as u64;
-            if pos + n > range.end {
+            if *pos + n > range.end {
                 return Err(self.changed(url, Changed::Longer(range.len())));
             }
-            pos += n;
             self.inner.metrics.origin_relayed(reason, n);
             self.inner.metrics.served(Source::Origin, n);
             if tx.send(Ok(http_body::Frame::data(d))).await.is_err() {
                 return Ok(End::Done);
             }
+            *pos += n;
         }
         // A body longer than its range is the origin's fault even when the client
         // has every byte it asked for.
