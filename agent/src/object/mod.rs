@@ -30,6 +30,7 @@
 
 mod ahead;
 mod behind;
+mod cut;
 pub mod error;
 pub mod fill;
 mod flight;

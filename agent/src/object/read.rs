@@ -8,6 +8,12 @@
 //! cut (the client sees a reset, never a clean end of wrong bytes) and the object is
 //! forgotten so the next request fetches it anew. A manifest that does not fit its
 //! layout (metadata damaged on disk) also cuts the response and is forgotten.
+//!
+//! A response streaming from a plain origin fill does not wait for the chunk it needs
+//! to be complete: it sends the origin's bytes of that chunk as the fill receives them
+//! ([`Fill::follow`], `cut`), then the rest of the chunk once it is complete. A range
+//! that ends before the fill completes its chunk ends then. Responses from a swarm
+//! fill or a cached object read whole chunks, as before.
 
 use std::io;
 use std::sync::Arc;
@@ -329,13 +335,45 @@ impl ObjectCache {
             })
             .buffered(READ_AHEAD);
         futures_util::pin_mut!(reads);
-        while let Some((i, r)) = reads.next().await {
+        // Sent up to here: past a chunk's start once its first bytes went out early.
+        let mut pos = range.start;
+        // A plain origin fill's bytes are followed as they arrive (`cut`).
+        let follow = match &s {
+            Serve::Fill(f) if f.origin.is_some() => Some(f.clone()),
+            _ => None,
+        };
+        loop {
+            if let Some(f) = &follow
+                && pos < range.end
+            {
+                match this.cut_through(f, &mut pos, range.end, &tx).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => {
+                        tracing::warn!(url = s.url(), pos, error = %e, "response cut");
+                        let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+                        return;
+                    }
+                }
+            }
+            if pos >= range.end {
+                // All sent (a range that ended before the fill completed its chunk).
+                return;
+            }
+            let Some((i, r)) = reads.next().await else {
+                return;
+            };
             let frame = match r {
                 Ok((bytes, source)) => {
                     let b = layout.chunk_bounds(i);
-                    let part = ByteRange::new(b.start, b.end).intersect(range);
+                    let part = ByteRange::new(b.start.max(pos), b.end).intersect(range);
+                    if part.is_empty() {
+                        // Sent early, as the origin's bytes arrived.
+                        continue;
+                    }
                     let lo = (part.start - b.start) as usize;
                     let hi = (part.end - b.start) as usize;
+                    pos = part.end;
                     if hi > bytes.len() {
                         Err(io::Error::other(format!(
                             "chunk {i} shorter than its layout"
@@ -355,5 +393,31 @@ impl ObjectCache {
                 return;
             }
         }
+    }
+
+    /// Sends the origin's bytes of the fill `f` from `pos` (up to `end`) as they
+    /// arrive, until the chunk holding `pos` is done (then it is read as usual).
+    /// `Ok(false)`: the client left.
+    async fn cut_through(
+        &self,
+        f: &Fill,
+        pos: &mut u64,
+        end: u64,
+        tx: &Frames,
+    ) -> Result<bool, FillError> {
+        while *pos < end {
+            let Some(pieces) = f.follow(*pos, end).await? else {
+                break;
+            };
+            for b in pieces {
+                let n = b.len() as u64;
+                self.inner.metrics.served(Source::Origin, n);
+                if tx.send(Ok(Frame::data(b))).await.is_err() {
+                    return Ok(false);
+                }
+                *pos += n;
+            }
+        }
+        Ok(true)
     }
 }
