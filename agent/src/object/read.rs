@@ -17,6 +17,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -328,25 +329,47 @@ impl ObjectCache {
             Serve::Fill(f) => Some(f.reader()),
             Serve::Object(_) => None,
         };
-        let reads = futures_util::stream::iter(chunks)
-            .map(|i| {
-                let (this, s) = (this.clone(), s.clone());
-                async move { (i, this.read_chunk(&s, i).await) }
-            })
-            .buffered(READ_AHEAD);
-        futures_util::pin_mut!(reads);
-        // Sent up to here: past a chunk's start once its first bytes went out early.
-        let mut pos = range.start;
         // A plain origin fill's bytes are followed as they arrive (`cut`).
         let follow = match &s {
             Serve::Fill(f) if f.origin.is_some() => Some(f.clone()),
             _ => None,
         };
+        // Sent up to here: past a chunk's start once its first bytes went out early.
+        let mut pos = range.start;
+        // The same, for the reads ahead: a chunk sent early is not read again (the
+        // fill may have dropped its bytes, and a repair would fetch it for nothing).
+        let sent = Arc::new(AtomicU64::new(pos));
+        let reads = futures_util::stream::iter(chunks)
+            .map(|i| {
+                let (this, s, sent) = (this.clone(), s.clone(), sent.clone());
+                let end = layout.chunk_bounds(i).end.min(range.end);
+                async move {
+                    let passed = || sent.load(Ordering::Relaxed) >= end;
+                    if let Serve::Fill(f) = &s
+                        && f.origin.is_some()
+                    {
+                        if passed() {
+                            return (i, Ok(None));
+                        }
+                        if let Err(e) = f.wait(i).await {
+                            return (i, Err(e));
+                        }
+                        if passed() {
+                            return (i, Ok(None));
+                        }
+                    }
+                    (i, this.read_chunk(&s, i).await.map(Some))
+                }
+            })
+            .buffered(READ_AHEAD);
+        futures_util::pin_mut!(reads);
         loop {
             if let Some(f) = &follow
                 && pos < range.end
             {
-                match this.cut_through(f, &mut pos, range.end, &tx).await {
+                let r = this.cut_through(f, &mut pos, range.end, &tx).await;
+                sent.store(pos, Ordering::Relaxed);
+                match r {
                     Ok(true) => {}
                     Ok(false) => return,
                     Err(e) => {
@@ -364,7 +387,8 @@ impl ObjectCache {
                 return;
             };
             let frame = match r {
-                Ok((bytes, source)) => {
+                Ok(None) => continue,
+                Ok(Some((bytes, source))) => {
                     let b = layout.chunk_bounds(i);
                     let part = ByteRange::new(b.start.max(pos), b.end).intersect(range);
                     if part.is_empty() {
@@ -374,6 +398,7 @@ impl ObjectCache {
                     let lo = (part.start - b.start) as usize;
                     let hi = (part.end - b.start) as usize;
                     pos = part.end;
+                    sent.store(pos, Ordering::Relaxed);
                     if hi > bytes.len() {
                         Err(io::Error::other(format!(
                             "chunk {i} shorter than its layout"
