@@ -361,6 +361,18 @@ async fn quota_evicts_down_to_the_low_watermark() {
             .await
             .unwrap();
         assert_eq!(r.body, data);
+        // Its writes done (write-behind): a fill's chunks are pinned until then, and
+        // with a 2 MiB quota the next fill's writes would find nothing to evict.
+        let url = origin.url(&format!("/q{i}"));
+        assert!(eventually(Duration::from_secs(10), || a.cache().cached(&url).is_some()).await);
+        assert!(
+            eventually(Duration::from_secs(10), || a
+                .metrics()
+                .cache_fill_buffer_bytes
+                .get()
+                == 0)
+            .await
+        );
     }
     let m = a.metrics();
     assert!(m.cache_evictions.get() > 0);

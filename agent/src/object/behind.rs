@@ -18,10 +18,11 @@
 //! from the origin again. So a fill holds at most its share of the budget plus
 //! [`LOOSE`] chunks, and a slow client never slows a fast one.
 //!
-//! Not done here: the BLAKE3 of each chunk is still computed before readers see the
-//! chunk (on blocking threads, `origin_fill`: the manifest and the memory cache need
-//! the id), also for a chunk that will be skipped; swarm fills (`crate::swarm`) store
-//! each chunk before releasing it, as before.
+//! Not done here: the BLAKE3 of each chunk is still computed before the chunk is
+//! complete for readers (on blocking threads, `origin_fill`: the manifest and the
+//! memory cache need the id; readers waiting on it already got its bytes as they
+//! arrived, `cut`), also for a chunk that will be skipped; swarm fills
+//! (`crate::swarm`) store each chunk before releasing it, as before.
 
 use std::sync::Arc;
 

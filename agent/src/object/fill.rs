@@ -12,6 +12,11 @@
 //! from the memory cache or fetches it again from the origin. The fill counts the
 //! readers blocked on a chunk that is not there yet ([`Fill::waiting`]): while none
 //! is, nobody is held up by the fill, and it may wait for the disk.
+//!
+//! A plain origin fill also holds the origin's bytes of the chunks it has not
+//! completed yet (`cut`): a reader waiting on such a chunk follows them
+//! ([`Fill::follow`]) and sends them as they arrive, so a cold miss's first byte
+//! waits for the origin's first frame, not for a whole chunk to arrive and be hashed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -23,6 +28,7 @@ use tokio::sync::watch;
 
 use crate::metrics::Source;
 use crate::object::Upstream;
+use crate::object::cut::Cut;
 use crate::object::error::FillError;
 use crate::object::meta::{self, Repr};
 use crate::object::{ObjectCache, ObjectMeta};
@@ -55,6 +61,8 @@ struct State {
     /// Held chunks not queued for the disk (skipped, or their write failed), by
     /// index: the ones [`Fill::trim`] may drop.
     loose: BTreeMap<usize, ()>,
+    /// Origin bytes of chunks not completed yet, for followers (`cut`).
+    cut: Cut,
 }
 
 /// See the module docs.
@@ -71,6 +79,8 @@ pub struct Fill {
     pub upstream: Option<(http::Uri, Arc<Upstream>)>,
     state: Mutex<State>,
     tx: watch::Sender<()>,
+    /// Wakes readers following the origin's bytes ([`Fill::follow`]) only.
+    cut_tx: watch::Sender<()>,
 }
 
 impl Fill {
@@ -87,6 +97,7 @@ impl Fill {
             waits: BTreeMap::new(),
             readers: 0,
             loose: BTreeMap::new(),
+            cut: Cut::default(),
         };
         Self {
             url,
@@ -96,6 +107,7 @@ impl Fill {
             upstream: None,
             state: Mutex::new(state),
             tx,
+            cut_tx: watch::channel(()).0,
         }
     }
 
@@ -141,6 +153,8 @@ impl Fill {
             while s.chunks.get(s.frontier).is_some_and(Option::is_some) {
                 s.frontier += 1;
             }
+            let floor = self.layout.chunk_bounds(s.frontier).start;
+            s.cut.trim(floor);
             if let Some(b) = held {
                 s.held.insert(index, b);
                 s.loose.insert(index, ());
@@ -158,8 +172,10 @@ impl Fill {
             if s.failed.is_none() {
                 s.failed = Some(e);
             }
+            s.cut.close();
         }
         self.tx.send_replace(());
+        self.cut_tx.send_replace(());
     }
 
     /// Chunks done so far.
@@ -306,6 +322,84 @@ impl Fill {
         }
     }
 
+    /// Starts holding the origin's bytes before `limit` for followers (`cut`): a
+    /// plain origin fill, before any reader can see it.
+    pub(crate) fn open_cut(&self, limit: u64) {
+        self.lock().cut.open(limit);
+    }
+
+    /// The origin's next bytes, at object offset `at`, before they are chunked.
+    /// Followers are woken when enough is new (`cut::COALESCE`); the rest waits for
+    /// [`Fill::announce`]. Whether some followers were not woken for them.
+    pub(crate) fn push(&self, at: u64, data: Bytes) -> bool {
+        let (wake, owed) = {
+            let mut s = self.lock();
+            let wake = s.cut.push(at, data) && s.cut.announce();
+            (wake, s.cut.followers > 0 && s.cut.end() > s.cut.announced())
+        };
+        if wake {
+            self.cut_tx.send_replace(());
+        }
+        owed
+    }
+
+    /// The chunk starting at `at` was joined into `bytes` (before it is hashed).
+    pub(crate) fn joined(&self, at: u64, bytes: &Bytes) {
+        self.lock().cut.joined(at, bytes);
+    }
+
+    /// Wakes followers if bytes arrived since they were last woken (the origin
+    /// paused). Whether there were.
+    pub(crate) fn announce(&self) -> bool {
+        let news = self.lock().cut.announce();
+        if news {
+            self.cut_tx.send_replace(());
+        }
+        news
+    }
+
+    /// The origin's bytes from object offset `pos` (up to `upto`) while the chunk
+    /// holding `pos` is not done: waits until some arrive past `pos` and returns them
+    /// (slices of what the fill holds, no copies), or `None` once the chunk is done
+    /// (read it with [`Fill::wait`]) or when `pos` is never served early (a swarm
+    /// fill, or the end held back). Counted as a reader blocked on that chunk while
+    /// it waits.
+    pub async fn follow(&self, pos: u64, upto: u64) -> Result<Option<Vec<Bytes>>, FillError> {
+        let cs = u64::from(self.layout.chunk_size);
+        let index = usize::try_from(pos / cs).unwrap_or(usize::MAX);
+        let mut rx = self.tx.subscribe();
+        let mut cut_rx = self.cut_tx.subscribe();
+        let mut blocked: Option<(Blocked<'_>, Following<'_>)> = None;
+        loop {
+            {
+                let s = self.lock();
+                if let Some(f) = &s.failed {
+                    return Err(f.clone());
+                }
+                if !s.chunks.get(index).is_some_and(Option::is_none) || !s.cut.covers(pos) {
+                    return Ok(None);
+                }
+                let got = s.cut.from(pos, upto);
+                if !got.is_empty() {
+                    return Ok(Some(got));
+                }
+            }
+            if blocked.is_none() {
+                blocked = Some((Blocked::new(self, index), Following::new(self)));
+                // Bytes may have come in before we counted as following.
+                continue;
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() {
+                    return Err(FillError::Internal("fill dropped".into()));
+                },
+                r = cut_rx.changed() => if r.is_err() {
+                    return Err(FillError::Internal("fill dropped".into()));
+                },
+            }
+        }
+    }
+
     /// Waits until `ready` holds for the fill's state, or the fill failed. Woken on
     /// every change: a chunk done or stored, a reader blocked.
     pub(crate) async fn until(&self, ready: impl Fn(&Fill) -> bool) {
@@ -377,6 +471,24 @@ impl Drop for Blocked<'_> {
                 s.waits.remove(&self.1);
             }
         }
+    }
+}
+
+/// A reader in [`Fill::follow`], counted as a follower while it lives: the fill wakes
+/// followers only while there is one.
+struct Following<'a>(&'a Fill);
+
+impl<'a> Following<'a> {
+    fn new(f: &'a Fill) -> Self {
+        f.lock().cut.followers += 1;
+        Self(f)
+    }
+}
+
+impl Drop for Following<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.cut.followers = s.cut.followers.saturating_sub(1);
     }
 }
 

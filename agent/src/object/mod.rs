@@ -32,6 +32,7 @@ mod ahead;
 mod behind;
 pub(crate) mod budget;
 mod cache_control;
+mod cut;
 pub mod error;
 pub mod fill;
 mod flight;

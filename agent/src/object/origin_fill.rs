@@ -1,9 +1,14 @@
 //! Filling an object from one streaming origin GET: chunk, hash, hand each chunk to
-//! the fill's readers as it completes, and write it behind (`behind`).
+//! the fill's readers as it completes, and write it behind (`behind`). Before a chunk
+//! is complete its bytes are already held for readers waiting on it (`cut`): they
+//! follow the origin's frames (cut-through), woken when the origin pauses or every
+//! `cut::COALESCE` bytes, not per frame.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use futures_util::FutureExt;
 use hyper::body::Incoming;
 use shoal_proto::chunker::seal;
 use shoal_proto::{Chunk, Chunker, ObjectKey, Sha256Digest};
@@ -29,6 +34,18 @@ pub(super) fn spawn(
     key: ObjectKey,
     digest: Option<Sha256Digest>,
 ) {
+    // Cut-through (`cut`): every byte but the last one, or for an object whose digest
+    // is checked at the end, every chunk but the last one (released after the check).
+    let layout = fill.layout;
+    let limit = match digest {
+        Some(_) => {
+            layout
+                .chunk_bounds(layout.chunk_count().saturating_sub(1))
+                .start
+        }
+        None => layout.size.saturating_sub(1),
+    };
+    fill.open_cut(limit);
     tokio::spawn(async move {
         let mut behind = Behind::start(&cache, &fill);
         match run(&cache, &fill, &mut behind, body, digest.as_ref()).await {
@@ -62,42 +79,53 @@ async fn run(
     let mut pending: Option<Chunk> = None;
     // Chunks being hashed on blocking threads while the next ones arrive, in order.
     let mut hashing: VecDeque<JoinHandle<Chunk>> = VecDeque::new();
+    // Followers were not woken for the latest bytes (`cut`): they are when the origin
+    // pauses.
+    let mut owed = false;
     loop {
         // Past the pipeline's depth, wait for the oldest hash; otherwise take whichever
         // comes first, the oldest hash or the origin's next bytes, so a hashed chunk
         // reaches the readers at once even while the origin pauses.
         if hashing.len() > HASHING {
+            if owed {
+                fill.announce();
+                owed = false;
+            }
             let c = hashed(&mut hashing).await?;
             release(cache, fill, behind, &mut pending, c).await;
             continue;
         }
-        let next = next_data(&mut body, inner.origin.read_timeout(), &host);
-        let data = match hashing.front_mut() {
-            Some(h) => tokio::select! {
-                r = h => {
-                    hashing.pop_front();
-                    let c = r.map_err(|e| FillError::Internal(format!("chunk hashing task failed: {e}")))?;
-                    release(cache, fill, behind, &mut pending, c).await;
-                    continue;
+        let mut next = std::pin::pin!(next_data(&mut body, inner.origin.read_timeout(), &host));
+        // More from the origin already: followers' wake-up can wait (coalesced).
+        let ready = if owed {
+            next.as_mut().now_or_never()
+        } else {
+            None
+        };
+        let data = match ready {
+            Some(d) => d?,
+            None => {
+                if owed {
+                    // The origin paused: followers get what arrived.
+                    fill.announce();
+                    owed = false;
                 }
-                d = next => d?,
-            },
-            None => next.await?,
+                match hashing.front_mut() {
+                    Some(h) => tokio::select! {
+                        r = h => {
+                            hashing.pop_front();
+                            let c = r.map_err(|e| FillError::Internal(format!("chunk hashing task failed: {e}")))?;
+                            release(cache, fill, behind, &mut pending, c).await;
+                            continue;
+                        }
+                        d = next => d?,
+                    },
+                    None => next.await?,
+                }
+            }
         };
         let Some(data) = data else { break };
-        if chunker.total() + data.len() as u64 > size {
-            return Err(broke(format!(
-                "origin sent more than its Content-Length of {size} bytes"
-            )));
-        }
-        let reason = fill.origin.unwrap_or(FetchReason::CacheMode);
-        inner.metrics.origin_fetched(reason, data.len() as u64);
-        for piece in chunker.split(data) {
-            if let Some(s) = &sha {
-                s.feed(piece.1.clone()).await?;
-            }
-            hashing.push_back(tokio::task::spawn_blocking(move || seal(piece)));
-        }
+        owed = take(cache, fill, &mut chunker, &sha, &mut hashing, data).await?;
         // Release what is already hashed.
         while hashing.front().is_some_and(JoinHandle::is_finished) {
             let c = hashed(&mut hashing).await?;
@@ -115,6 +143,9 @@ async fn run(
         )));
     }
     let last = chunker.finish_split();
+    if let Some((i, b)) = &last {
+        fill.joined(fill.layout.chunk_bounds(*i).start, b);
+    }
     if let (Some(s), Some((_, b))) = (&sha, &last) {
         s.feed(b.clone()).await?;
     }
@@ -133,6 +164,40 @@ async fn run(
     Ok(pending.into_iter().chain(last).collect())
 }
 
+/// Takes the origin's next frame: held for followers (`cut`), joined into chunks,
+/// each complete chunk fed to the sha256 (if any) and handed to a blocking thread to
+/// hash. Whether followers are owed a wake-up ([`Fill::push`]).
+async fn take(
+    cache: &ObjectCache,
+    fill: &Fill,
+    chunker: &mut Chunker<crate::store::Buffers>,
+    sha: &Option<Whole>,
+    hashing: &mut VecDeque<JoinHandle<Chunk>>,
+    data: Bytes,
+) -> Result<bool, FillError> {
+    let size = fill.layout.size;
+    if chunker.total() + data.len() as u64 > size {
+        return Err(FillError::from(OriginError::Upstream {
+            host: fill.url.clone(),
+            detail: format!("origin sent more than its Content-Length of {size} bytes"),
+        }));
+    }
+    let reason = fill.origin.unwrap_or(FetchReason::CacheMode);
+    cache
+        .inner
+        .metrics
+        .origin_fetched(reason, data.len() as u64);
+    let owed = fill.push(chunker.total(), data.clone());
+    for piece in chunker.split(data) {
+        fill.joined(fill.layout.chunk_bounds(piece.0).start, &piece.1);
+        if let Some(s) = sha {
+            s.feed(piece.1.clone()).await?;
+        }
+        hashing.push_back(tokio::task::spawn_blocking(move || seal(piece)));
+    }
+    Ok(owed)
+}
+
 /// The oldest chunk being hashed, once hashed.
 async fn hashed(hashing: &mut VecDeque<JoinHandle<Chunk>>) -> Result<Chunk, FillError> {
     match hashing.pop_front() {
@@ -146,8 +211,8 @@ async fn hashed(hashing: &mut VecDeque<JoinHandle<Chunk>>) -> Result<Chunk, Fill
 /// Hands `c` to the readers and the disk at once, unless it is the object's last
 /// chunk: that one is held back for `finish` (a digest to check first, so no client
 /// sees a clean end of bad bytes; and the object recorded before readers see its end).
-/// Every other chunk reaches the client as soon as it is hashed, so a cold miss's
-/// first byte waits for one chunk from the origin, not two.
+/// Every other chunk is complete for readers as soon as it is hashed; its bytes
+/// reached the readers following it (`cut`) as they arrived.
 async fn release(
     cache: &ObjectCache,
     fill: &Fill,

@@ -8,9 +8,16 @@
 //! cut (the client sees a reset, never a clean end of wrong bytes) and the object is
 //! forgotten so the next request fetches it anew. A manifest that does not fit its
 //! layout (metadata damaged on disk) also cuts the response and is forgotten.
+//!
+//! A response streaming from a plain origin fill does not wait for the chunk it needs
+//! to be complete: it sends the origin's bytes of that chunk as the fill receives them
+//! ([`Fill::follow`], `cut`), then the rest of the chunk once it is complete. A range
+//! that ends before the fill completes its chunk ends then. Responses from a swarm
+//! fill or a cached object read whole chunks, as before.
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -323,39 +330,97 @@ impl ObjectCache {
             Serve::Fill(f) => Some(f.reader()),
             Serve::Object(_) => None,
         };
+        // A plain origin fill's bytes are followed as they arrive (`cut`).
+        let follow = match &s {
+            Serve::Fill(f) if f.origin.is_some() => Some(f.clone()),
+            _ => None,
+        };
+        // Sent up to here: past a chunk's start once its first bytes went out early.
+        let mut pos = range.start;
+        // The same, for the reads ahead: a chunk sent early is not read again (the
+        // fill may have dropped its bytes, and a repair would fetch it for nothing).
+        let sent = Arc::new(AtomicU64::new(pos));
         // Read-ahead within `cache.read_buffer` (`budget`): a share is taken once the
         // chunk can be read (a fill's chunk is there), so waiting for a slow fill
         // holds none.
         let holder = Arc::new(Holder::default());
         let reads = futures_util::stream::iter(chunks)
             .map(|i| {
-                let (this, s, holder) = (this.clone(), s.clone(), holder.clone());
+                let (this, s, sent) = (this.clone(), s.clone(), sent.clone());
+                let holder = holder.clone();
+                let b = layout.chunk_bounds(i);
+                let end = b.end.min(range.end);
+                let len = (b.end - b.start) as usize;
                 async move {
+                    let passed = || sent.load(Ordering::Relaxed) >= end;
                     if let Serve::Fill(f) = &s {
-                        let _ = f.wait(i).await;
+                        let origin = f.origin.is_some();
+                        if origin && passed() {
+                            return (i, Ok(None), None);
+                        }
+                        // A swarm fill's error comes again from `read_chunk`.
+                        if let Err(e) = f.wait(i).await
+                            && origin
+                        {
+                            return (i, Err(e), None);
+                        }
+                        if origin && passed() {
+                            return (i, Ok(None), None);
+                        }
                     }
-                    let b = layout.chunk_bounds(i);
-                    let len = (b.end - b.start) as usize;
                     let share = this.inner.read_budget.take(&holder, len).await;
-                    (i, this.read_chunk(&s, i).await, share)
+                    (i, this.read_chunk(&s, i).await.map(Some), Some(share))
                 }
             })
             .buffered(READ_AHEAD);
         futures_util::pin_mut!(reads);
-        while let Some((i, r, share)) = reads.next().await {
+        loop {
+            if let Some(f) = &follow
+                && pos < range.end
+            {
+                let r = this.cut_through(f, &mut pos, range.end, &tx).await;
+                sent.store(pos, Ordering::Relaxed);
+                match r {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => {
+                        tracing::warn!(url = s.url(), pos, error = %e, "response cut");
+                        let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+                        return;
+                    }
+                }
+            }
+            if pos >= range.end {
+                // All sent (a range that ended before the fill completed its chunk).
+                return;
+            }
+            let Some((i, r, share)) = reads.next().await else {
+                return;
+            };
             let frame = match r {
-                Ok((bytes, source)) => {
+                Ok(None) => continue,
+                Ok(Some((bytes, source))) => {
                     let b = layout.chunk_bounds(i);
-                    let part = ByteRange::new(b.start, b.end).intersect(range);
+                    let part = ByteRange::new(b.start.max(pos), b.end).intersect(range);
+                    if part.is_empty() {
+                        // Sent early, as the origin's bytes arrived.
+                        continue;
+                    }
                     let lo = (part.start - b.start) as usize;
                     let hi = (part.end - b.start) as usize;
+                    pos = part.end;
+                    sent.store(pos, Ordering::Relaxed);
                     if hi > bytes.len() {
                         Err(io::Error::other(format!(
                             "chunk {i} shorter than its layout"
                         )))
                     } else {
                         this.inner.metrics.served(source, (hi - lo) as u64);
-                        Ok(Frame::data(share.charge(bytes.slice(lo..hi))))
+                        let part = bytes.slice(lo..hi);
+                        Ok(Frame::data(match share {
+                            Some(share) => share.charge(part),
+                            None => part,
+                        }))
                     }
                 }
                 Err(e) => {
@@ -368,5 +433,31 @@ impl ObjectCache {
                 return;
             }
         }
+    }
+
+    /// Sends the origin's bytes of the fill `f` from `pos` (up to `end`) as they
+    /// arrive, until the chunk holding `pos` is done (then it is read as usual).
+    /// `Ok(false)`: the client left.
+    async fn cut_through(
+        &self,
+        f: &Fill,
+        pos: &mut u64,
+        end: u64,
+        tx: &Frames,
+    ) -> Result<bool, FillError> {
+        while *pos < end {
+            let Some(pieces) = f.follow(*pos, end).await? else {
+                break;
+            };
+            for b in pieces {
+                let n = b.len() as u64;
+                self.inner.metrics.served(Source::Origin, n);
+                if tx.send(Ok(Frame::data(b))).await.is_err() {
+                    return Ok(false);
+                }
+                *pos += n;
+            }
+        }
+        Ok(true)
     }
 }
