@@ -102,6 +102,9 @@ pub struct SimConfig {
     pub registry: RegistryConfig,
     /// Simulated time after which the run stops, finished or not.
     pub time_limit: Duration,
+    /// Feed a tracker reply's hints with one `Scheduler::handle_peers` instead of one
+    /// `handle_peer` per hint (as the agent does).
+    pub batch_hints: bool,
     /// Global max-min bandwidth sharing instead of the local model ([`net::Net::exact`]).
     pub exact_sharing: bool,
 }
@@ -169,6 +172,7 @@ impl Default for SimConfig {
             registry: RegistryConfig::default(),
             time_limit: Duration::from_secs(3600),
             exact_sharing: false,
+            batch_hints: false,
         }
     }
 }

@@ -840,6 +840,7 @@ impl World {
             sched.handle_progress(now);
         }
         errors += u64::from(sched.handle_chunk_ids(now, new_ids).is_err());
+        let mut batch = Vec::new();
         for hint in resp.peers {
             if hint.id == ag.id {
                 continue;
@@ -854,21 +855,28 @@ impl World {
             } else {
                 digest(hint.have.as_bytes())
             };
-            if let Some(p) = peer_index(&hint.id).and_then(|p| u32::try_from(p).ok()) {
-                if ag.hinted.insert(p, known) == Some(known) {
-                    continue;
-                }
+            if let Some(p) = peer_index(&hint.id).and_then(|p| u32::try_from(p).ok())
+                && ag.hinted.insert(p, known) == Some(known)
+            {
+                continue;
             }
             let have: Vec<usize> = if hint.complete {
                 (0..n).collect()
             } else {
                 hint.have.iter().map(|i| i as usize).collect()
             };
-            errors += u64::from(
-                sched
-                    .handle_peer(now, hint.id, hint.proximity, have)
-                    .is_err(),
-            );
+            if self.cfg.batch_hints {
+                batch.push((hint.id, hint.proximity, have));
+            } else {
+                errors += u64::from(
+                    sched
+                        .handle_peer(now, hint.id, hint.proximity, have)
+                        .is_err(),
+                );
+            }
+        }
+        if !batch.is_empty() {
+            errors += u64::from(sched.handle_peers(now, batch).is_err());
         }
         errors += u64::from(
             sched

@@ -208,6 +208,7 @@ impl Peers {
     }
 
     /// Whether `slot` holds chunk `index` (false for either out of range).
+    #[cfg(test)]
     pub fn holds(&self, slot: usize, index: usize) -> bool {
         self.col(index)
             .get(slot / 64)
