@@ -56,6 +56,18 @@ struct Args {
     /// often (instead of the oldest waiter).
     #[arg(long)]
     queue_fewest_first: bool,
+    /// Feed each tracker reply's hints to the scheduler with one
+    /// `Scheduler::handle_peers` (one re-plan knowing them all) instead of one
+    /// `handle_peer` per hint.
+    #[arg(long)]
+    batch_hints: bool,
+    /// The scheduler's back-off after a `Busy`, milliseconds (default: the
+    /// scheduler's, 250).
+    #[arg(long)]
+    busy_backoff_ms: Option<f64>,
+    /// Chunk uploads an agent serves at once (`peer.max_uploads`, default 8).
+    #[arg(long, default_value_t = 8)]
+    max_uploads: usize,
     /// Write every run's figures (and completion times) to this JSON file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -135,8 +147,14 @@ fn main() -> ExitCode {
                 upload_queue_per_peer: args.queue_per_peer,
                 upload_queue_wait: ms(args.queue_wait_ms),
                 upload_queue_fewest_first: args.queue_fewest_first,
+                batch_hints: args.batch_hints,
+                max_uploads: args.max_uploads,
                 ..SimConfig::default()
             };
+            let mut cfg = cfg;
+            if let Some(b) = args.busy_backoff_ms {
+                cfg.sched.busy_backoff = ms(b);
+            }
             let started = Instant::now();
             let r = run(&cfg);
             let wall = started.elapsed().as_secs_f64();

@@ -42,11 +42,13 @@
 //! peer is not fed again (see `World::on_sync`). Zero latency is degenerate (every
 //! answer instantaneous, back-offs in lock-step); use a small one.
 //!
-//! Cost: every scheduler input re-plans, in O(known peers / 64 + chunks) plus a bitmap
-//! OR over the ready peers per request started, and every tracker sync ranks up to
-//! 256 holders; S4 at N = 1,000 with an 8-chunk object takes about 25 CPU seconds
-//! (docs/benchmarks.md, Swarm simulation; `swarmsim --object-divisor` shrinks the
-//! object).
+//! Cost: every scheduler input re-plans, in O(known peers / 64 + chunks) plus, per
+//! request started, an AND of each startable chunk's holder bitmap with the ready set
+//! (O(chunks × known peers / 64)) and a walk over the ready holders of the chunk
+//! picked; every tracker sync ranks up to 256 holders. S4 at N = 1,000 with an
+//! 8-chunk object takes about 12 CPU seconds; memory grows with agents × peers each
+//! agent learns of (about 2 GB at N = 10,000; docs/benchmarks.md, Swarm simulation;
+//! `swarmsim --object-divisor` shrinks the object).
 
 pub mod net;
 mod upload;
@@ -102,6 +104,9 @@ pub struct SimConfig {
     pub registry: RegistryConfig,
     /// Simulated time after which the run stops, finished or not.
     pub time_limit: Duration,
+    /// Feed a tracker reply's hints with one `Scheduler::handle_peers` instead of one
+    /// `handle_peer` per hint (as the agent does).
+    pub batch_hints: bool,
     /// Global max-min bandwidth sharing instead of the local model ([`net::Net::exact`]).
     pub exact_sharing: bool,
 }
@@ -169,6 +174,7 @@ impl Default for SimConfig {
             registry: RegistryConfig::default(),
             time_limit: Duration::from_secs(3600),
             exact_sharing: false,
+            batch_hints: false,
         }
     }
 }

@@ -126,8 +126,10 @@ struct Agent {
     sync_armed: Option<u64>,
     timer_armed: Option<u64>,
     out: HashMap<RequestId, Out>,
-    /// The holdings last fed to the scheduler per hinted peer (see [`World::on_sync`]).
-    hinted: HashMap<usize, ChunkBitmap>,
+    /// A digest of the holdings last fed to the scheduler per hinted peer (see
+    /// [`World::on_sync`]; a digest, not the bitmap, as this map has an entry per
+    /// agent and peer: 10,000 agents know millions of peers between them).
+    hinted: HashMap<u32, u64>,
     done_at: Option<u64>,
     /// Uploads being served and waiting.
     uploads: Uploads,
@@ -180,6 +182,15 @@ fn peer_name(i: usize) -> PeerId {
 
 fn peer_index(p: &PeerId) -> Option<usize> {
     p.as_str().strip_prefix('n')?.parse().ok()
+}
+
+/// A 64-bit digest of a holdings bitmap.
+fn digest(bytes: &[u8]) -> u64 {
+    u64::from_le_bytes(
+        blake3::hash(bytes).as_bytes()[..8]
+            .try_into()
+            .unwrap_or([0; 8]),
+    )
 }
 
 fn chunk_id(index: usize) -> ChunkId {
@@ -829,6 +840,7 @@ impl World {
             sched.handle_progress(now);
         }
         errors += u64::from(sched.handle_chunk_ids(now, new_ids).is_err());
+        let mut batch = Vec::new();
         for hint in resp.peers {
             if hint.id == ag.id {
                 continue;
@@ -839,26 +851,32 @@ impl World {
             // (`handle_leases`). This changes only the order in which requests are
             // planned within one instant, and keeps a 10,000-agent run tractable.
             let known = if hint.complete {
-                ChunkBitmap::full(n as u32)
+                digest(ChunkBitmap::full(n as u32).as_bytes())
             } else {
-                hint.have.clone()
+                digest(hint.have.as_bytes())
             };
-            if let Some(p) = peer_index(&hint.id) {
-                if ag.hinted.get(&p) == Some(&known) {
-                    continue;
-                }
-                ag.hinted.insert(p, known);
+            if let Some(p) = peer_index(&hint.id).and_then(|p| u32::try_from(p).ok())
+                && ag.hinted.insert(p, known) == Some(known)
+            {
+                continue;
             }
             let have: Vec<usize> = if hint.complete {
                 (0..n).collect()
             } else {
                 hint.have.iter().map(|i| i as usize).collect()
             };
-            errors += u64::from(
-                sched
-                    .handle_peer(now, hint.id, hint.proximity, have)
-                    .is_err(),
-            );
+            if self.cfg.batch_hints {
+                batch.push((hint.id, hint.proximity, have));
+            } else {
+                errors += u64::from(
+                    sched
+                        .handle_peer(now, hint.id, hint.proximity, have)
+                        .is_err(),
+                );
+            }
+        }
+        if !batch.is_empty() {
+            errors += u64::from(sched.handle_peers(now, batch).is_err());
         }
         errors += u64::from(
             sched

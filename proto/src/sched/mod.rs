@@ -106,9 +106,10 @@
 //!   drop the scheduler at any time (releasing [`Scheduler::leases`] it still holds).
 //! - One object version per scheduler; sharing chunks across objects (same ChunkId) and
 //!   single-flight across clients are the agent's job.
-//! - Work per input is O(known peers + chunks + available peers × chunks / 64) per
-//!   request started (a bitmap union, not a chunk × peer scan), plus O(known peers +
-//!   chunks) for the timers; fine for objects of thousands of chunks and swarms of
+//! - Work per input is O(known peers / 64 + chunks) plus, per request started,
+//!   O(chunks × known peers / 64) (each chunk's holder bitmap ANDed with the ready
+//!   set, not a chunk × peer scan) and a look at the ready holders of the chunk
+//!   picked, plus O(chunks) for the timers; fine for objects of thousands of chunks and swarms of
 //!   thousands of peers, not tuned for millions. Feed a tracker reply's hints with one
 //!   [`Scheduler::handle_peers`], not one [`Scheduler::handle_peer`] each: one re-plan,
 //!   not one per hint.

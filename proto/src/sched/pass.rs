@@ -16,7 +16,9 @@ pub(super) fn later(t: Instant, d: Duration) -> Option<Instant> {
 /// Buffers the planning step reuses, so that a pass allocates nothing once warm.
 #[derive(Debug, Default)]
 pub(super) struct Scratch {
-    /// Slots of the peers that may take a request now.
+    /// Slots of the peers that may take a request now (tests only: they check the
+    /// ready set against a scan of every peer).
+    #[cfg(test)]
     avail: Vec<usize>,
     /// Union of their holdings (within `want`), one bit per chunk.
     held: Vec<u64>,
@@ -181,25 +183,28 @@ impl Scheduler {
 
     /// First requests for chunks that peers can serve: rarest, then lowest.
     ///
-    /// Per request started: one look at every peer (which may take a request) and one
-    /// OR of the available peers' bitmaps, then one look at every chunk; never a
-    /// chunk × peer scan.
+    /// Per request started: for every startable chunk, an AND of its holder bitmap
+    /// with the ready set (O(chunks × known peers / 64), never a walk over peers), then
+    /// one look at every chunk and at the ready holders of the one picked.
     fn start_peers(&mut self, now: Instant) {
+        #[cfg(test)]
         let mut avail = std::mem::take(&mut self.scratch.avail);
         let mut held = std::mem::take(&mut self.scratch.held);
         let mut want = std::mem::take(&mut self.scratch.want);
         while !self.peers_full() {
-            self.available_into(&mut avail);
             #[cfg(test)]
-            self.check_available(now, &avail);
-            if avail.is_empty() {
+            {
+                self.available_into(&mut avail);
+                self.check_available(now, &avail);
+            }
+            if !self.peers.any_ready() {
                 break;
             }
             let n = self.chunks.len();
             bitmap_into(self.chunks.iter().enumerate(), n, &mut want, |_, c| {
                 !c.done && c.reqs.is_empty() && c.id.is_some()
             });
-            self.peers.union_into(&avail, &want, &mut held);
+            self.peers.ready_holders_into(&want, &mut held);
             let pick = self
                 .chunks
                 .iter()
@@ -210,12 +215,15 @@ impl Scheduler {
             #[cfg(test)]
             assert_eq!(pick, self.first_pick_by_scan(&avail), "bitmap pick differs");
             let Some(index) = pick else { break };
-            let Some(slot) = self.best_peer(&avail, index) else {
+            let Some(slot) = self.best_peer(index) else {
                 break;
             };
             self.start(now, index, Source::Peer(slot));
         }
-        self.scratch.avail = avail;
+        #[cfg(test)]
+        {
+            self.scratch.avail = avail;
+        }
         self.scratch.held = held;
         self.scratch.want = want;
     }
@@ -231,9 +239,7 @@ impl Scheduler {
                 !c.done
                     && c.reqs.is_empty()
                     && c.id.is_some()
-                    && avail
-                        .iter()
-                        .any(|&s| self.peers.get(s).is_some_and(|p| p.holds(*i)))
+                    && avail.iter().any(|&s| self.peers.holds(s, *i))
             })
             .min_by_key(|(i, _)| (self.peers.holders(*i), *i))
             .map(|(i, _)| i)
@@ -257,6 +263,7 @@ impl Scheduler {
     fn start_duplicates(&mut self, now: Instant) {
         let remaining = self.chunks.len() - self.progress.done;
         let endgame = remaining > 0 && self.busy_chunks == remaining;
+        #[cfg(test)]
         let mut avail = std::mem::take(&mut self.scratch.avail);
         let mut held = std::mem::take(&mut self.scratch.held);
         let mut want = std::mem::take(&mut self.scratch.want);
@@ -265,10 +272,12 @@ impl Scheduler {
             // Most passes have nothing to duplicate: then no peer is looked at.
             && self.chunks.iter().any(|c| self.may_duplicate(c, endgame))
         {
-            self.available_into(&mut avail);
             #[cfg(test)]
-            self.check_available(now, &avail);
-            if avail.is_empty() {
+            {
+                self.available_into(&mut avail);
+                self.check_available(now, &avail);
+            }
+            if !self.peers.any_ready() {
                 break;
             }
             // A chunk no available peer holds needs no look for a holder not yet asked.
@@ -276,15 +285,13 @@ impl Scheduler {
             bitmap_into(self.chunks.iter().enumerate(), n, &mut want, |_, c| {
                 self.may_duplicate(c, endgame)
             });
-            self.peers.union_into(&avail, &want, &mut held);
+            self.peers.ready_holders_into(&want, &mut held);
             let pick = self
                 .chunks
                 .iter()
                 .enumerate()
                 .filter(|(i, c)| {
-                    self.may_duplicate(c, endgame)
-                        && bit(&held, *i)
-                        && self.best_peer(&avail, *i).is_some()
+                    self.may_duplicate(c, endgame) && bit(&held, *i) && self.best_peer(*i).is_some()
                 })
                 .min_by_key(|(i, c)| {
                     let oldest = c
@@ -297,12 +304,15 @@ impl Scheduler {
                 })
                 .map(|(i, _)| i);
             let Some(index) = pick else { break };
-            let Some(slot) = self.best_peer(&avail, index) else {
+            let Some(slot) = self.best_peer(index) else {
                 break;
             };
             self.start(now, index, Source::Peer(slot));
         }
-        self.scratch.avail = avail;
+        #[cfg(test)]
+        {
+            self.scratch.avail = avail;
+        }
         self.scratch.held = held;
         self.scratch.want = want;
     }
@@ -355,6 +365,7 @@ impl Scheduler {
 
     /// Sets `out` to the slots of peers that may take a request now (after
     /// [`Self::sweep`]: no back-off due is left), in slot order, from the ready set.
+    #[cfg(test)]
     fn available_into(&mut self, out: &mut Vec<usize>) {
         self.peers.ready_into(out);
     }
@@ -377,14 +388,37 @@ impl Scheduler {
         );
     }
 
-    /// Among `avail`, the best holder of `index` not already asked for it.
-    fn best_peer(&self, avail: &[usize], index: usize) -> Option<usize> {
+    /// Among the peers that may take a request now (the ready set, settled), the best
+    /// holder of `index` not already asked for it.
+    fn best_peer(&self, index: usize) -> Option<usize> {
         let chunk = self.chunks.get(index)?;
-        avail
+        let best = self
+            .peers
+            .ready_holders(index)
+            .filter(|(s, _)| {
+                !chunk.reqs.iter().any(|r| {
+                    self.reqs
+                        .get(r)
+                        .is_some_and(|r| r.source == Source::Peer(*s))
+                })
+            })
+            .min_by_key(|(s, p)| (p.proximity, p.inflight, p.failures, p.tiebreak, *s))
+            .map(|(s, _)| s);
+        #[cfg(test)]
+        assert_eq!(best, self.best_peer_by_scan(index), "holder pick differs");
+        best
+    }
+
+    /// [`Self::best_peer`] the slow way (every peer), as it was computed before the
+    /// per-chunk holder bitmaps: the tests check both agree.
+    #[cfg(test)]
+    fn best_peer_by_scan(&self, index: usize) -> Option<usize> {
+        let chunk = self.chunks.get(index)?;
+        self.peers
             .iter()
-            .filter_map(|&s| self.peers.get(s).map(|p| (s, p)))
             .filter(|(s, p)| {
-                p.holds(index)
+                p.ready(self.cfg.peer_inflight)
+                    && self.peers.holds(*s, index)
                     && !chunk.reqs.iter().any(|r| {
                         self.reqs
                             .get(r)

@@ -49,8 +49,6 @@ pub(super) struct Peer {
     pub epoch: u64,
     /// Salted hash of the id: orders otherwise equal peers differently on each agent.
     pub tiebreak: u64,
-    /// Bitmap of chunk indices held.
-    have: Vec<u64>,
 }
 
 /// All peers ever seen by this download, addressed by a stable slot number.
@@ -61,6 +59,14 @@ pub(super) struct Peers {
     salt: u64,
     /// Active holders per chunk.
     holders: Vec<u32>,
+    /// Who holds what, one bitmap of slots per chunk, flat: chunk `i`'s words are
+    /// `have[i * stride..(i + 1) * stride]`, bit `s % 64` of word `s / 64` set when
+    /// slot `s` holds it. Per chunk rather than per peer, so that "does a ready peer
+    /// hold chunk `i`" and "which ready peers hold it" are word-wise ANDs with `ready`,
+    /// not a walk over peers.
+    have: Vec<u64>,
+    /// Words per chunk in `have` (room for `stride × 64` slots; doubles as needed).
+    stride: usize,
     /// Most requests in flight to one peer (`peer_inflight`).
     cap: usize,
     /// One bit per slot: the peer is [`Peer::ready`].
@@ -74,12 +80,6 @@ pub(super) struct Peers {
 }
 
 impl Peer {
-    pub fn holds(&self, index: usize) -> bool {
-        self.have
-            .get(index / 64)
-            .is_some_and(|w| w & (1 << (index % 64)) != 0)
-    }
-
     /// Whether a new request may go to this peer now: active, below its window and not
     /// backing off (the planning step ends the back-offs due first).
     pub fn ready(&self, cap: usize) -> bool {
@@ -107,6 +107,8 @@ impl Peers {
             slots: HashMap::new(),
             salt,
             holders: vec![0; chunks],
+            have: Vec::new(),
+            stride: 0,
             cap,
             ready: Vec::new(),
             backoffs: BTreeSet::new(),
@@ -186,6 +188,7 @@ impl Peers {
 
     /// Sets `out` to the slots of the [`Peer::ready`] peers, in slot order.
     /// O(slots / 64 + ready peers).
+    #[cfg(test)]
     pub fn ready_into(&mut self, out: &mut Vec<usize>) {
         self.settle();
         out.clear();
@@ -198,26 +201,67 @@ impl Peers {
         }
     }
 
-    /// Sets `out` to the union of the holdings of `slots` within `mask`: bit `i % 64`
-    /// of word `i / 64` is set when chunk `i` is in `mask` and one of them holds it.
-    /// Stops at the first slot after which every chunk of `mask` is covered (an empty
-    /// mask looks at no peer). O(slots × chunks / 64) at worst.
-    pub fn union_into(&self, slots: &[usize], mask: &[u64], out: &mut Vec<u64>) {
+    /// Whether some peer is [`Peer::ready`]. O(slots / 64).
+    pub fn any_ready(&mut self) -> bool {
+        self.settle();
+        self.ready.iter().any(|&w| w != 0)
+    }
+
+    /// Whether `slot` holds chunk `index` (false for either out of range).
+    #[cfg(test)]
+    pub fn holds(&self, slot: usize, index: usize) -> bool {
+        self.col(index)
+            .get(slot / 64)
+            .is_some_and(|w| w & (1 << (slot % 64)) != 0)
+    }
+
+    /// Chunk `index`'s bitmap of holder slots (empty out of range).
+    fn col(&self, index: usize) -> &[u64] {
+        let from = index.saturating_mul(self.stride);
+        self.have
+            .get(from..from.saturating_add(self.stride))
+            .unwrap_or(&[])
+    }
+
+    /// Sets `out` to the chunks of `mask` some [`Peer::ready`] peer holds: bit `i % 64`
+    /// of word `i / 64` is set when chunk `i` is in `mask` and held by a ready peer.
+    /// O(chunks of `mask` × slots / 64), whatever the number of ready peers. The ready
+    /// set must be settled ([`Peers::any_ready`] or [`Peers::ready_into`] first).
+    pub fn ready_holders_into(&self, mask: &[u64], out: &mut Vec<u64>) {
         out.clear();
         out.resize(self.holders.len().div_ceil(64), 0);
-        if mask.iter().all(|&m| m == 0) {
-            return;
-        }
-        for p in slots.iter().filter_map(|&s| self.list.get(s)) {
-            let mut covered = true;
-            for ((o, w), m) in out.iter_mut().zip(&p.have).zip(mask) {
-                *o |= w & m;
-                covered &= *o == *m;
-            }
-            if covered {
-                break;
+        for (w, &m) in mask.iter().enumerate() {
+            let mut bits = m;
+            while bits != 0 {
+                let i = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let held = self.col(i).iter().zip(&self.ready).any(|(h, r)| h & r != 0);
+                if held && let Some(o) = out.get_mut(w) {
+                    *o |= 1 << (i % 64);
+                }
             }
         }
+    }
+
+    /// The [`Peer::ready`] peers holding chunk `index`, in slot order. O(slots / 64 +
+    /// those peers). The ready set must be settled.
+    pub fn ready_holders(&self, index: usize) -> impl Iterator<Item = (usize, &Peer)> {
+        self.col(index)
+            .iter()
+            .zip(&self.ready)
+            .enumerate()
+            .flat_map(|(w, (h, r))| {
+                let mut bits = h & r;
+                std::iter::from_fn(move || {
+                    if bits == 0 {
+                        return None;
+                    }
+                    let s = w * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    Some(s)
+                })
+            })
+            .filter_map(|s| self.list.get(s).map(|p| (s, p)))
     }
 
     /// Active peers that holds chunk `index`.
@@ -244,8 +288,11 @@ impl Peers {
             busy_streak: 0,
             backoff_until: None,
             epoch: 0,
-            have: vec![0; self.holders.len().div_ceil(64)],
         });
+        let words = self.list.len().div_ceil(64);
+        if words > self.stride {
+            self.grow(words.max(2 * self.stride));
+        }
         self.indexed.push(None);
         self.ready.resize(self.list.len().div_ceil(64), 0);
         self.touched.push(slot);
@@ -257,28 +304,29 @@ impl Peers {
         let Some(count) = self.holders.get_mut(index) else {
             return false;
         };
-        if let Some(p) = self.list.get_mut(slot)
-            && p.status == PeerStatus::Active
-            && !p.holds(index)
+        if self
+            .list
+            .get(slot)
+            .is_some_and(|p| p.status == PeerStatus::Active)
+            && let Some(w) = self.have.get_mut(index * self.stride + slot / 64)
+            && *w & (1 << (slot % 64)) == 0
         {
-            // have.len() covers every index < holders.len()
-            if let Some(w) = p.have.get_mut(index / 64) {
-                *w |= 1 << (index % 64);
-                *count += 1;
-            }
+            // `stride` covers every slot of the list.
+            *w |= 1 << (slot % 64);
+            *count += 1;
         }
         true
     }
 
     /// Forgets that `slot` holds `index`.
     pub fn remove(&mut self, slot: usize, index: usize) {
-        let Some(p) = self.list.get_mut(slot) else {
+        if slot >= self.list.len() || index >= self.holders.len() {
             return;
-        };
-        if p.holds(index) {
-            if let Some(w) = p.have.get_mut(index / 64) {
-                *w &= !(1 << (index % 64));
-            }
+        }
+        if let Some(w) = self.have.get_mut(index * self.stride + slot / 64)
+            && *w & (1 << (slot % 64)) != 0
+        {
+            *w &= !(1 << (slot % 64));
             if let Some(c) = self.holders.get_mut(index) {
                 *c = c.saturating_sub(1);
             }
@@ -287,19 +335,34 @@ impl Peers {
 
     /// Forgets everything `slot` holds.
     pub fn clear(&mut self, slot: usize) {
-        let Some(p) = self.list.get_mut(slot) else {
+        if slot >= self.list.len() {
             return;
-        };
-        for (w, word) in p.have.iter_mut().enumerate() {
-            let mut bits = std::mem::take(word);
-            while bits != 0 {
-                let b = bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                if let Some(c) = self.holders.get_mut(w * 64 + b) {
-                    *c = c.saturating_sub(1);
-                }
+        }
+        let (word, bit) = (slot / 64, 1 << (slot % 64));
+        for (i, c) in self.holders.iter_mut().enumerate() {
+            if let Some(w) = self.have.get_mut(i * self.stride + word)
+                && *w & bit != 0
+            {
+                *w &= !bit;
+                *c = c.saturating_sub(1);
             }
         }
+    }
+
+    /// Re-lays `have` out with `stride` words per chunk (larger than now).
+    fn grow(&mut self, stride: usize) {
+        let chunks = self.holders.len();
+        let mut have = vec![0; chunks * stride];
+        if self.stride > 0 {
+            for (new, old) in have
+                .chunks_exact_mut(stride)
+                .zip(self.have.chunks_exact(self.stride))
+            {
+                new[..self.stride].copy_from_slice(old);
+            }
+        }
+        self.have = have;
+        self.stride = stride;
     }
 
     /// Sets `slot`'s status; leaving `Active` forgets its holdings.
@@ -357,24 +420,41 @@ mod tests {
     }
 
     #[test]
-    fn union_covers_every_word_of_the_chosen_slots_only() {
+    fn ready_holders_cover_every_word_of_ready_slots_only() {
         let mut ps = Peers::new(130, 0, 4);
-        let a = ps.upsert(pid("a"), Proximity::SameZone, 1);
-        let b = ps.upsert(pid("b"), Proximity::SameZone, 1);
-        let c = ps.upsert(pid("c"), Proximity::SameZone, 1);
-        for (slot, i) in [(a, 0), (a, 129), (b, 64), (c, 5)] {
+        // 70 peers, so the slot bitmaps take two words and grow once.
+        let slots: Vec<usize> = (0..70)
+            .map(|k| ps.upsert(pid(&format!("p{k}")), Proximity::SameZone, 1))
+            .collect();
+        let (a, b, c, late) = (slots[0], slots[1], slots[2], slots[69]);
+        for (slot, i) in [(a, 0), (a, 129), (b, 64), (c, 5), (late, 7)] {
             assert!(ps.add(slot, i));
         }
+        assert!(ps.holds(a, 129) && ps.holds(late, 7) && !ps.holds(late, 0));
+        assert!(ps.any_ready());
         let all = [u64::MAX; 3];
         let mut out = vec![u64::MAX; 7];
-        ps.union_into(&[a, b, 99], &all, &mut out);
-        assert_eq!(out, [1, 1, 1 << 1]);
-        ps.union_into(&[], &all, &mut out);
-        assert_eq!(out, [0, 0, 0]);
-        // Within a mask; an empty mask looks at nobody.
-        ps.union_into(&[a, b, c], &[1 << 5 | 1, 0, 0], &mut out);
+        ps.ready_holders_into(&all, &mut out);
+        assert_eq!(out, [1 << 7 | 1 << 5 | 1, 1, 1 << 1]);
+        // Within a mask.
+        ps.ready_holders_into(&[1 << 5 | 1, 0, 0], &mut out);
         assert_eq!(out, [1 << 5 | 1, 0, 0]);
-        ps.union_into(&[a, b, c], &[0, 0, 0], &mut out);
+        ps.ready_holders_into(&[0, 0, 0], &mut out);
         assert_eq!(out, [0, 0, 0]);
+        // A peer that is not ready holds nothing for the pass.
+        if let Some(p) = ps.get_mut(a) {
+            p.inflight = 1;
+        }
+        ps.settle();
+        ps.ready_holders_into(&all, &mut out);
+        assert_eq!(out, [1 << 7 | 1 << 5, 1, 0]);
+        let seven: Vec<usize> = ps.ready_holders(7).map(|(s, _)| s).collect();
+        assert_eq!(seven, [late]);
+        assert_eq!(ps.ready_holders(0).count(), 0);
+        assert_eq!(ps.ready_holders(999).count(), 0);
+        // Clearing a slot forgets its holdings and counts.
+        ps.clear(late);
+        assert!(!ps.holds(late, 7));
+        assert_eq!(ps.holders(7), 0);
     }
 }
