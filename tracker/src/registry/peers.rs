@@ -60,6 +60,12 @@ struct Labels {
 }
 
 impl Slot {
+    /// Slot `i`, for tests that build holder tables without a registry.
+    #[cfg(test)]
+    pub fn for_test(i: u32) -> Slot {
+        Slot(i)
+    }
+
     pub fn index(self) -> usize {
         self.0 as usize
     }
