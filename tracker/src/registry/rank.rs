@@ -9,11 +9,12 @@
 use std::time::{Duration, Instant};
 
 use shoal_proto::Proximity;
-use shoal_proto::tracker::{ChunkBitmap, PeerHint};
+use shoal_proto::tracker::ChunkBitmap;
 
 use super::Object;
 use super::holders::Holding;
 use super::peers::{Peers, Place, Slot};
+use super::reply::Hint;
 use crate::config::RegistryConfig;
 
 /// Holders ranked per hint allowed in a reply, when the object has more ([`candidates`]).
@@ -35,13 +36,13 @@ pub(super) struct Requester<'a> {
 /// chunk `me` lacks, ranked by proximity, then load, then freshness in whole seconds,
 /// then a per-requester hash that spreads requesters over equally good peers; chosen
 /// by [`choose`] so that every chunk some candidate holds is covered.
-pub(super) fn rank(
+pub(super) fn rank<'a>(
     now: Instant,
-    peers: &Peers,
-    obj: &Object,
+    peers: &'a Peers,
+    obj: &'a Object,
     me: &Requester<'_>,
     cfg: &RegistryConfig,
-) -> Vec<PeerHint> {
+) -> Vec<Hint<'a>> {
     let max = cfg.max_peers_per_reply;
     let sample = max.saturating_mul(SAMPLE_PER_HINT).max(MIN_SAMPLE);
     let found: Vec<_> = candidates(now, obj, me, cfg.peer_ttl, sample)
@@ -86,14 +87,10 @@ pub(super) fn rank(
             }
             fits
         })
-        .map(|(h, p)| PeerHint {
-            id: p.id.clone(),
-            addr: p.addr,
-            proximity: me.place.proximity(&p.place),
-            load: p.load,
-            complete: h.complete,
-            // Empty for a complete holding.
-            have: h.have.clone(),
+        .map(|(holding, peer)| Hint {
+            peer,
+            holding,
+            proximity: me.place.proximity(&peer.place),
         })
         .collect()
 }
