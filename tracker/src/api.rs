@@ -8,7 +8,9 @@
 //! the TLS layer before any of this; the body never names it.
 //!
 //! The registry sits behind a `std::sync::Mutex`: each call is short and never awaits
-//! while holding it (see [`crate::registry`] for the cost of each call).
+//! while holding it (see [`crate::registry`] for the cost of each call). A sync's
+//! reply is serialized under the lock too: it borrows the registry's records
+//! ([`crate::registry::SyncReply`]), a few microseconds for 32 hints.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

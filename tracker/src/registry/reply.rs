@@ -128,9 +128,21 @@ impl Serialize for Hint<'_> {
         st.serialize_field("id", self.peer.id.as_str())?;
         st.serialize_field("addr", self.peer.addr_text())?;
         st.serialize_field("proximity", &self.proximity)?;
-        st.serialize_field("load", &self.peer.load)?;
-        st.serialize_field("complete", &self.holding.complete)?;
-        st.serialize_field("have", &self.holding.have)?;
+        if self.peer.load == 0 {
+            st.skip_field("load")?;
+        } else {
+            st.serialize_field("load", &self.peer.load)?;
+        }
+        if self.holding.complete {
+            st.serialize_field("complete", &true)?;
+        } else {
+            st.skip_field("complete")?;
+        }
+        if self.holding.have.is_empty() {
+            st.skip_field("have")?;
+        } else {
+            st.serialize_field("have", &self.holding.have)?;
+        }
         st.end()
     }
 }
