@@ -306,7 +306,8 @@ fn choose(ranked: &Ranked<'_>, have: &ChunkBitmap, count: u32, max: usize) -> Ve
         if c.covered.contains(i) {
             continue;
         }
-        let holds = |k: &usize| !c.chosen[*k] && (holdings[*k].complete || holdings[*k].have.contains(i));
+        let holds =
+            |k: &usize| !c.chosen[*k] && (holdings[*k].complete || holdings[*k].have.contains(i));
         let best = (0..sorted)
             .find(holds)
             .or_else(|| (sorted..n).filter(holds).min_by_key(|&k| ranked.keys[k]));

@@ -11,7 +11,12 @@ use super::{Ranked, best_first, choose};
 
 /// The choice as made before the partial sort: every candidate sorted by key, the
 /// better half, the best holder of each uncovered chunk, the rest by rank.
-fn choose_fully_sorted(ranked: &[&Holding], have: &ChunkBitmap, count: u32, max: usize) -> Vec<usize> {
+fn choose_fully_sorted(
+    ranked: &[&Holding],
+    have: &ChunkBitmap,
+    count: u32,
+    max: usize,
+) -> Vec<usize> {
     let mut chosen = vec![false; ranked.len()];
     let mut covered = have.clone();
     let mut n = 0;
@@ -74,7 +79,11 @@ fn table(count: u32, seeds: &[(u64, bool, bool)]) -> Holders {
                 let j = (u64::from(c) * 7 + i as u64) % 64;
                 let b = bits >> j & 1 == 1;
                 // Sparse holders hold about one chunk in 16.
-                if sparse { b && (bits >> ((j + 5) % 64)) & 7 == 0 } else { b }
+                if sparse {
+                    b && (bits >> ((j + 5) % 64)) & 7 == 0
+                } else {
+                    b
+                }
             })
             .collect();
         t.set(now, Slot::for_test(i as u32), &have, complete && i % 5 == 0);

@@ -78,7 +78,10 @@ impl<'a> SyncReply<'a> {
             .iter()
             .map(|h| h.holding.have.as_bytes().len())
             .sum();
-        256 + 140 * self.peers.len() + bitmaps * 4 / 3 + 100 * self.ids.len() + 12 * self.leases.len()
+        256 + 140 * self.peers.len()
+            + bitmaps * 4 / 3
+            + 100 * self.ids.len()
+            + 12 * self.leases.len()
     }
 }
 
@@ -169,7 +172,13 @@ mod tests {
         c.max_ids_per_reply = 3;
         let mut reg = Registry::new(c, 1);
         let k = key("a");
-        let mut first = sync_req(agent(1, topo("n1", "z1", "r1"), 2), &k, 16, &[0, 1, 2, 3], 0);
+        let mut first = sync_req(
+            agent(1, topo("n1", "z1", "r1"), 2),
+            &k,
+            16,
+            &[0, 1, 2, 3],
+            0,
+        );
         first.publish = (0..4)
             .map(|i| IndexedId {
                 index: i,
@@ -191,9 +200,18 @@ mod tests {
         reg.sync(t0, &id("p4"), &lessee).unwrap();
 
         let mut cases = vec![
-            ("p9", sync_req(agent(9, topo("n9", "z1", "r1"), 1), &k, 16, &[1], 0)),
-            ("p2", sync_req(agent(2, topo("n2", "z1", "r1"), 0), &k, 16, &[5, 9], 2)),
-            ("p5", sync_req(agent(5, topo("n5", "z9", "r9"), 0), &key("c"), 16, &[], 0)),
+            (
+                "p9",
+                sync_req(agent(9, topo("n9", "z1", "r1"), 1), &k, 16, &[1], 0),
+            ),
+            (
+                "p2",
+                sync_req(agent(2, topo("n2", "z1", "r1"), 0), &k, 16, &[5, 9], 2),
+            ),
+            (
+                "p5",
+                sync_req(agent(5, topo("n5", "z9", "r9"), 0), &key("c"), 16, &[], 0),
+            ),
         ];
         let mut asks = sync_req(agent(6, topo("n6", "z2", "r1"), 0), &other, 16, &[], 2);
         asks.want = [6u32, 7, 8].into_iter().collect();
@@ -212,7 +230,10 @@ mod tests {
         reg.sync(t0, &id("p3"), &seed).unwrap();
         let reply = reg.sync_reply(t0, &id("p9"), &cases[0].1).unwrap();
         let json = serde_json::to_string(&reply).unwrap();
-        assert!(json.contains(r#""complete":true"#) && json.contains("[fd00::9]:7482"), "{json}");
+        assert!(
+            json.contains(r#""complete":true"#) && json.contains("[fd00::9]:7482"),
+            "{json}"
+        );
         assert_eq!(json, serde_json::to_string(&reply.to_response()).unwrap());
         assert!(hinted >= 3, "the cases carry hints");
     }
