@@ -20,7 +20,7 @@ fn choose_fully_sorted(
     let mut chosen = vec![false; ranked.len()];
     let mut covered = have.clone();
     let mut n = 0;
-    let mut take = |k: usize, chosen: &mut Vec<bool>, covered: &mut ChunkBitmap, n: &mut usize| {
+    let take = |k: usize, chosen: &mut Vec<bool>, covered: &mut ChunkBitmap, n: &mut usize| {
         chosen[k] = true;
         *n += 1;
         if ranked[k].complete {

@@ -190,7 +190,7 @@ mod tests {
             peer_addr: SocketAddr::from(([0xfd00, 0, 0, 0, 0, 0, 0, 9], 7482)),
             ..agent(0, topo("n2", "z1", "r1"), 0)
         };
-        reg.sync(t0, &id("p2"), &sync_req(v6, &k, 16, &[5, 9], 2))
+        reg.sync(t0, &id("p2"), &sync_req(v6.clone(), &k, 16, &[5, 9], 2))
             .unwrap();
         let mut seed = sync_req(agent(3, topo("n3", "z2", "r1"), 7), &k, 16, &[], 0);
         seed.complete = true;
@@ -204,10 +204,7 @@ mod tests {
                 "p9",
                 sync_req(agent(9, topo("n9", "z1", "r1"), 1), &k, 16, &[1], 0),
             ),
-            (
-                "p2",
-                sync_req(agent(2, topo("n2", "z1", "r1"), 0), &k, 16, &[5, 9], 2),
-            ),
+            ("p2", sync_req(v6.clone(), &k, 16, &[5, 9], 2)),
             (
                 "p5",
                 sync_req(agent(5, topo("n5", "z9", "r9"), 0), &key("c"), 16, &[], 0),
@@ -232,6 +229,20 @@ mod tests {
         let json = serde_json::to_string(&reply).unwrap();
         assert!(
             json.contains(r#""complete":true"#) && json.contains("[fd00::9]:7482"),
+            "{json}"
+        );
+        assert_eq!(json, serde_json::to_string(&reply.to_response()).unwrap());
+        // An agent that moves is hinted at its new address.
+        let moved = AgentInfo {
+            peer_addr: SocketAddr::from(([10, 0, 0, 7], 9000)),
+            ..v6
+        };
+        reg.sync(t0, &id("p2"), &sync_req(moved, &k, 16, &[5, 9], 2))
+            .unwrap();
+        let reply = reg.sync_reply(t0, &id("p9"), &cases[0].1).unwrap();
+        let json = serde_json::to_string(&reply).unwrap();
+        assert!(
+            json.contains(r#""addr":"10.0.0.7:9000""#) && !json.contains("fd00"),
             "{json}"
         );
         assert_eq!(json, serde_json::to_string(&reply.to_response()).unwrap());
