@@ -8,7 +8,9 @@
 //! the TLS layer before any of this; the body never names it.
 //!
 //! The registry sits behind a `std::sync::Mutex`: each call is short and never awaits
-//! while holding it (see [`crate::registry`] for the cost of each call).
+//! while holding it (see [`crate::registry`] for the cost of each call). A sync's
+//! reply is serialized under the lock too: it borrows the registry's records
+//! ([`crate::registry::SyncReply`]), a few microseconds for 32 hints.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -24,7 +26,7 @@ use serde::de::DeserializeOwned;
 use shoal_proto::PeerId;
 use shoal_proto::TokenBucket;
 use shoal_proto::tracker::{
-    ANNOUNCE_PATH, AgentInfo, AnnounceRequest, ErrorBody, SYNC_PATH, SyncRequest, SyncResponse,
+    ANNOUNCE_PATH, AgentInfo, AnnounceRequest, ErrorBody, SYNC_PATH, SyncRequest,
 };
 
 use crate::config::Config;
@@ -161,15 +163,18 @@ impl Api {
             Endpoint::Sync => {
                 let mut r: SyncRequest = parse(&body)?;
                 check_addr(client, &mut r.agent)?;
-                let resp = {
+                // Serialized under the lock: the reply borrows the registry's records.
+                let body = {
                     let mut reg = lock(&self.registry);
-                    let resp = reg.sync(Instant::now(), &client.peer, &r);
+                    let body = reg
+                        .sync_reply(Instant::now(), &client.peer, &r)
+                        .map(|reply| to_json(&reply, reply.json_size_hint()));
                     self.record(&mut reg);
-                    resp
+                    body
                 }
                 .map_err(|e| (StatusCode::BAD_REQUEST, Reject::BadRequest, e.to_string()))?;
                 self.metrics.syncs.inc();
-                Ok(json_sized(StatusCode::OK, &resp, reply_size(&resp)))
+                Ok(json_response(StatusCode::OK, body))
             }
             Endpoint::Announce => {
                 let mut r: AnnounceRequest = parse(&body)?;
@@ -356,25 +361,22 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
-    json_sized(status, body, 128)
-}
-
-/// About how many bytes `r` is as JSON (a hint with a small bitmap is ~150), so the
-/// buffer is allocated once.
-fn reply_size(r: &SyncResponse) -> usize {
-    let bitmaps: usize = r.peers.iter().map(|p| p.have.as_bytes().len()).sum();
-    256 + 160 * r.peers.len() + bitmaps * 4 / 3 + 100 * r.ids.len() + 12 * r.leases.len()
+    json_response(status, to_json(body, 128))
 }
 
 /// `body` as JSON, serialized into a buffer of `capacity` bytes to start with.
-fn json_sized<T: Serialize>(
-    status: StatusCode,
-    body: &T,
-    capacity: usize,
-) -> Response<Full<Bytes>> {
+fn to_json<T: Serialize>(body: &T, capacity: usize) -> Result<Vec<u8>, serde_json::Error> {
     let mut buf = Vec::with_capacity(capacity);
-    let (status, bytes) = match serde_json::to_writer(&mut buf, body) {
-        Ok(()) => (status, buf),
+    serde_json::to_writer(&mut buf, body).map(|()| buf)
+}
+
+/// A JSON response of `status`, or 500 if `body` failed to serialize.
+fn json_response(
+    status: StatusCode,
+    body: Result<Vec<u8>, serde_json::Error>,
+) -> Response<Full<Bytes>> {
+    let (status, bytes) = match body {
+        Ok(b) => (status, b),
         Err(e) => {
             // Our own types always serialize; report rather than panic if not.
             tracing::error!(error = %e, "response serialization failed");

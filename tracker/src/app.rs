@@ -193,6 +193,11 @@ async fn serve(
             _ = stop.changed() => break,
         };
         while conns.try_join_next().is_some() {}
+        // A reply is one write, but a TLS alert or a reply split by a full socket
+        // buffer must not wait for the agent's delayed ACK (Nagle).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%source, error = %e, "TCP_NODELAY not set");
+        }
         let admitted = match gate.admit(source.ip()) {
             Ok(a) => a,
             Err(why) => {

@@ -12,6 +12,12 @@ use shoal_tracker::app::{StartError, Tracker};
 use shoal_tracker::config::Config;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc rather than glibc's malloc: with 10,000 agents' connections and their
+/// TLS and HTTP buffers, glibc's allocator (bin searches, chunk consolidation) was
+/// about a fifth of the tracker's CPU per sync (`trackerbench`, docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "shoal-tracker",

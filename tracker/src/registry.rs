@@ -28,6 +28,7 @@
 mod holders;
 mod peers;
 mod rank;
+mod reply;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -44,6 +45,7 @@ use crate::config::RegistryConfig;
 use holders::Holders;
 use peers::{Peers, Slot};
 use rank::{Requester, rank};
+pub use reply::{Hint, SyncReply};
 
 /// Most conflicts kept for [`Registry::drain_events`] between drains (all are counted).
 const MAX_CONFLICT_LOG: usize = 64;
@@ -177,6 +179,17 @@ impl Registry {
         peer: &PeerId,
         req: &SyncRequest,
     ) -> Result<SyncResponse, RegistryError> {
+        self.sync_reply(now, peer, req).map(|r| r.to_response())
+    }
+
+    /// As [`Registry::sync`], with the answer borrowing the registry: serialize it
+    /// before the next call (no hint is copied out; see [`SyncReply`]).
+    pub fn sync_reply(
+        &mut self,
+        now: Instant,
+        peer: &PeerId,
+        req: &SyncRequest,
+    ) -> Result<SyncReply<'_>, RegistryError> {
         self.maybe_sweep(now);
         self.sync_inner(now, peer, req)
     }
@@ -186,7 +199,7 @@ impl Registry {
         now: Instant,
         peer: &PeerId,
         req: &SyncRequest,
-    ) -> Result<SyncResponse, RegistryError> {
+    ) -> Result<SyncReply<'_>, RegistryError> {
         let proposed = req.layout.map(checked_layout).transpose()?;
         let slot = self.peers.touch(now, peer, &req.agent);
         let lease_ttl_ms = self.cfg.lease_ttl.as_millis() as u64;
@@ -198,7 +211,7 @@ impl Registry {
                 self.next_epoch = self.next_epoch.wrapping_add(1);
                 v.insert(Object::new(layout, epoch, now))
             }
-            (Entry::Vacant(_), None) => return Ok(SyncResponse::unknown(lease_ttl_ms)),
+            (Entry::Vacant(_), None) => return Ok(SyncReply::unknown(lease_ttl_ms)),
         };
         obj.last_active = now;
 
@@ -263,7 +276,7 @@ impl Registry {
             (_, None) => Vec::new(),
         };
         let (ids, cursor, more) = obj.ids_since(req.cursor, self.cfg.max_ids_per_reply);
-        Ok(SyncResponse {
+        Ok(SyncReply {
             layout: Some(obj.layout),
             ids,
             cursor: Some(cursor),

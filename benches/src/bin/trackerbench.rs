@@ -5,7 +5,7 @@
 //! `cargo build --release -p shoal-tracker -p shoal-benches && target/release/trackerbench`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -42,9 +42,17 @@ struct Args {
     /// Seconds per phase.
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// The tracker binary (default: next to this one).
+    /// The tracker binary (default: next to this one). Repeat it to compare binaries
+    /// in one run: they take turns, in the order `--order` gives.
     #[arg(long)]
-    tracker_bin: Option<PathBuf>,
+    tracker_bin: Vec<PathBuf>,
+    /// Names of the `--tracker-bin`s in the table (default: `A`, `B`, …).
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// The rounds, as labels: `ABBA` runs A, B, B, A (default: each binary once).
+    /// Certificates are minted once; every round starts a fresh tracker.
+    #[arg(long)]
+    order: Option<String>,
     /// Write the figures as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -73,9 +81,30 @@ fn main() -> ExitCode {
 }
 
 async fn bench(args: &Args) -> Result<()> {
-    let bin = match &args.tracker_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?.with_file_name("shoal-tracker"),
+    let bins = if args.tracker_bin.is_empty() {
+        vec![std::env::current_exe()?.with_file_name("shoal-tracker")]
+    } else {
+        args.tracker_bin.clone()
+    };
+    let labels: Vec<String> = (0..bins.len())
+        .map(|i| {
+            args.labels
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| char::from(b'A' + (i % 26) as u8).to_string())
+        })
+        .collect();
+    let order: Vec<usize> = match &args.order {
+        None => (0..bins.len()).collect(),
+        Some(o) => o
+            .chars()
+            .map(|c| {
+                labels
+                    .iter()
+                    .position(|l| l.starts_with(c))
+                    .with_context(|| format!("--order names {c}, which is no label's initial"))
+            })
+            .collect::<Result<_>>()?,
     };
     let dir = tempfile::Builder::new()
         .prefix("trackerbench-")
@@ -95,21 +124,77 @@ async fn bench(args: &Args) -> Result<()> {
         names.len(),
         t.elapsed().as_secs_f64()
     );
+    let mut rows: Vec<(String, Phase)> = Vec::new();
+    for (round, &b) in order.iter().enumerate() {
+        let name = format!("{} (round {})", labels[b], round + 1);
+        println!("\nround {}: {name}, {}", round + 1, bins[b].display());
+        let phases = run_tracker(args, &bins[b], dir.path(), identities.clone()).await?;
+        rows.extend(phases.into_iter().map(|p| (name.clone(), p)));
+    }
+    println!(
+        "\n{} agents, {} object(s) of {} chunks, each agent holding ~{:.0} %; machine load {}",
+        args.agents,
+        args.objects,
+        args.chunks,
+        args.held * 100.0,
+        loadavg()
+    );
+    println!(
+        "| tracker | phase | syncs | errors | syncs/s | tracker CPU s per 10k syncs | syncs/s per core | p50 ms | p99 ms | max ms | load |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (t, p) in &rows {
+        println!(
+            "| {t} | {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} | {} |",
+            p.name,
+            p.syncs,
+            p.errors,
+            p.syncs_per_second,
+            p.tracker_cpu_seconds * 10_000.0 / p.syncs.max(1) as f64,
+            p.syncs_per_core_second,
+            p.p50_ms,
+            p.p99_ms,
+            p.max_ms,
+            p.load_after
+        );
+    }
+    for (t, p) in &rows {
+        if let Some(e) = &p.first_error {
+            println!("{t}, {}: first error: {e}", p.name);
+        }
+    }
+    if let Some(path) = &args.json {
+        let out: Vec<_> = rows
+            .iter()
+            .map(|(t, p)| serde_json::json!({"tracker": t, "phase": p}))
+            .collect();
+        std::fs::write(path, serde_json::to_string_pretty(&out)?)?;
+    }
+    Ok(())
+}
 
+/// One round: a fresh tracker from `bin`, every agent connected and synced once, then
+/// the closed loop and each paced rate.
+async fn run_tracker(
+    args: &Args,
+    bin: &Path,
+    dir: &Path,
+    identities: Vec<shoal_pki::Identity>,
+) -> Result<Vec<Phase>> {
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let config = dir.path().join("tracker.toml");
+    let config = dir.join("tracker.toml");
     std::fs::write(
         &config,
-        trackload::tracker_config(dir.path(), listen, admin, args.agents),
+        trackload::tracker_config(dir, listen, admin, args.agents),
     )?;
     let registry = Registry::default();
-    let log = dir.path().join("tracker.log");
+    let log = dir.join("tracker.log");
     let tracker = Proc::spawn(
         &registry,
         "shoal-tracker",
         None,
-        &bin,
+        bin,
         ["run", "--config", &config.display().to_string()],
         &log,
         &[("SHOAL_LOG", "warn")],
@@ -130,56 +215,35 @@ async fn bench(args: &Args) -> Result<()> {
     let setup = t.elapsed().as_secs_f64();
     let cpu = tracker.usage().map_or(0.0, |u| u.cpu_seconds) - cpu0;
     println!(
-        "{} agents connected (TLS 1.3, mutual) and synced once in {setup:.1} s; tracker CPU {cpu:.1} s ({:.2} ms per handshake + first sync)",
+        "{} agents connected (TLS 1.3, mutual) and synced once in {setup:.1} s; tracker CPU {cpu:.1} s ({:.2} ms per handshake + first sync); tracker pid {}",
         agents.len(),
-        cpu * 1000.0 / agents.len().max(1) as f64
+        cpu * 1000.0 / agents.len().max(1) as f64,
+        tracker.pid()
     );
 
     let d = Duration::from_secs(args.duration);
     let mut phases: Vec<Phase> = Vec::new();
-    phases.push(trackload::closed_loop(&agents, tracker.pid(), args.workers, d).await?);
+    let mut p = trackload::closed_loop(&agents, tracker.pid(), args.workers, d).await?;
+    p.load_after = loadavg();
+    phases.push(p);
     for &rate in &args.rates {
-        phases.push(trackload::paced(&agents, tracker.pid(), rate, d).await?);
+        let mut p = trackload::paced(&agents, tracker.pid(), rate, d).await?;
+        p.load_after = loadavg();
+        phases.push(p);
     }
     let rss = tracker.usage().map_or(0, |u| u.peak_rss_bytes);
-    println!(
-        "\n{} agents, {} object(s) of {} chunks, each agent holding ~{:.0} %; tracker peak RSS {} MiB; machine load {}",
-        args.agents,
-        args.objects,
-        args.chunks,
-        args.held * 100.0,
-        rss >> 20,
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim()
-    );
-    println!(
-        "| phase | syncs | errors | syncs/s | tracker CPU s per 10k syncs | syncs/s per core | p50 ms | p99 ms | max ms |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for p in &phases {
-        println!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} |",
-            p.name,
-            p.syncs,
-            p.errors,
-            p.syncs_per_second,
-            p.tracker_cpu_seconds * 10_000.0 / p.syncs.max(1) as f64,
-            p.syncs_per_core_second,
-            p.p50_ms,
-            p.p99_ms,
-            p.max_ms
-        );
-    }
-    for p in &phases {
-        if let Some(e) = &p.first_error {
-            println!("{}: first error: {e}", p.name);
-        }
-    }
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&phases)?)?;
-    }
+    println!("tracker peak RSS {} MiB", rss >> 20);
     drop(agents);
     drop(tracker);
-    Ok(())
+    Ok(phases)
+}
+
+/// The 1-minute load average (the machine's other load, this benchmark included).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_owned()
 }

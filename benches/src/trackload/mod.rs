@@ -81,6 +81,8 @@ pub struct Phase {
     pub max_ms: f64,
     /// The first error, if any.
     pub first_error: Option<String>,
+    /// The machine's 1-minute load average after the phase (filled by the caller).
+    pub load_after: String,
 }
 
 /// Connects every agent (at most `parallel` handshakes at once) to the tracker at
@@ -363,6 +365,7 @@ fn phase(
         p99_ms: q(0.99),
         max_ms: q(1.0),
         first_error,
+        load_after: String::new(),
     }
 }
 

@@ -32,6 +32,9 @@ pub(super) struct Place {
 pub(super) struct Peer {
     pub id: PeerId,
     pub addr: SocketAddr,
+    /// `addr` as text, formatted when it changes rather than in every reply hinting
+    /// this agent.
+    addr_text: String,
     /// As last reported; `place` is its interned form.
     topology: Topology,
     pub place: Place,
@@ -60,6 +63,12 @@ struct Labels {
 }
 
 impl Slot {
+    /// Slot `i`, for tests that build holder tables without a registry.
+    #[cfg(test)]
+    pub fn for_test(i: u32) -> Slot {
+        Slot(i)
+    }
+
     pub fn index(self) -> usize {
         self.0 as usize
     }
@@ -88,6 +97,13 @@ impl Place {
     }
 }
 
+impl Peer {
+    /// `addr` as text (as `SocketAddr`'s `Display` and serde's JSON form).
+    pub fn addr_text(&self) -> &str {
+        &self.addr_text
+    }
+}
+
 impl Peers {
     /// Records a request from `id` at `now` and returns its slot (a new one for an
     /// agent not known yet).
@@ -95,7 +111,10 @@ impl Peers {
         if let Some(&slot) = self.by_id.get(id)
             && let Some(Some(p)) = self.slots.get_mut(slot.index())
         {
-            p.addr = info.peer_addr;
+            if p.addr != info.peer_addr {
+                p.addr = info.peer_addr;
+                p.addr_text = info.peer_addr.to_string();
+            }
             p.load = info.load;
             p.last_seen = now;
             if p.topology != info.topology {
@@ -108,6 +127,7 @@ impl Peers {
         let peer = Peer {
             id: id.clone(),
             addr: info.peer_addr,
+            addr_text: info.peer_addr.to_string(),
             topology: info.topology.clone(),
             place: self.labels.intern(&info.topology),
             load: info.load,

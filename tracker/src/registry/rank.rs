@@ -9,11 +9,12 @@
 use std::time::{Duration, Instant};
 
 use shoal_proto::Proximity;
-use shoal_proto::tracker::{ChunkBitmap, PeerHint};
+use shoal_proto::tracker::ChunkBitmap;
 
 use super::Object;
 use super::holders::Holding;
 use super::peers::{Peers, Place, Slot};
+use super::reply::Hint;
 use crate::config::RegistryConfig;
 
 /// Holders ranked per hint allowed in a reply, when the object has more ([`candidates`]).
@@ -35,13 +36,13 @@ pub(super) struct Requester<'a> {
 /// chunk `me` lacks, ranked by proximity, then load, then freshness in whole seconds,
 /// then a per-requester hash that spreads requesters over equally good peers; chosen
 /// by [`choose`] so that every chunk some candidate holds is covered.
-pub(super) fn rank(
+pub(super) fn rank<'a>(
     now: Instant,
-    peers: &Peers,
-    obj: &Object,
+    peers: &'a Peers,
+    obj: &'a Object,
     me: &Requester<'_>,
     cfg: &RegistryConfig,
-) -> Vec<PeerHint> {
+) -> Vec<Hint<'a>> {
     let max = cfg.max_peers_per_reply;
     let sample = max.saturating_mul(SAMPLE_PER_HINT).max(MIN_SAMPLE);
     let found: Vec<_> = candidates(now, obj, me, cfg.peer_ttl, sample)
@@ -64,42 +65,48 @@ pub(super) fn rank(
             key.pack(i)
         })
         .collect();
-    keys.sort_unstable();
-    let cands: Vec<_> = keys
-        .iter()
-        .map(|&k| {
-            let (h, p) = found[SortKey::index(k)];
-            (me.place.proximity(&p.place), h, p)
-        })
-        .collect();
-    let holdings: Vec<&Holding> = cands.iter().map(|c| c.1).collect();
-    let chosen = choose(&holdings, me.have, obj.count, max);
+    let sorted = best_first(&mut keys, max);
+    let holdings: Vec<&Holding> = keys.iter().map(|&k| found[SortKey::index(k)].0).collect();
+    let ranked = Ranked {
+        holdings: &holdings,
+        keys: &keys,
+        sorted,
+    };
     // The reply stays small for any object: bitmaps past the byte budget are left out
     // (the best-ranked chosen peer is always listed).
     let budget = usize::try_from(cfg.max_hint_bytes_per_reply.as_u64()).unwrap_or(usize::MAX);
     let mut spent = 0usize;
-    cands
+    choose(&ranked, me.have, obj.count, max)
         .into_iter()
-        .zip(chosen)
-        .filter_map(|(c, keep)| keep.then_some(c))
-        .filter(|c| {
-            let bytes = c.1.have.as_bytes().len();
+        .map(|k| found[SortKey::index(keys[k])])
+        .filter(|(h, _)| {
+            let bytes = h.have.as_bytes().len();
             let fits = spent == 0 || spent.saturating_add(bytes) <= budget;
             if fits {
                 spent = spent.saturating_add(bytes.max(1));
             }
             fits
         })
-        .map(|(proximity, h, p)| PeerHint {
-            id: p.id.clone(),
-            addr: p.addr,
-            proximity,
-            load: p.load,
-            complete: h.complete,
-            // Empty for a complete holding.
-            have: h.have.clone(),
+        .map(|(holding, peer)| Hint {
+            peer,
+            holding,
+            proximity: me.place.proximity(&peer.place),
         })
         .collect()
+}
+
+/// Puts the best `max` of `keys` first, sorted, and returns how many that is; the
+/// rest stay unordered after them. A reply lists at most `max` hints and [`choose`]
+/// reads the order past them only to find the best holder of a rare chunk (a scan
+/// for the least key), so sorting every candidate (256 of them in a large swarm) is
+/// not needed.
+fn best_first(keys: &mut [u128], max: usize) -> usize {
+    let k = max.min(keys.len());
+    if k < keys.len() {
+        keys.select_nth_unstable(k);
+    }
+    keys[..k].sort_unstable();
+    k
 }
 
 /// A candidate's rank: lower is better, compared field by field.
@@ -237,37 +244,52 @@ fn intersects(a: &ChunkBitmap, b: &ChunkBitmap) -> bool {
         .any(|(x, y)| x & y != 0)
 }
 
-/// Which of `ranked` (best first) to send to a requester holding `have` of `count`
-/// chunks, at most `max`: the better half by rank; then, for every chunk the requester
-/// lacks that none of those holds but some candidate does, its best-ranked holder;
-/// then the rest by rank.
+/// Candidates in rank order as far as [`choose`] needs it: the first `sorted` best
+/// first, the rest unordered but every one ranked after them (by `keys`, lower first).
+struct Ranked<'a> {
+    holdings: &'a [&'a Holding],
+    keys: &'a [u128],
+    /// At least `min(len, max)` for the `max` given to [`choose`].
+    sorted: usize,
+}
+
+/// Which of `ranked` to send to a requester holding `have` of `count` chunks, at most
+/// `max`, as positions in `ranked`, best first: the better half by rank; then, for
+/// every chunk the requester lacks that none of those holds but some candidate does,
+/// its best-ranked holder; then the rest by rank.
 ///
 /// Ranking alone sent the same nearest, least loaded holders to everyone, and the few
 /// agents holding a new chunk fell outside a 32-peer reply: in a 48-agent flash crowd
 /// (fleet S4) most agents saw some chunks as held by nobody, fell back to the origin
 /// for them after `origin_fallback`, and the origin sent 1.1-2.4x the object.
 ///
+/// The same choice as with every candidate sorted: the first and last steps stay
+/// within the sorted `max` (at most `max` are chosen), and a rare chunk's holder past
+/// them is the least key among the unordered rest.
+///
 /// Cost: one bitmap union per candidate, then at most `max` scans of `ranked`.
-fn choose(ranked: &[&Holding], have: &ChunkBitmap, count: u32, max: usize) -> Vec<bool> {
+fn choose(ranked: &Ranked<'_>, have: &ChunkBitmap, count: u32, max: usize) -> Vec<usize> {
+    let holdings = ranked.holdings;
+    let (n, sorted) = (holdings.len(), ranked.sorted.min(holdings.len()));
     let mut c = Cover {
-        ranked,
+        ranked: holdings,
         count,
-        chosen: vec![false; ranked.len()],
+        chosen: vec![false; n],
         covered: have.clone(),
         n: 0,
     };
-    for k in 0..ranked.len().min(max.div_ceil(2)) {
+    for k in 0..n.min(max.div_ceil(2)) {
         c.take(k);
     }
-    let offered = if ranked.iter().any(|h| h.complete) {
+    let offered = if holdings.iter().any(|h| h.complete) {
         ChunkBitmap::full(count)
     } else if count <= 64 {
         // The inline samples are the whole bitmaps: no cache miss per candidate.
-        let s = ranked.iter().fold(0u64, |s, h| s | h.sample);
+        let s = holdings.iter().fold(0u64, |s, h| s | h.sample);
         ChunkBitmap::from_bytes(s.to_le_bytes().to_vec())
     } else {
         let mut offered = ChunkBitmap::new();
-        for h in ranked {
+        for h in holdings {
             offered.union_with(&h.have);
         }
         offered
@@ -284,13 +306,18 @@ fn choose(ranked: &[&Holding], have: &ChunkBitmap, count: u32, max: usize) -> Ve
         if c.covered.contains(i) {
             continue;
         }
-        let best = (0..ranked.len())
-            .find(|&k| !c.chosen[k] && (ranked[k].complete || ranked[k].have.contains(i)));
+        let holds =
+            |k: &usize| !c.chosen[*k] && (holdings[*k].complete || holdings[*k].have.contains(i));
+        let best = (0..sorted)
+            .find(holds)
+            .or_else(|| (sorted..n).filter(holds).min_by_key(|&k| ranked.keys[k]));
         if let Some(k) = best {
             c.take(k);
         }
     }
-    for k in 0..ranked.len() {
+    // Reaches past `sorted` only if every candidate is sorted (fewer than `max` are
+    // chosen, so `max` sorted ones leave enough unchosen).
+    for k in 0..n {
         if c.n >= max {
             break;
         }
@@ -298,7 +325,11 @@ fn choose(ranked: &[&Holding], have: &ChunkBitmap, count: u32, max: usize) -> Ve
             c.take(k);
         }
     }
-    c.chosen
+    let mut picked: Vec<usize> = (0..sorted).filter(|&k| c.chosen[k]).collect();
+    let mut rest: Vec<usize> = (sorted..n).filter(|&k| c.chosen[k]).collect();
+    rest.sort_unstable_by_key(|&k| ranked.keys[k]);
+    picked.extend(rest);
+    picked
 }
 
 /// [`choose`]'s running state.
@@ -322,3 +353,8 @@ impl Cover<'_> {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[path = "rank_tests.rs"]
+mod tests;
