@@ -24,10 +24,13 @@
 //! caught up costs a wake-up per origin pause or per 128 KiB, not per frame, and
 //! readers waiting on later chunks (read-ahead) are not woken by it.
 //!
+//! The frames are held from the start of the chunk being joined whether or not a
+//! reader follows (one may join late), so hyper's read buffers they point into are
+//! not reused until the chunk is joined.
+//!
 //! Cannot: serve a swarm fill's chunk early (its chunks are checked against ids
-//! from the tracker, so they are released only once complete); serve a reader that
-//! starts before the bytes held (it waits for the chunk as before: bytes before the
-//! completed chunks' end are not held).
+//! from the tracker, so they are released only once complete); serve a reader from
+//! here once its chunk is complete (it reads the chunk from the fill as before).
 
 use std::collections::VecDeque;
 

@@ -636,6 +636,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn followers_get_the_origin_bytes_until_their_chunk_is_done() {
+        let layout = Layout::new(40_000, 16384).unwrap();
+        let f = Arc::new(Fill::new("http://o/x".into(), layout, Repr::default()));
+        let data = Bytes::from((0..40_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+        // Not opened (a swarm fill): nothing is served early.
+        f.push(0, data.slice(..100));
+        assert!(f.follow(10, 40_000).await.unwrap().is_none());
+        f.open_cut(39_999);
+        f.push(0, data.slice(..200));
+        let got = f.follow(150, 40_000).await.unwrap().unwrap();
+        assert_eq!(got.concat(), &data[150..200]);
+        let r = {
+            let f = f.clone();
+            tokio::spawn(async move { f.follow(200, 300).await })
+        };
+        // The follower counts as waiting on chunk 0, and is woken at the pause.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while f.waiting() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no follower");
+            tokio::task::yield_now().await;
+        }
+        assert!(f.push(200, data.slice(200..1000)), "owed a wake-up");
+        assert!(f.announce());
+        let got = r.await.unwrap().unwrap().unwrap();
+        assert_eq!(got.concat(), &data[200..300]);
+        // Chunk 0 done: read from the fill; chunk 1's bytes still follow.
+        f.push(1000, data.slice(1000..20_000));
+        f.complete(0, ChunkId::of(&data[..16384]), Source::Origin, None, None);
+        assert!(f.follow(500, 40_000).await.unwrap().is_none());
+        let got = f.follow(16384, 17_000).await.unwrap().unwrap();
+        assert_eq!(got.concat(), &data[16384..17_000]);
+        // The last byte is held back; a failure reaches followers.
+        f.push(20_000, data.slice(20_000..));
+        let got = f.follow(39_000, 40_000).await.unwrap().unwrap();
+        assert_eq!(got.concat(), &data[39_000..39_999]);
+        f.fail(FillError::Internal("origin reset".into()));
+        assert!(f.follow(39_999, 40_000).await.is_err());
+    }
+
+    #[tokio::test]
     async fn failure_reaches_waiters() {
         let layout = Layout::new(40_000, 16384).unwrap();
         let f = Arc::new(Fill::new("http://o/x".into(), layout, Repr::default()));
