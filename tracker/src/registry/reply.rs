@@ -58,7 +58,7 @@ impl<'a> SyncReply<'a> {
             ids: self.ids.clone(),
             cursor: self.cursor,
             more: self.more,
-            peers: self.peers.iter().map(Hint::to_hint).collect(),
+            peers: self.peers.iter().map(|h| h.to_hint()).collect(),
             leases: self.leases.clone(),
             lease_ttl_ms: self.lease_ttl_ms,
             leased_elsewhere: self.leased_elsewhere.clone(),
@@ -86,7 +86,7 @@ impl<'a> SyncReply<'a> {
 }
 
 impl Hint<'_> {
-    fn to_hint(&self) -> PeerHint {
+    fn to_hint(self) -> PeerHint {
         PeerHint {
             id: self.peer.id.clone(),
             addr: self.peer.addr,
