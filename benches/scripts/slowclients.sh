@@ -27,6 +27,7 @@ command -v nginx >/dev/null || { apt-get update -q && apt-get install -y -q ngin
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 work=$(mktemp -d /var/tmp/slowclients.XXXXXX)
+chmod 755 "$work" # nginx's workers read it as their own user
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -51,6 +52,10 @@ EOF
 nginx -c "$work/nginx.conf" &
 pids+=($!)
 url=http://127.0.0.21:$oport/big
+for _ in $(seq 100); do
+    curl -sf -o /dev/null -r 0-0 "$url" && break
+    sleep 0.1
+done
 
 for _ in $(seq "$rounds"); do
     for bin in "$@"; do
@@ -75,8 +80,12 @@ EOF
             curl -sf -o /dev/null "http://127.0.0.24:$admin/live" && break
             sleep 0.1
         done
-        curl -s -o /dev/null -x "http://127.0.0.24:$port" "$url"
-        curl -s -o /dev/null -x "http://127.0.0.24:$port" "$url"
+        curl -sf -o /dev/null -x "http://127.0.0.24:$port" "$url" || {
+            echo "slowclients: $bin could not fetch $url (see $work/agent.log)"
+            cat "$work/agent.log"
+            exit 2
+        }
+        curl -sf -o /dev/null -x "http://127.0.0.24:$port" "$url"
         echo 5 >"/proc/$agent/clear_refs"
         curls=()
         for _ in $(seq "$clients"); do
