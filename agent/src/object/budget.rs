@@ -64,6 +64,9 @@ impl ReadBudget {
     /// if it has room, else the response's floor when it holds nothing, else waits
     /// for whichever comes first.
     pub(crate) async fn take(&self, holder: &Arc<Holder>, len: usize) -> Share {
+        if let Some(p) = self.budget.try_take(len) {
+            return self.share(holder, Some(p), len);
+        }
         let mut waited = false;
         loop {
             let drained = holder.drained.notified();

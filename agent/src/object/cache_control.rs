@@ -41,21 +41,20 @@ impl Directives {
                 Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
                 None => (dir.trim(), None),
             };
-            match name.to_ascii_lowercase().as_str() {
-                "no-cache" if arg.is_none() => d.no_cache = true,
-                "must-revalidate" | "proxy-revalidate" => d.must_revalidate = true,
-                "max-age" => {
-                    d.max_age = d.max_age.or(Some(arg.map_or(0, delta_seconds)));
-                }
-                "s-maxage" => {
-                    d.s_maxage = d.s_maxage.or(Some(arg.map_or(0, delta_seconds)));
-                }
-                "stale-if-error" => {
-                    if let Some(n) = arg.filter(|a| is_digits(a)) {
-                        d.stale_if_error = d.stale_if_error.or(Some(delta_seconds(n)));
-                    }
-                }
-                _ => {}
+            // Read on every fresh-or-not decision: compared in place, not lowered.
+            let is = |n: &str| name.eq_ignore_ascii_case(n);
+            if is("no-cache") && arg.is_none() {
+                d.no_cache = true;
+            } else if is("must-revalidate") || is("proxy-revalidate") {
+                d.must_revalidate = true;
+            } else if is("max-age") {
+                d.max_age = d.max_age.or(Some(arg.map_or(0, delta_seconds)));
+            } else if is("s-maxage") {
+                d.s_maxage = d.s_maxage.or(Some(arg.map_or(0, delta_seconds)));
+            } else if is("stale-if-error")
+                && let Some(n) = arg.filter(|a| is_digits(a))
+            {
+                d.stale_if_error = d.stale_if_error.or(Some(delta_seconds(n)));
             }
         }
         d
