@@ -9,6 +9,7 @@
 pub mod bucket;
 pub mod chunker;
 pub mod digest;
+pub mod groups;
 pub mod id;
 pub mod key;
 pub mod manifest;
