@@ -376,6 +376,19 @@ impl ChunkBitmap {
         STANDARD.encode(&self.bytes)
     }
 
+    /// Appends [`ChunkBitmap::to_base64`]'s text to `out` (no `String` in between).
+    pub fn append_base64(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        // At most MAX_BITMAP_BYTES: the length cannot overflow.
+        let len = base64::encoded_len(self.bytes.len(), true).unwrap_or(0);
+        out.resize(start + len, 0);
+        // The slice has exactly the room encoded_len gives.
+        let written = STANDARD
+            .encode_slice(&self.bytes, &mut out[start..])
+            .unwrap_or(0);
+        out.truncate(start + written);
+    }
+
     /// Parses [`ChunkBitmap::to_base64`] output, refusing anything longer than
     /// [`MAX_BITMAP_BYTES`] before decoding it.
     pub fn from_base64(s: &str) -> Result<Self, BitmapError> {
@@ -496,6 +509,9 @@ mod tests {
             let json = serde_json::to_string(&b).unwrap();
             assert_eq!(json, format!("\"{}\"", b.to_base64()), "{len} bytes");
             assert_eq!(serde_json::from_str::<ChunkBitmap>(&json).unwrap(), b);
+            let mut appended = b"x".to_vec();
+            b.append_base64(&mut appended);
+            assert_eq!(appended, format!("x{}", b.to_base64()).into_bytes());
         }
     }
 

@@ -166,9 +166,12 @@ impl Api {
                 // Serialized under the lock: the reply borrows the registry's records.
                 let body = {
                     let mut reg = lock(&self.registry);
-                    let body = reg
-                        .sync_reply(Instant::now(), &client.peer, &r)
-                        .map(|reply| to_json(&reply, reply.json_size_hint()));
+                    let now = Instant::now();
+                    self.sweep_if_due(&mut reg, now);
+                    let body = reg.sync_reply(now, &client.peer, &r).map(|reply| {
+                        let mut buf = Vec::with_capacity(reply.json_size_hint());
+                        reply.write_json(&mut buf).map(|()| buf)
+                    });
                     self.record(&mut reg);
                     body
                 }
@@ -181,7 +184,9 @@ impl Api {
                 check_addr(client, &mut r.agent)?;
                 let resp = {
                     let mut reg = lock(&self.registry);
-                    let resp = reg.announce(Instant::now(), &client.peer, &r);
+                    let now = Instant::now();
+                    self.sweep_if_due(&mut reg, now);
+                    let resp = reg.announce(now, &client.peer, &r);
                     self.record(&mut reg);
                     resp
                 };
@@ -272,10 +277,25 @@ impl Api {
     pub fn sweep(&self, now: Instant) {
         {
             let mut reg = lock(&self.registry);
-            reg.sweep(now);
+            self.timed_sweep(&mut reg, now);
             self.record(&mut reg);
         }
         lock(&self.limiter).sweep(now);
+    }
+
+    /// The sweep a request would otherwise run inside the registry call, timed.
+    fn sweep_if_due(&self, reg: &mut Registry, now: Instant) {
+        if reg.sweep_due(now) {
+            self.timed_sweep(reg, now);
+        }
+    }
+
+    fn timed_sweep(&self, reg: &mut Registry, now: Instant) {
+        let started = Instant::now();
+        reg.sweep(now);
+        self.metrics
+            .sweep_duration
+            .observe(started.elapsed().as_secs_f64());
     }
 
     pub fn sweep_interval(&self) -> Duration {

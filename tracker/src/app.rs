@@ -4,6 +4,13 @@
 //! [`RunningTracker`]; the binary, the in-process tests and the agent's demo all start
 //! trackers this way. Dropping a `RunningTracker` stops it in the background;
 //! [`RunningTracker::shutdown`] stops it and waits.
+//!
+//! Agents' connections run on the runtime the tracker was started on, or, with
+//! `server.threads` set, on that many threads of their own ([`ConnThreads`]), each
+//! a single-threaded runtime: the accept loop hands each new connection to the next
+//! thread, where it stays. On the work-stealing runtime a request that wakes one
+//! worker also wakes another to look for work (1.45 futex calls per sync,
+//! docs/benchmarks.md); on a thread of its own it wakes that thread only.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -21,6 +28,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use shoal_node::admin::AdminLimits;
 use shoal_proto::tracker::ALPN;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
@@ -46,6 +54,8 @@ pub enum StartError {
     },
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("cannot start {threads} connection threads: {source}")]
+    Threads { threads: usize, source: io::Error },
 }
 
 /// Entry point; see the module docs.
@@ -60,6 +70,17 @@ pub struct RunningTracker {
     metrics: Metrics,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    threads: Option<ConnThreads>,
+}
+
+/// The threads of `server.threads` (see the module docs). Dropping it stops them:
+/// each runtime then drops the tasks it still has.
+#[derive(Debug)]
+struct ConnThreads {
+    handles: Vec<Handle>,
+    /// Dropped to stop the threads.
+    stop: watch::Sender<()>,
+    joins: Vec<std::thread::JoinHandle<()>>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +109,14 @@ impl Tracker {
                 .await
                 .map_err(|source| StartError::Bind { what, addr, source })
         };
+        let threads = match cfg.server.threads {
+            0 => None,
+            n => Some(
+                ConnThreads::start(n)
+                    .map_err(|source| StartError::Threads { threads: n, source })?,
+            ),
+        };
+        let handles = threads.as_ref().map_or(Vec::new(), |t| t.handles.clone());
         let listener = bind("server.listen", cfg.server.listen).await?;
         let admin = bind("admin.listen", cfg.admin.listen).await?;
         let addr_of = |l: &TcpListener, what, addr| {
@@ -117,6 +146,7 @@ impl Tracker {
                 acceptor,
                 api.clone(),
                 limits,
+                handles,
                 stop_rx.clone(),
             )),
             tokio::spawn(serve_admin(admin, metrics.clone(), stop_rx.clone())),
@@ -129,7 +159,52 @@ impl Tracker {
             metrics,
             stop,
             tasks,
+            threads,
         })
+    }
+}
+
+impl ConnThreads {
+    /// `n` threads, each running a single-threaded runtime until stopped.
+    fn start(n: usize) -> io::Result<Self> {
+        let (stop, stopped) = watch::channel(());
+        let mut handles = Vec::with_capacity(n);
+        let mut joins = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(rt.handle().clone());
+            let mut stopped = stopped.clone();
+            let join = std::thread::Builder::new()
+                .name(format!("tracker-conn-{i}"))
+                .spawn(move || {
+                    rt.block_on(async move { while stopped.changed().await.is_ok() {} });
+                })?;
+            joins.push(join);
+        }
+        Ok(Self {
+            handles,
+            stop,
+            joins,
+        })
+    }
+
+    /// Stops the threads and waits for them.
+    async fn stop(self) {
+        let Self { stop, joins, .. } = self;
+        drop(stop);
+        let joined = tokio::task::spawn_blocking(move || {
+            joins
+                .into_iter()
+                .map(|j| j.join())
+                .filter(Result::is_err)
+                .count()
+        })
+        .await;
+        if !matches!(joined, Ok(0)) {
+            tracing::error!("a connection thread panicked");
+        }
     }
 }
 
@@ -159,6 +234,9 @@ impl RunningTracker {
                 tracing::error!(error = %e, "tracker task panicked");
             }
         }
+        if let Some(t) = self.threads.take() {
+            t.stop().await;
+        }
         tracing::info!("tracker stopped");
     }
 }
@@ -169,16 +247,19 @@ impl RunningTracker {
 /// (and counted), so silent or slow clients cannot fill the accept queue in front of
 /// real agents. Caps, in the order they are checked: per source IP (before any TLS),
 /// all connections, concurrent handshakes; a handshake must finish within
-/// `limits.handshake_timeout`.
+/// `limits.handshake_timeout`. Connections run on `threads` in turn (the current
+/// runtime if there are none).
 async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     api: Arc<Api>,
     limits: ConnLimits,
+    threads: Vec<Handle>,
     mut stop: watch::Receiver<bool>,
 ) {
     let gate = Arc::new(Gate::new(&limits));
     let mut conns = JoinSet::new();
+    let mut next = 0usize;
     loop {
         let (tcp, source) = tokio::select! {
             r = listener.accept() => match r {
@@ -209,9 +290,33 @@ async fn serve(
         };
         let (acceptor, api, limits, stop) =
             (acceptor.clone(), api.clone(), limits.clone(), stop.clone());
-        conns.spawn(async move {
-            connection(tcp, source, acceptor, api, limits, admitted, stop).await;
-        });
+        if threads.is_empty() {
+            conns.spawn(async move {
+                connection(tcp, source, acceptor, api, limits, admitted, stop).await;
+            });
+            continue;
+        }
+        // The socket leaves this runtime's reactor for the thread's.
+        let tcp = match tcp.into_std() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(%source, error = %e, "connection lost at hand-over");
+                continue;
+            }
+        };
+        let thread = &threads[next % threads.len()];
+        next = next.wrapping_add(1);
+        conns.spawn_on(
+            async move {
+                match TcpStream::from_std(tcp) {
+                    Ok(tcp) => {
+                        connection(tcp, source, acceptor, api, limits, admitted, stop).await;
+                    }
+                    Err(e) => tracing::debug!(%source, error = %e, "connection lost at hand-over"),
+                }
+            },
+            thread,
+        );
     }
     drain(conns).await;
 }

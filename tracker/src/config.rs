@@ -23,6 +23,9 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Most `server.threads`: a guard against a typo, far above any core count.
+const MAX_THREADS: usize = 1024;
+
 /// Everything the tracker can be told.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -40,6 +43,12 @@ pub struct Config {
 pub struct ServerConfig {
     /// Default `0.0.0.0:7490`.
     pub listen: SocketAddr,
+    /// Threads serving agents' connections, each with its own single-threaded runtime:
+    /// a connection stays on one thread for its life, so a request wakes one thread
+    /// and never hands work to another. `0` (default): connections share the runtime
+    /// the tracker was started on (the binary's: one work-stealing worker per core).
+    /// Set it to the cores the tracker may use; see docs/operations.md.
+    pub threads: usize,
 }
 
 /// The admin listener: `/metrics`, `/live`, `/ready` (plain HTTP).
@@ -143,6 +152,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 7490)),
+            threads: 0,
         }
     }
 }
@@ -217,6 +227,11 @@ impl Config {
     /// started in-process gets its identity directly).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.server.threads > MAX_THREADS {
+            return Err(ConfigError::Invalid(format!(
+                "server.threads must be at most {MAX_THREADS}"
+            )));
+        }
         let r = &self.registry;
         if r.peer_ttl.is_zero() || r.lease_ttl.is_zero() {
             return bad("registry.peer_ttl and registry.lease_ttl must be above zero");
@@ -300,6 +315,7 @@ mod tests {
         assert_eq!(c.registry.lease_ttl, Duration::from_secs(10));
         assert_eq!(c.limits.max_body_size, ByteSize::mib(4));
         assert_eq!(c.limits.burst, 100);
+        assert_eq!(c.server.threads, 0);
     }
 
     #[test]
@@ -349,6 +365,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("registry.object_ttl"), "{e}");
+        std::fs::write(&p, "[server]\nthreads = 5000\n").unwrap();
+        let e = Config::load_from_env(Some(&p), &[], Some(tls_env()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.threads"), "{e}");
         std::fs::write(&p, "[limits]\nrequests_per_second = 0\n").unwrap();
         let e = Config::load_from_env(Some(&p), &[], Some(tls_env()))
             .unwrap_err()

@@ -86,10 +86,14 @@ fn main() -> ExitCode {
         Ok(i) => i,
         Err(e) => return fail(3, &e),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // With connection threads of its own, the main runtime only accepts, serves the
+    // admin endpoint and sweeps: one thread does.
+    let mut builder = if cfg.server.threads > 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(1, &e),
     };
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
             Err(e @ StartError::Bind { .. }) => return fail(4, &e),
             Err(e @ StartError::Tls(_)) => return fail(3, &e),
             Err(e @ StartError::Config(_)) => return fail(2, &e),
+            Err(e @ StartError::Threads { .. }) => return fail(1, &e),
         };
         if let Err(e) = stop_signal().await {
             return fail(1, &e);

@@ -2,7 +2,7 @@
 //! every metric is registered in a [`Registry`] passed in, never a global one, so
 //! several trackers can run in one process (tests, the demo).
 
-use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 use shoal_node::metrics::Registrar;
 
 use crate::registry::Events;
@@ -85,6 +85,9 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// `shoal_tracker_request_duration_seconds{endpoint}`: `sync`, `announce`, `other`.
     pub request_duration: HistogramVec,
+    /// `shoal_tracker_sweep_duration_seconds`: one expiry sweep step, registry lock
+    /// held (requests arriving meanwhile wait for it).
+    pub sweep_duration: Histogram,
 }
 
 impl Metrics {
@@ -131,6 +134,14 @@ impl Metrics {
                 "Time to answer an agent's request, by endpoint.",
                 &["endpoint"],
                 &buckets,
+            ),
+            sweep_duration: reg.histogram(
+                "shoal_tracker_sweep_duration_seconds",
+                "Time one expiry sweep step held the registry lock.",
+                &[
+                    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                    0.01, 0.025, 0.05, 0.1,
+                ],
             ),
             registry,
         };
@@ -198,6 +209,7 @@ mod tests {
         m.request_duration
             .with_label_values(&["sync"])
             .observe(0.001);
+        m.sweep_duration.observe(0.0001);
         let text = m.render();
         for name in [
             "shoal_tracker_announces_total 1",
@@ -212,6 +224,7 @@ mod tests {
             "shoal_tracker_rejected_total{reason=\"spoofed\"} 1",
             "shoal_tracker_rejected_total{reason=\"rate_limited\"} 0",
             "shoal_tracker_request_duration_seconds_bucket{endpoint=\"sync\"",
+            "shoal_tracker_sweep_duration_seconds_count 1",
         ] {
             assert!(text.contains(name), "missing {name}\n{text}");
         }

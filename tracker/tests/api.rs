@@ -155,7 +155,21 @@ fn sync_req(peer_addr: &str, have: &[u32], want: u32) -> SyncRequest {
 
 #[tokio::test]
 async fn sync_round_trip_and_metrics() {
-    let f = start(Config::default()).await;
+    round_trip(Config::default()).await;
+}
+
+/// The same with connections on two threads of their own (the test's runtime is
+/// single-threaded: only the accept loop, admin and sweeper run on it), then a
+/// shutdown that stops the threads and closes the listener.
+#[tokio::test]
+async fn connections_on_threads_of_their_own() {
+    let mut cfg = Config::default();
+    cfg.server.threads = 2;
+    round_trip(cfg).await;
+}
+
+async fn round_trip(cfg: Config) {
+    let f = start(cfg).await;
     let addr = f.tracker.local_addr();
     let body = serde_json::to_vec(&sync_req("127.0.0.1:7000", &[0], 2)).unwrap();
     let (status, headers, body) = post(addr, tls_for(&f, 1), SYNC_PATH, body).await.unwrap();
@@ -221,7 +235,10 @@ async fn sync_round_trip_and_metrics() {
         assert!(text.contains(line), "missing {line}\n{text}");
     }
     assert_eq!(admin_get(f.tracker.admin_addr(), "/ready").await, "ok\n");
+    let tls = tls_for(&f, 1);
     f.tracker.shutdown().await;
+    let body = serde_json::to_vec(&sync_req("127.0.0.1:7000", &[], 0)).unwrap();
+    assert!(post(addr, tls, SYNC_PATH, body).await.is_err(), "stopped");
 }
 
 #[tokio::test]

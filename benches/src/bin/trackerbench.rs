@@ -16,7 +16,7 @@ use shoal_benches::fleet::cleanup::Registry;
 use shoal_benches::fleet::proc::Proc;
 use shoal_benches::hit::load::wait_ready;
 use shoal_benches::hit::servers::free_port;
-use shoal_benches::trackload::{self, Phase, Workload};
+use shoal_benches::trackload::{self, Phase, Workload, server};
 
 #[derive(Debug, Parser)]
 #[command(about = "Tracker syncs/s per core and latency with many simulated agents")]
@@ -56,6 +56,21 @@ struct Args {
     /// Write the figures as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write every paced sync's latency parts as CSV here (round, phase, then the
+    /// fields of `trackload::Sample`, seconds).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// The tracker's `SHOAL_LOG` (its log is `tracker.log` in the run's directory,
+    /// kept with `--keep-logs`).
+    #[arg(long, default_value = "warn")]
+    tracker_log: String,
+    /// Copy each round's tracker log here as `tracker-ROUND.log`.
+    #[arg(long)]
+    keep_logs: Option<PathBuf>,
+    /// Only time the registry's expiry sweep in this process (no tracker, no
+    /// network) with `--agents` holders, then exit.
+    #[arg(long)]
+    sweep_only: bool,
 }
 
 fn main() -> ExitCode {
@@ -106,6 +121,12 @@ async fn bench(args: &Args) -> Result<()> {
             })
             .collect::<Result<_>>()?,
     };
+    let w = workload(args);
+    let cost = trackload::sweep::cost(&w)?;
+    println!("{cost}");
+    if args.sweep_only {
+        return Ok(());
+    }
     let dir = tempfile::Builder::new()
         .prefix("trackerbench-")
         .tempdir_in("/var/tmp")?;
@@ -129,6 +150,13 @@ async fn bench(args: &Args) -> Result<()> {
         let name = format!("{} (round {})", labels[b], round + 1);
         println!("\nround {}: {name}, {}", round + 1, bins[b].display());
         let phases = run_tracker(args, &bins[b], dir.path(), identities.clone()).await?;
+        if let Some(keep) = &args.keep_logs {
+            std::fs::create_dir_all(keep)?;
+            std::fs::copy(
+                dir.path().join("tracker.log"),
+                keep.join(format!("tracker-{}.log", round + 1)),
+            )?;
+        }
         rows.extend(phases.into_iter().map(|p| (name.clone(), p)));
     }
     println!(
@@ -157,6 +185,49 @@ async fn bench(args: &Args) -> Result<()> {
             p.max_ms,
             p.load_after
         );
+    }
+    println!(
+        "\nWhere the time went (ms). Client: p99 of each part alone, then the mean of each part over the syncs at or above the p99 (spawn = the benchmark's own scheduling; wait = connection busy; exchange = request written to response head parsed; read = body and JSON). Tracker: its handler time from its histogram (bucket bounds), and its expiry sweeps."
+    );
+    println!(
+        "| tracker | phase | p99 spawn | p99 wait | p99 exchange | p99 read | tail n | tail spawn | tail wait | tail exchange | tail read | handler > 1 ms | handler > 5 ms | handler p99 ≤ | sweeps | sweep total ms | sweep max ≤ |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (t, p) in &rows {
+        let b = p.breakdown.unwrap_or_default();
+        let s = p.server.unwrap_or_default();
+        let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+        println!(
+            "| {t} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} % | {:.3} % | {} | {} | {} | {} |",
+            p.name,
+            b.p99_spawn_ms,
+            b.p99_wait_ms,
+            b.p99_exchange_ms,
+            b.p99_read_ms,
+            b.tail_syncs,
+            b.tail_spawn_ms,
+            b.tail_wait_ms,
+            b.tail_exchange_ms,
+            b.tail_read_ms,
+            s.over_1ms * 100.0,
+            s.over_5ms * 100.0,
+            s.p99_ms_at_most,
+            s.sweeps.map_or("-".to_owned(), |n| n.to_string()),
+            opt(s.sweep_total_ms),
+            opt(s.sweep_max_ms_at_most),
+        );
+    }
+    if let Some(path) = &args.trace {
+        let mut csv = String::from("round,phase,at,total,spawn,wait,exchange,read\n");
+        for (t, p) in &rows {
+            for x in &p.samples {
+                csv.push_str(&format!(
+                    "\"{t}\",\"{}\",{:.6},{:.6},{:.6},{:.6},{:.6},{:.6}\n",
+                    p.name, x.at, x.total, x.spawn, x.wait, x.exchange, x.read
+                ));
+            }
+        }
+        std::fs::write(path, csv)?;
     }
     for (t, p) in &rows {
         if let Some(e) = &p.first_error {
@@ -197,18 +268,12 @@ async fn run_tracker(
         bin,
         ["run", "--config", &config.display().to_string()],
         &log,
-        &[("SHOAL_LOG", "warn")],
+        &[("SHOAL_LOG", args.tracker_log.as_str())],
     )
     .with_context(|| format!("starting {}", bin.display()))?;
     wait_ready("tracker admin", admin, "/ready", Duration::from_secs(30)).await?;
 
-    let w = Workload {
-        agents: args.agents,
-        objects: args.objects,
-        chunks: args.chunks,
-        held: args.held,
-        seed: 1,
-    };
+    let w = workload(args);
     let t = Instant::now();
     let cpu0 = tracker.usage().map_or(0.0, |u| u.cpu_seconds);
     let agents = trackload::connect_all(identities, listen, &w, 32).await?;
@@ -223,12 +288,18 @@ async fn run_tracker(
 
     let d = Duration::from_secs(args.duration);
     let mut phases: Vec<Phase> = Vec::new();
+    let m0 = server::scrape(admin).await?;
     let mut p = trackload::closed_loop(&agents, tracker.pid(), args.workers, d).await?;
     p.load_after = loadavg();
+    let mut m1 = server::scrape(admin).await?;
+    p.server = Some(server::ServerSide::between(&m0, &m1));
     phases.push(p);
     for &rate in &args.rates {
         let mut p = trackload::paced(&agents, tracker.pid(), rate, d).await?;
         p.load_after = loadavg();
+        let m2 = server::scrape(admin).await?;
+        p.server = Some(server::ServerSide::between(&m1, &m2));
+        m1 = m2;
         phases.push(p);
     }
     let rss = tracker.usage().map_or(0, |u| u.peak_rss_bytes);
@@ -246,4 +317,15 @@ fn loadavg() -> String {
         .next()
         .unwrap_or("?")
         .to_owned()
+}
+
+/// The simulated fleet the flags describe.
+fn workload(args: &Args) -> Workload {
+    Workload {
+        agents: args.agents,
+        objects: args.objects,
+        chunks: args.chunks,
+        held: args.held,
+        seed: 1,
+    }
 }

@@ -21,6 +21,9 @@
 //! holdings (each agent here re-sends the same bitmap and cursor), and anything about
 //! more than one tracker replica or another machine's network stack.
 
+pub mod server;
+pub mod sweep;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -83,6 +86,13 @@ pub struct Phase {
     pub first_error: Option<String>,
     /// The machine's 1-minute load average after the phase (filled by the caller).
     pub load_after: String,
+    /// Paced phases: where the latency went.
+    pub breakdown: Option<Breakdown>,
+    /// The tracker's own view of the phase, from its metrics (filled by the caller).
+    pub server: Option<server::ServerSide>,
+    /// Paced phases: every sync, sorted by latency (for `--trace`).
+    #[serde(skip)]
+    pub samples: Vec<Sample>,
 }
 
 /// Connects every agent (at most `parallel` handshakes at once) to the tracker at
@@ -212,13 +222,31 @@ fn splitmix(x: u64) -> u64 {
 }
 
 async fn post(send: &Mutex<SendRequest<Full<Bytes>>>, body: Bytes) -> Result<SyncResponse> {
+    post_timed(send, body).await.map(|(r, _)| r)
+}
+
+/// When one sync reached each step on the client (see [`Sample`]).
+#[derive(Debug, Clone, Copy)]
+struct Stamps {
+    /// The connection was free and ready: the request is handed to hyper.
+    sent: Instant,
+    /// The response head was parsed.
+    head: Instant,
+}
+
+async fn post_timed(
+    send: &Mutex<SendRequest<Full<Bytes>>>,
+    body: Bytes,
+) -> Result<(SyncResponse, Stamps)> {
     let req = Request::post(SYNC_PATH)
         .header(header::HOST, "tracker")
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(body))?;
     let mut s = send.lock().await;
     s.ready().await?;
+    let sent = Instant::now();
     let resp = s.send_request(req).await?;
+    let head = Instant::now();
     drop(s);
     let status = resp.status();
     let bytes = resp.into_body().collect().await?.to_bytes();
@@ -228,7 +256,7 @@ async fn post(send: &Mutex<SendRequest<Full<Bytes>>>, body: Bytes) -> Result<Syn
             String::from_utf8_lossy(&bytes)
         );
     }
-    Ok(serde_json::from_slice(&bytes)?)
+    Ok((serde_json::from_slice(&bytes)?, Stamps { sent, head }))
 }
 
 /// Syncs back to back from `workers` tasks for `duration`.
@@ -304,16 +332,18 @@ pub async fn paced(
         tokio::time::sleep_until(due.into()).await;
         let a = agents[(k as usize) % agents.len()].clone();
         tasks.spawn(async move {
-            let r = post(&a.send, a.body.clone()).await;
-            r.map(|_| due.elapsed().as_secs_f64())
+            let started = Instant::now();
+            let r = post_timed(&a.send, a.body.clone()).await;
+            let done = Instant::now();
+            r.map(|(_, st)| Sample::new(t0, due, started, st, done))
         });
     }
-    let mut lat = Vec::new();
+    let mut samples = Vec::new();
     let mut errors = 0;
     let mut first = None;
     while let Some(r) = tasks.join_next().await {
         match r? {
-            Ok(l) => lat.push(l),
+            Ok(s) => samples.push(s),
             Err(e) => {
                 errors += 1;
                 first.get_or_insert(format!("{e:#}"));
@@ -322,13 +352,99 @@ pub async fn paced(
     }
     let seconds = t0.elapsed().as_secs_f64();
     let cpu_s = cpu(tracker_pid)? - cpu0;
-    Ok(phase(
+    let lat = samples.iter().map(|s| s.total).collect();
+    let mut p = phase(
         format!("paced, {rate:.0} syncs/s"),
         lat,
         (errors, first),
         seconds,
         cpu_s,
-    ))
+    );
+    p.breakdown = Some(Breakdown::of(&mut samples));
+    p.samples = samples;
+    Ok(p)
+}
+
+/// One paced sync, split into the parts of its latency (seconds). `total` is from
+/// the scheduled send time to the parsed reply, and is the sum of the parts.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Sample {
+    /// Scheduled send time, seconds since the phase began.
+    pub at: f64,
+    pub total: f64,
+    /// Due → the task ran: the benchmark's own scheduling (its pacing loop and
+    /// runtime).
+    pub spawn: f64,
+    /// The task ran → the agent's connection was free and ready.
+    pub wait: f64,
+    /// Request handed to hyper → response head parsed: the tracker, both kernels'
+    /// loopback path, and the benchmark's connection task waking.
+    pub exchange: f64,
+    /// Head → body read and JSON parsed (benchmark side).
+    pub read: f64,
+}
+
+/// Where a phase's latency went: the p99 of each part on its own, and the mean of
+/// each part over the syncs whose total is at or above the p99 (what the tail is
+/// made of).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Breakdown {
+    pub p99_spawn_ms: f64,
+    pub p99_wait_ms: f64,
+    pub p99_exchange_ms: f64,
+    pub p99_read_ms: f64,
+    pub tail_syncs: usize,
+    pub tail_spawn_ms: f64,
+    pub tail_wait_ms: f64,
+    pub tail_exchange_ms: f64,
+    pub tail_read_ms: f64,
+}
+
+impl Sample {
+    fn new(t0: Instant, due: Instant, started: Instant, st: Stamps, done: Instant) -> Self {
+        let d = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64();
+        Self {
+            at: d(t0, due),
+            total: d(due, done),
+            spawn: d(due, started),
+            wait: d(started, st.sent),
+            exchange: d(st.sent, st.head),
+            read: d(st.head, done),
+        }
+    }
+}
+
+impl Breakdown {
+    /// Sorts `samples` by total latency.
+    fn of(samples: &mut [Sample]) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        let p99 = |f: fn(&Sample) -> f64, s: &[Sample]| {
+            let mut v: Vec<f64> = s.iter().map(f).collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            let rank = ((0.99 * v.len() as f64).ceil() as usize).clamp(1, v.len());
+            v[rank - 1] * 1000.0
+        };
+        let mut b = Self {
+            p99_spawn_ms: p99(|s| s.spawn, samples),
+            p99_wait_ms: p99(|s| s.wait, samples),
+            p99_exchange_ms: p99(|s| s.exchange, samples),
+            p99_read_ms: p99(|s| s.read, samples),
+            ..Self::default()
+        };
+        samples.sort_by(|a, b| a.total.total_cmp(&b.total));
+        let rank = ((0.99 * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+        let tail = &samples[rank - 1..];
+        let mean =
+            |f: fn(&Sample) -> f64| tail.iter().map(f).sum::<f64>() * 1000.0 / tail.len() as f64;
+        b.tail_syncs = tail.len();
+        b.tail_spawn_ms = mean(|s| s.spawn);
+        b.tail_wait_ms = mean(|s| s.wait);
+        b.tail_exchange_ms = mean(|s| s.exchange);
+        b.tail_read_ms = mean(|s| s.read);
+        b
+    }
 }
 
 fn cpu(pid: u32) -> Result<f64> {
@@ -366,6 +482,9 @@ fn phase(
         max_ms: q(1.0),
         first_error,
         load_after: String::new(),
+        breakdown: None,
+        server: None,
+        samples: Vec::new(),
     }
 }
 
