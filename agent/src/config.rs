@@ -112,8 +112,15 @@ pub struct CacheConfig {
     /// Directory for chunks and object metadata. Default `/var/cache/shoal`. If it
     /// cannot be created or written, the agent still serves, passing requests through.
     pub dir: PathBuf,
-    /// Disk quota for chunks. Default `10GiB`.
+    /// Disk quota for chunks. Default `10GiB`. The quota in force is lower when the
+    /// filesystem has less room: chunk bytes held plus free space, less `min_free`.
     pub max_size: ByteSize,
+    /// Free space the cache leaves on its filesystem for everything else on the node
+    /// (like nginx's `proxy_cache_path ... min_free=`). Default: 2 % of the
+    /// filesystem, within 1MiB..=1GiB. On a disk with less free space than this the
+    /// agent caches nothing new (`shoal_cache_write_skipped_total{reason="full"}`)
+    /// and still serves, from memory, peers and the origin.
+    pub min_free: Option<ByteSize>,
     /// Eviction starts when usage exceeds this share of `max_size`. Default 0.95.
     pub high_watermark: f64,
     /// Eviction stops when usage is below this share of `max_size`. Default 0.90.
@@ -142,7 +149,8 @@ pub struct CacheConfig {
     /// A cold miss hands each chunk to its clients at once and writes it behind; when
     /// this much is already queued and a client is waiting for the next chunk, the
     /// chunk is skipped for caching (`shoal_cache_fill_skipped_chunks_total`) rather
-    /// than slowing the client, and that object is not cached this time. With no
+    /// than slowing the client; after the fill it is written from the memory cache or
+    /// fetched again by `Range`, and only then is the object recorded. With no
     /// client waiting, the fill waits for the disk instead (backpressure to the
     /// origin). Default `32MiB`; at least one chunk is always let through. Raise it
     /// when the disk is fast but bursty (skips with a mostly idle disk); it counts in
@@ -160,7 +168,8 @@ pub struct CacheConfig {
     /// Chunk bytes that responses, together, may hold between reading them (from the
     /// memory cache, disk, a fill or a repair) and the client's socket taking them:
     /// each response reads a few chunks ahead within this budget, and past it waits
-    /// for a slow client's bytes to drain. It bounds the memory of many slow clients
+    /// for a slow client's bytes to drain, holding at most one 64 KiB group outside
+    /// it (disk chunks are then read in checked groups). It bounds the memory of many slow clients
     /// (docs/operations.md's formula); too small a budget for many fast streams costs
     /// hit throughput. Default `32MiB`; at least one chunk.
     pub read_buffer: ByteSize,
@@ -474,6 +483,7 @@ impl Default for CacheConfig {
         Self {
             dir: PathBuf::from("/var/cache/shoal"),
             max_size: ByteSize::gib(10),
+            min_free: None,
             high_watermark: 0.95,
             low_watermark: 0.90,
             memory_size: ByteSize::mib(256),
@@ -700,6 +710,7 @@ mod tests {
         assert_eq!(c.proxy.listen, "127.0.0.1:7480".parse().unwrap());
         assert_eq!(c.admin.listen, "127.0.0.1:7481".parse().unwrap());
         assert_eq!(c.cache.chunk_size, ByteSize::mib(1));
+        assert_eq!(c.cache.min_free, None);
         assert!(!c.swarm_enabled());
     }
 
@@ -827,10 +838,25 @@ mod tests {
     }
 
     #[test]
+    fn min_free_is_a_size_and_unset_by_default() {
+        for (text, want) in [("0B", 0), ("512MiB", 512 << 20), ("5GiB", 5 << 30)] {
+            let env = HashMap::from([("SHOAL_AGENT__CACHE__MIN_FREE".to_owned(), text.to_owned())]);
+            let c = Config::load_from_env(None, &[], Some(env)).unwrap();
+            assert_eq!(c.cache.min_free, Some(ByteSize::b(want)), "{text}");
+        }
+        let env = HashMap::from([("SHOAL_AGENT__CACHE__MIN_FREE".to_owned(), "lots".to_owned())]);
+        assert!(Config::load_from_env(None, &[], Some(env)).is_err());
+    }
+
+    #[test]
     fn layering_env_over_file_flags_over_env() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.toml");
-        std::fs::write(&p, "[cache]\nmax_size = \"1GiB\"\nfreshness = \"5m\"\n").unwrap();
+        std::fs::write(
+            &p,
+            "[cache]\nmax_size = \"1GiB\"\nmin_free = \"5GiB\"\nfreshness = \"5m\"\n",
+        )
+        .unwrap();
         let env = HashMap::from([
             ("SHOAL_AGENT__CACHE__MAX_SIZE".to_owned(), "2GiB".to_owned()),
             (
@@ -845,6 +871,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.cache.max_size, ByteSize::gib(2));
+        assert_eq!(c.cache.min_free, Some(ByteSize::gib(5)));
         assert_eq!(c.cache.freshness, Duration::from_secs(300));
         assert_eq!(c.egress.allow_cidrs.len(), 2);
         assert_eq!(c.proxy.listen, "127.0.0.2:1".parse().unwrap());

@@ -128,8 +128,14 @@ pub struct Metrics {
     /// `shoal_cache_fill_skipped_bytes_total`: the bytes of those chunks.
     pub cache_fill_skipped_bytes: IntCounter,
     /// `shoal_cache_fills_incomplete_total`: origin fills served in full but not
-    /// cached because chunks were skipped; the next request fills the object again.
+    /// recorded at their end because chunks were skipped; their gaps are filled
+    /// after them (`shoal_cache_fill_gaps_total`).
     pub cache_fills_incomplete: IntCounter,
+    /// `shoal_cache_fill_gaps_total{outcome}`: fills with skipped chunks, once those
+    /// were written from memory or fetched again by `Range`: `recorded` (the object is
+    /// cached), `failed` (a fetch or write failed: the next request fills it anew),
+    /// `superseded` (another version or fill of the URL came first).
+    pub cache_fill_gaps: IntCounterVec,
     /// `shoal_cache_fill_buffer_bytes`: chunk bytes queued for the disk by fills
     /// (at most `cache.fill_buffer`).
     pub cache_fill_buffer_bytes: IntGauge,
@@ -138,11 +144,15 @@ pub struct Metrics {
     /// `fstat` still matches (`cache.verify_window`; 0 when it is off).
     pub cache_reads_proved: IntCounter,
     /// `shoal_cache_read_buffer_bytes`: chunk bytes responses hold read ahead of
-    /// their clients (at most `cache.read_buffer` plus one chunk per response).
+    /// their clients (at most `cache.read_buffer` plus one group per response).
     pub cache_read_buffer_bytes: IntGauge,
     /// `shoal_cache_read_buffer_waits_total`: chunk reads that waited for room in
     /// `cache.read_buffer` (clients slower than the agent, or many streams).
     pub cache_read_buffer_waits: IntCounter,
+    /// `shoal_cache_reads_grouped_total`: chunks read from disk 64 KiB at a time,
+    /// each group checked on its own, by responses with no room in
+    /// `cache.read_buffer` (`store/grouped.rs`).
+    pub cache_reads_grouped: IntCounter,
     /// `shoal_peer_uploads_queued_total`: peer chunk requests that found every upload
     /// slot taken and waited in the upload queue (`peer.upload_queue`).
     pub uploads_queued: IntCounter,
@@ -320,7 +330,12 @@ impl Metrics {
             ),
             cache_fills_incomplete: counter(
                 "shoal_cache_fills_incomplete_total",
-                "Origin fills served in full but not cached because chunks were skipped.",
+                "Origin fills served in full but not recorded at their end because chunks were skipped.",
+            ),
+            cache_fill_gaps: counter_vec(
+                "shoal_cache_fill_gaps_total",
+                "Fills with skipped chunks after those were written or fetched again, by outcome.",
+                &["outcome"],
             ),
             cache_fill_buffer_bytes: gauge(
                 "shoal_cache_fill_buffer_bytes",
@@ -337,6 +352,10 @@ impl Metrics {
             cache_read_buffer_waits: counter(
                 "shoal_cache_read_buffer_waits_total",
                 "Chunk reads that waited for room in cache.read_buffer.",
+            ),
+            cache_reads_grouped: counter(
+                "shoal_cache_reads_grouped_total",
+                "Chunks read from disk in checked 64 KiB groups (no room in cache.read_buffer).",
             ),
             uploads_queued: counter(
                 "shoal_peer_uploads_queued_total",
@@ -374,6 +393,9 @@ impl Metrics {
         }
         for r in ["cached", "uncacheable", "failed", "refused"] {
             m.prefetch.with_label_values(&[r]);
+        }
+        for o in ["recorded", "failed", "superseded"] {
+            m.cache_fill_gaps.with_label_values(&[o]);
         }
         for r in FetchReason::ALL {
             m.origin_fetches.with_label_values(&[r.label()]);

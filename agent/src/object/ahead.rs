@@ -97,6 +97,7 @@ impl ObjectCache {
                 range.start..range.end,
                 f.layout.size,
                 reason,
+                false,
             )
             .await?;
         let mut body = resp.into_body();

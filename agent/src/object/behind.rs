@@ -8,15 +8,20 @@
 //! `shoal_cache_fill_skipped_chunks_total`, kept in the memory cache if it fits) and
 //! the fill goes on; if no reader is, the fill waits for the disk, which stops
 //! reading the origin (backpressure through TCP). A fill that skipped a chunk is not
-//! recorded (`shoal_cache_fills_incomplete_total`): the next request fills the object
-//! again, and the chunks that did reach the disk are not written twice.
+//! recorded at its end (`shoal_cache_fills_incomplete_total`); once its queued writes
+//! are done, its gaps are filled ([`fill_gaps`]): each skipped chunk is written from
+//! the memory cache if it is still there, else fetched again from the origin by
+//! `Range`, and then the object is recorded. So the origin sends the skipped chunks
+//! twice, not the whole object, and the next request is a hit.
 //!
 //! Chunks not on disk and not queued (skipped, or their write failed) are held for
-//! readers only while they are among the newest [`LOOSE`]; past that, with no reader
-//! blocked, the fill waits (backpressure again), and with one blocked, the oldest are
-//! dropped: a reader that far behind reads them from the memory cache or fetches them
-//! from the origin again. So a fill holds at most its share of the budget plus
-//! [`LOOSE`] chunks, and a slow client never slows a fast one.
+//! readers only while they are among the newest [`LOOSE`] ([`loose_keep`]: fewer, down
+//! to one, while more than two fills run, so all fills together hold at most
+//! max([`LOOSE_ALL`], fills) such chunks); past that, with no reader blocked, the fill
+//! waits (backpressure again), and with one blocked, the oldest are dropped: a reader
+//! that far behind reads them from the memory cache or fetches them from the origin
+//! again. So a fill holds at most its share of the budget plus its loose chunks, and a
+//! slow client never slows a fast one.
 //!
 //! Not done here: the BLAKE3 of each chunk is still computed before the chunk is
 //! complete for readers (on blocking threads, `origin_fill`: the manifest and the
@@ -25,19 +30,50 @@
 //! (`crate::swarm`) store each chunk before releasing it, as before.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use shoal_proto::{Chunk, ObjectKey, Sha256Digest};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use super::fill::Record;
+use super::meta::ObjectMeta;
 use super::{Fill, ObjectCache};
 use crate::metrics::Source;
+use crate::origin::reason::FetchReason;
 
 /// Loose chunks (not on disk, not queued) a fill keeps holding for its readers: more
 /// than a reader's read-ahead (`read::READ_AHEAD`, 3), whose suspended waits may
 /// still ask for the newest few.
 pub(crate) const LOOSE: usize = 4;
+
+/// Loose chunks all origin fills together keep, when more than two run: each keeps
+/// `LOOSE_ALL / fills`, at least one. Loose chunks are outside every budget and mostly
+/// outside the memory cache too (it does not admit every chunk offered), so with a
+/// fixed [`LOOSE`] per fill 16 concurrent cold misses on a slow disk held 64 of them
+/// (measured: 44 MiB of VmHWM, docs/benchmarks.md).
+pub(crate) const LOOSE_ALL: usize = 8;
+
+/// The loose chunks one fill keeps while `fills` origin fills run.
+pub(crate) fn loose_keep(fills: usize) -> usize {
+    (LOOSE_ALL / fills.max(1)).clamp(1, LOOSE)
+}
+
+/// One running origin fill, counted in `Inner::origin_fills` while it lives.
+struct Active(Arc<AtomicUsize>);
+
+impl Active {
+    fn start(n: &Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Self(n.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Budget units are KiB, so a budget past 4 GiB still fits the semaphore's `u32`
 /// acquisitions.
@@ -63,6 +99,7 @@ pub(super) struct Behind {
     tx: mpsc::UnboundedSender<Job>,
     writer: JoinHandle<()>,
     skipped: u64,
+    _active: Active,
 }
 
 impl Budget {
@@ -102,6 +139,7 @@ impl Behind {
     /// Starts the writer task of `fill`.
     pub(super) fn start(cache: &ObjectCache, fill: &Arc<Fill>) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let active = Active::start(&cache.inner.origin_fills);
         let (cache, fill) = (cache.clone(), fill.clone());
         let writer = tokio::spawn(async move {
             let store = &cache.inner.store;
@@ -123,6 +161,7 @@ impl Behind {
             tx,
             writer,
             skipped: 0,
+            _active: active,
         }
     }
 
@@ -145,12 +184,13 @@ impl Behind {
             Some(p) => self.queue(cache, fill, c, p),
             None => self.skip(cache, c),
         }
-        if fill.loose() > LOOSE {
+        let keep = loose_keep(cache.inner.origin_fills.load(Ordering::Relaxed));
+        if fill.loose() > keep {
             // Nobody is held up: wait for a slow reader to catch up (or leave)
             // rather than drop chunks it is about to read.
-            fill.until(|f| f.waiting() > 0 || f.readers() == 0 || f.loose() <= LOOSE)
+            fill.until(|f| f.waiting() > 0 || f.readers() == 0 || f.loose() <= keep)
                 .await;
-            fill.trim(LOOSE);
+            fill.trim(keep);
         }
     }
 
@@ -186,11 +226,12 @@ impl Behind {
     /// object is recorded at once when every chunk is on disk or in the memory cache
     /// (queued chunks are), its writes finishing behind ([`forget_unwritten`]), else
     /// after every queued write (at most the budget's worth) if the disk then holds it
-    /// all; with a skip, nothing is awaited and the object is not recorded. Then the
+    /// all; with a skip, nothing is awaited and the object is recorded only once its
+    /// gaps are filled ([`fill_gaps`], after the queued writes). Then the
     /// last chunks are released ([`super::fill::conclude`]): a client's last byte
     /// waits for the disk only when the memory cache cannot hold the object.
     pub(super) async fn finish(
-        self,
+        mut self,
         cache: &ObjectCache,
         fill: &Arc<Fill>,
         key: ObjectKey,
@@ -203,11 +244,12 @@ impl Behind {
             let permit = if keep {
                 budget.take(c.bytes.len()).await
             } else {
-                // Written if there is room, for the next fill of this object.
+                // Written if there is room, else skipped too: its gap is filled later.
                 budget.try_take(c.bytes.len())
             };
-            if let Some(p) = permit {
-                self.queue(cache, fill, c.clone(), p);
+            match permit {
+                Some(p) => self.queue(cache, fill, c.clone(), p),
+                None => self.skip(cache, c.clone()),
             }
         }
         let Self { tx, writer, .. } = self;
@@ -242,7 +284,7 @@ impl Behind {
         {
             tracing::warn!(url = %fill.url, error = %e, "chunk writer task failed");
         }
-        super::fill::conclude(
+        let later = super::fill::conclude(
             cache,
             fill,
             key,
@@ -256,6 +298,11 @@ impl Behind {
             },
         )
         .await;
+        if let Some(m) = later
+            && let Some(w) = writer.take()
+        {
+            tokio::spawn(fill_gaps(cache.clone(), fill.clone(), m, w));
+        }
         if let Some(running) = running
             && let Some(w) = writer.take()
         {
@@ -266,6 +313,77 @@ impl Behind {
             });
         }
     }
+}
+
+/// The end of a fill that skipped chunks for caching (the disk was behind its
+/// client), after its queued writes (`writer`): each chunk of `m` the disk lacks is
+/// written from the memory cache if it still holds it, else fetched again from the
+/// origin by `Range` and checked against its id
+/// (`shoal_origin_fetches_total{reason="skipped"}`); then `m` is recorded. Gives up
+/// (the next request fills the object anew) when a fetch or write fails, and leaves
+/// the URL alone once another version or fill of it came first
+/// (`shoal_cache_fill_gaps_total{outcome}`). One chunk at a time: the gaps of a disk
+/// that was behind are few, and the origin is not asked for them all at once.
+async fn fill_gaps(cache: ObjectCache, fill: Arc<Fill>, m: ObjectMeta, writer: JoinHandle<()>) {
+    if let Err(e) = writer.await {
+        tracing::warn!(url = %fill.url, error = %e, "chunk writer task failed");
+    }
+    let store = &cache.inner.store;
+    let _pin = store.pin(m.manifest.chunks.iter().copied());
+    let outcome = |o: &str| {
+        cache
+            .inner
+            .metrics
+            .cache_fill_gaps
+            .with_label_values(&[o])
+            .inc();
+    };
+    let mut fetched = 0usize;
+    for (i, id) in m.manifest.chunks.iter().enumerate() {
+        if cache.superseded(&m) {
+            outcome("superseded");
+            return;
+        }
+        if store.chunk_len(id).is_some() {
+            continue;
+        }
+        if let Some(b) = store.memory_get(id)
+            && store.put(*id, b).await.is_ok()
+        {
+            continue;
+        }
+        // Not read through a `200` of an origin that ignores `Range`: for every gap
+        // that would be the object up to it.
+        let got = cache
+            .fetch_chunk(
+                &fill.url,
+                fill.upstream.as_ref(),
+                &fill.repr,
+                fill.layout,
+                (i, *id),
+                FetchReason::Skipped,
+                false,
+            )
+            .await;
+        fetched += 1;
+        // A stored chunk is on disk (`put` succeeds only then), pinned above.
+        let stored = match got {
+            Ok(b) => store.put(*id, b).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = stored {
+            tracing::info!(url = %m.url, chunk = i, error = %e, "a skipped chunk could not be fetched and stored again; object not cached");
+            outcome("failed");
+            return;
+        }
+    }
+    if cache.superseded(&m) {
+        outcome("superseded");
+        return;
+    }
+    tracing::info!(url = %m.url, fetched, "skipped chunks written; object recorded");
+    cache.remember(Arc::new(m)).await;
+    outcome("recorded");
 }
 
 /// Counts a writer task down when it ends.
@@ -319,5 +437,29 @@ async fn forget_unwritten(cache: &ObjectCache, fill: &Fill, writer: JoinHandle<(
     if recorded && !ids.iter().all(|id| store.chunk_len(id).is_some()) {
         tracing::info!(url = %fill.url, "chunks recorded ahead of their writes did not reach the disk; forgotten");
         cache.invalidate(&fill.url).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loose_chunks_of_all_fills_stay_within_max_of_loose_all_and_fills() {
+        // One or two fills keep the full read-ahead margin.
+        assert_eq!(loose_keep(0), LOOSE);
+        assert_eq!(loose_keep(1), LOOSE);
+        assert_eq!(loose_keep(2), LOOSE);
+        // Many keep at least the newest one.
+        assert_eq!(loose_keep(16), 1);
+        assert_eq!(loose_keep(10_000), 1);
+        for fills in 1..200 {
+            let keep = loose_keep(fills);
+            assert!((1..=LOOSE).contains(&keep), "{fills}: {keep}");
+            assert!(
+                keep * fills <= LOOSE_ALL.max(fills),
+                "{fills} fills keep {keep} each"
+            );
+        }
     }
 }

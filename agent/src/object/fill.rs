@@ -528,7 +528,8 @@ pub(crate) enum Record {
 
 /// The end of every fill, once its last chunks (`held`, each with whether the store
 /// took it) are known: records the object as `record` says, ends the flight, and
-/// only then completes the last chunks for readers.
+/// only then completes the last chunks for readers. With [`Record::Skip`], the
+/// object it would have recorded, for the caller to record once the disk holds it.
 pub(crate) async fn conclude(
     cache: &ObjectCache,
     fill: &Arc<Fill>,
@@ -537,7 +538,7 @@ pub(crate) async fn conclude(
     held: Vec<(Chunk, bool)>,
     source: Source,
     record: Record,
-) {
+) -> Option<ObjectMeta> {
     let url = fill.url.clone();
     let mut ids = fill.chunk_ids_partial();
     for (c, _) in &held {
@@ -554,20 +555,22 @@ pub(crate) async fn conclude(
             store.chunk_len(id).is_some() || (record == Record::Readable && store.contains(id))
         })
     };
+    let meta = |manifest| ObjectMeta {
+        url: url.clone(),
+        manifest,
+        repr: fill.repr.clone(),
+        validated_at_ms: meta::unix_ms(SystemTime::now()),
+        immutable: digest.is_some(),
+    };
+    let mut later = None;
     match ids.map(|ids| Manifest::new(key, fill.layout, ids, digest.map(|d| d.to_string()))) {
-        Some(Ok(_)) if record == Record::Skip => {
-            tracing::info!(%url, "object served but not cached: chunks were skipped while the disk was behind");
+        Some(Ok(manifest)) if record == Record::Skip => {
+            tracing::info!(%url, "object served, not recorded yet: chunks were skipped while the disk was behind");
             cache.inner.metrics.cache_fills_incomplete.inc();
+            later = Some(meta(manifest));
         }
         Some(Ok(manifest)) if on_disk(&manifest) => {
-            let m = ObjectMeta {
-                url: url.clone(),
-                manifest,
-                repr: fill.repr.clone(),
-                validated_at_ms: meta::unix_ms(SystemTime::now()),
-                immutable: digest.is_some(),
-            };
-            cache.remember(Arc::new(m)).await;
+            cache.remember(Arc::new(meta(manifest))).await;
         }
         Some(Err(e)) => tracing::error!(%url, error = %e, "manifest rejected"),
         Some(Ok(_)) => {
@@ -584,6 +587,7 @@ pub(crate) async fn conclude(
             fill.complete(c.index, c.id, source, Some(c.bytes), None);
         }
     }
+    later
 }
 
 /// Stores a verified chunk from any source and completes it in the fill; if the store

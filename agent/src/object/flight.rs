@@ -56,7 +56,11 @@ impl ObjectCache {
             let step = {
                 let mut flights = lock(&self.inner.flights);
                 match flights.get(&url) {
-                    Some(Flight::Filling(f)) => return Ok(Lookup::Fill(f.clone())),
+                    Some(Flight::Filling(f)) => {
+                        return Ok(self
+                            .completed(&url, f)
+                            .map_or_else(|| Lookup::Fill(f.clone()), Lookup::Object));
+                    }
                     Some(Flight::Pending(rx)) => Step::Join(rx.clone()),
                     None => {
                         let cached = self.cached(&url);
@@ -98,6 +102,14 @@ impl ObjectCache {
                 }
             }
         }
+    }
+
+    /// For a request that finds `fill` in progress for `url`: its recorded object once
+    /// the fill has completed (its flight not yet gone), so the request is served as a
+    /// hit. Otherwise the request joins the fill, and stays a miss even if the fill
+    /// completes before its head is sent (`proxy::source`): it waited for the origin.
+    pub(super) fn completed(&self, url: &str, fill: &Fill) -> Option<Arc<ObjectMeta>> {
+        fill.is_complete().then(|| self.cached(url)).flatten()
     }
 
     /// Runs the origin request for `want` in its own task and publishes the outcome.
@@ -355,6 +367,15 @@ impl ObjectCache {
         if !matches!(old, Some(Flight::Filling(_))) {
             self.inner.metrics.fills_in_flight.inc();
         }
+    }
+
+    /// Whether the URL of `m` has a lookup or fill in progress, or another version
+    /// validated since `m` was: recording `m` is then another request's to decide.
+    pub(crate) fn superseded(&self, m: &ObjectMeta) -> bool {
+        lock(&self.inner.flights).contains_key(&m.url)
+            || self.cached(&m.url).is_some_and(|c| {
+                c.manifest.key != m.manifest.key && c.validated_at_ms >= m.validated_at_ms
+            })
     }
 
     /// Removes the flight of `url` if it is `fill` (called when a fill ends).

@@ -51,6 +51,8 @@ impl ObjectCache {
             swarm,
             fill_budget,
             read_budget,
+            origin_fills: Arc::default(),
+            hash_slots: Arc::new(tokio::sync::Semaphore::new(super::origin_fill::hash_slots())),
             writers: tokio::sync::watch::Sender::new(0),
         };
         Self {
@@ -70,7 +72,10 @@ impl ObjectCache {
     /// the origin (HEAD requests).
     pub fn peek(&self, url: &str) -> Option<read::Serve> {
         if let Some(Flight::Filling(f)) = lock(&self.inner.flights).get(url) {
-            return Some(read::Serve::Fill(f.clone()));
+            return Some(
+                self.completed(url, f)
+                    .map_or_else(|| read::Serve::Fill(f.clone()), read::Serve::Object),
+            );
         }
         self.cached(url)
             .filter(|m| m.is_fresh(SystemTime::now(), self.inner.settings.freshness))

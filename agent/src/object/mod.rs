@@ -183,6 +183,11 @@ pub(crate) struct Inner {
     pub(crate) fill_budget: behind::Budget,
     /// Bytes responses may hold read ahead (`read`).
     pub(crate) read_budget: budget::ReadBudget,
+    /// Chunks origin fills may have being hashed at once, all fills together
+    /// (`origin_fill::hash_slots`).
+    pub(crate) hash_slots: Arc<tokio::sync::Semaphore>,
+    /// Origin fills running (`behind`: how many loose chunks each keeps).
+    pub(crate) origin_fills: Arc<std::sync::atomic::AtomicUsize>,
     /// Write-behind writer tasks still running (`behind`), for a shutdown to drain.
     pub(crate) writers: tokio::sync::watch::Sender<usize>,
 }

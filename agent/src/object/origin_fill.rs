@@ -25,6 +25,17 @@ use crate::origin::{OriginError, next_data};
 /// origin stream, BLAKE3 and the readers run side by side.
 const HASHING: usize = 2;
 
+/// Chunks all origin fills together may have being hashed at once: two more than the
+/// cores, at least 4. One fill keeps its whole pipeline (`HASHING` + 1); many
+/// concurrent cold misses, which the cores cannot hash faster anyway, wait for a slot
+/// with one joined chunk each instead of holding three, and stop reading their
+/// origins meanwhile. So the chunks being hashed are bounded by the machine, not by
+/// the number of fills (docs/operations.md, the memory formula).
+pub(super) fn hash_slots() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    (cores + 2).max(4)
+}
+
 /// Starts the fill task. It runs to the end even if every client leaves, so the
 /// object is cached for the next one.
 pub(super) fn spawn(
@@ -187,13 +198,34 @@ async fn take(
         .inner
         .metrics
         .origin_fetched(reason, data.len() as u64);
-    let owed = fill.push(chunker.total(), data.clone());
+    let mut owed = fill.push(chunker.total(), data.clone());
     for piece in chunker.split(data) {
         fill.joined(fill.layout.chunk_bounds(piece.0).start, &piece.1);
         if let Some(s) = sha {
             s.feed(piece.1.clone()).await?;
         }
-        hashing.push_back(tokio::task::spawn_blocking(move || seal(piece)));
+        let slots = &cache.inner.hash_slots;
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => {
+                // Other fills keep the cores busy: the followers get what arrived
+                // before this fill waits its turn.
+                if owed {
+                    fill.announce();
+                    owed = false;
+                }
+                slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| FillError::Internal("hash slots closed".into()))?
+            }
+        };
+        hashing.push_back(tokio::task::spawn_blocking(move || {
+            let c = seal(piece);
+            drop(slot);
+            c
+        }));
     }
     Ok(owed)
 }

@@ -92,7 +92,7 @@ mod tests {
     use crate::object::Repr;
     use shoal_proto::{Layout, Manifest, ObjectKey, Validator};
 
-    fn meta(cc: Option<&str>, validated_secs_ago: u64) -> ObjectMeta {
+    fn meta(cc: Option<&str>, validated_secs_ago: u64, now: SystemTime) -> ObjectMeta {
         let layout = Layout::new(10, 16384).unwrap();
         let v = Validator::from_headers(Some("\"e\""), None).unwrap();
         let key = ObjectKey::versioned("http://o/x", &v, 10).unwrap();
@@ -105,7 +105,7 @@ mod tests {
             url: "http://o/x".into(),
             manifest: Manifest::new(key, layout, ids, None).unwrap(),
             repr,
-            validated_at_ms: unix_ms(SystemTime::now()) - validated_secs_ago * 1000,
+            validated_at_ms: unix_ms(now) - validated_secs_ago * 1000,
             immutable: false,
         }
     }
@@ -122,27 +122,28 @@ mod tests {
         };
         let denied = OriginError::BadUrl("x".into(), "no host");
         // 2 min stale (3 min since validation, 1 min fresh): within 5 min.
-        let m = meta(None, 180);
+        let m = meta(None, 180, now);
         assert!(m.serve_stale(&s503, now, fresh, win));
         assert!(m.serve_stale(&Failure::Error(&timeout), now, fresh, win));
         assert!(!m.serve_stale(&Failure::Error(&denied), now, fresh, win));
         assert!(!m.serve_stale(&Failure::Status(StatusCode::NOT_FOUND), now, fresh, win));
         assert!(!m.serve_stale(&s503, now, fresh, Duration::ZERO), "off");
         assert!(
-            !meta(None, 400).serve_stale(&s503, now, fresh, win),
+            !meta(None, 400, now).serve_stale(&s503, now, fresh, win),
             "past the window"
         );
         for cc in ["must-revalidate", "max-age=5, Proxy-Revalidate", "no-cache"] {
             assert!(
-                !meta(Some(cc), 180).serve_stale(&s503, now, fresh, win),
+                !meta(Some(cc), 180, now).serve_stale(&s503, now, fresh, win),
                 "{cc}"
             );
         }
         // The origin's window overrides ours, both ways.
         assert!(
-            !meta(Some("max-age=60, stale-if-error=30"), 180).serve_stale(&s503, now, fresh, win)
+            !meta(Some("max-age=60, stale-if-error=30"), 180, now)
+                .serve_stale(&s503, now, fresh, win)
         );
-        assert!(meta(Some("stale-if-error=3600"), 1000).serve_stale(&s503, now, fresh, win));
+        assert!(meta(Some("stale-if-error=3600"), 1000, now).serve_stale(&s503, now, fresh, win));
         assert_eq!(m.age_secs(now), 180);
     }
 }

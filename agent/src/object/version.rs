@@ -46,6 +46,23 @@ pub enum Changed {
     Longer(u64),
 }
 
+/// Whether a `200` answer to a range request is the whole of the version `repr`
+/// (complete length `size`): an origin that ignores `Range`. Its validator must be
+/// the version's, as for a `206`, and a `Content-Length` (if any) must be `size`.
+pub(crate) fn is_whole(status: StatusCode, headers: &HeaderMap, repr: &Repr, size: u64) -> bool {
+    if status != StatusCode::OK {
+        return false;
+    }
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().parse::<u64>());
+    if matches!(length, Some(Ok(n)) if n != size) || matches!(length, Some(Err(_))) {
+        return false;
+    }
+    validator_matches(headers, repr).is_ok()
+}
+
 /// Checks the head of the answer to a `Range: bytes={start}-{end-1}` request for
 /// `bounds` of the version `repr` whose complete length is `size`.
 pub(crate) fn check(
@@ -71,6 +88,12 @@ pub(crate) fn check(
             size,
         });
     }
+    validator_matches(headers, repr)
+}
+
+/// Whether the response's validator is the version's own (none needed for a
+/// digest-named version).
+fn validator_matches(headers: &HeaderMap, repr: &Repr) -> Result<(), Changed> {
     let value = |n| {
         headers
             .get(n)

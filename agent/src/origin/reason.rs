@@ -64,11 +64,15 @@ pub enum FetchReason {
     /// A client's range far past what a fill in progress has: served from a `Range`
     /// request of its own (guarded by `If-Range`), not stored (`object/ahead.rs`).
     RangeAhead,
+    /// A chunk of an origin fill that was skipped for caching while its client was
+    /// served (the disk was behind), fetched again by `Range` after the fill so the
+    /// object is cached (`object/behind.rs`).
+    Skipped,
 }
 
 impl FetchReason {
     /// Every reason, in label order of the docs (for pre-registering label values).
-    pub const ALL: [FetchReason; 20] = [
+    pub const ALL: [FetchReason; 21] = [
         FetchReason::ColdLease,
         FetchReason::NoPeer,
         FetchReason::PeerFailed,
@@ -89,6 +93,7 @@ impl FetchReason {
         FetchReason::RegistryAuth,
         FetchReason::RegistryPass,
         FetchReason::RangeAhead,
+        FetchReason::Skipped,
     ];
 
     /// The metric label and header value.
@@ -114,6 +119,7 @@ impl FetchReason {
             FetchReason::RegistryAuth => "registry_auth",
             FetchReason::RegistryPass => "registry_pass",
             FetchReason::RangeAhead => "range_ahead",
+            FetchReason::Skipped => "skipped",
         }
     }
 

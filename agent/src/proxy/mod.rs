@@ -77,6 +77,10 @@ enum ClientError {
     Framing(#[from] FramingError),
     #[error(transparent)]
     Path(#[from] PathError),
+    #[error(
+        "user info in the request target is refused (RFC 9110 §4.2.4): send credentials in an Authorization header"
+    )]
+    UserInfo,
     #[error("CONNECT to port {0} is not allowed (proxy.connect_ports)")]
     ConnectPort(u16),
     #[error("too many CONNECT tunnels open (proxy.max_tunnels); try again later")]
@@ -342,6 +346,9 @@ impl Proxy {
             .authority()
             .cloned()
             .ok_or(ClientError::ConnectTarget)?;
+        if auth.as_str().contains('@') {
+            return Err(ClientError::UserInfo.into());
+        }
         let port = auth.port_u16().ok_or(ClientError::ConnectTarget)?;
         if !self.connect_ports.contains(&port) {
             return Err(ClientError::ConnectPort(port).into());
@@ -394,6 +401,11 @@ enum RouteError {
 /// The absolute origin URL the request-target `uri` is for, in canonical form:
 /// absolute-form as is, `/m/NAME/tail` under the upstream of mirror `NAME`.
 fn request_target(mirrors: &HashMap<String, Uri>, uri: &Uri) -> Result<Uri, ClientError> {
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        // `http://user:pass@host/`: deprecated, and a way to hide the real authority
+        // from whoever reads the URL; never proxied with the user info dropped.
+        return Err(ClientError::UserInfo);
+    }
     if uri.scheme().is_some() && uri.authority().is_some() {
         return normalize(uri);
     }
@@ -416,7 +428,8 @@ fn request_target(mirrors: &HashMap<String, Uri>, uri: &Uri) -> Result<Uri, Clie
     normalize(&s.parse::<Uri>().map_err(|_| ClientError::NotProxy)?)
 }
 
-/// Lower-cases scheme and host, drops the default port, user info and any fragment,
+/// Lower-cases scheme and host, drops the default port and any fragment (user info
+/// was refused before),
 /// and puts the path in canonical form ([`target::normalize_path`]); the query is
 /// kept as is.
 fn normalize(uri: &Uri) -> Result<Uri, ClientError> {
@@ -443,12 +456,14 @@ pub const REASON_HEADER: &str = "x-shoal-origin-reason";
 
 /// The `X-Shoal-Source` value of a response served from `s`, and the origin reason
 /// when it is `origin`: a complete version is `cache`; a plain fill streams one
-/// origin response (`origin`); a swarm fill still in progress gets its chunks from
-/// peers and the origin after the head is sent, so it is `mixed`.
+/// origin response (`origin`); a swarm fill gets its chunks from peers and the
+/// origin, so it is `mixed`. A fill is so even if it completed before this head was
+/// sent (a small object, a loaded machine): the request waited for it; one that was
+/// complete and recorded when the request came is served as its object
+/// (`ObjectCache::lookup`).
 fn source(s: &Serve) -> (&'static str, Option<FetchReason>) {
     match s {
         Serve::Object(_) => ("cache", None),
-        Serve::Fill(f) if f.is_complete() => ("cache", None),
         Serve::Fill(f) => match f.origin {
             Some(r) => ("origin", Some(r)),
             None => ("mixed", None),
@@ -523,6 +538,25 @@ mod tests {
             normalize(&"http://h/..%2f".parse().unwrap()),
             Err(ClientError::Path(PathError::HiddenDots(_)))
         ));
+    }
+
+    #[test]
+    fn user_info_in_the_target_is_refused() {
+        let none = HashMap::new();
+        for t in [
+            "http://user:pass@example.com/a",
+            "http://evil.example@good.example/",
+            "http://@h/",
+        ] {
+            assert!(
+                matches!(
+                    request_target(&none, &t.parse().unwrap()),
+                    Err(ClientError::UserInfo)
+                ),
+                "{t}"
+            );
+        }
+        assert!(request_target(&none, &"http://h/a@b".parse().unwrap()).is_ok());
     }
 
     #[test]

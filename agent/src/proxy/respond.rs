@@ -178,6 +178,10 @@ fn preconditions(req: &HeaderMap, repr: &Repr, now: SystemTime) -> Precondition 
 /// Whether `If-Range` (if any) allows serving the requested range: an exact match of
 /// a strong ETag, or of Last-Modified.
 fn if_range_ok(req: &HeaderMap, repr: &Repr) -> bool {
+    if req.get_all(header::IF_RANGE).iter().nth(1).is_some() {
+        // Two validators: no single one to compare; the whole representation.
+        return false;
+    }
     let Some(v) = req.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
         return true;
     };
@@ -209,7 +213,7 @@ pub fn respond(
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let state = match &s {
         Serve::Object(_) => "hit",
-        Serve::Fill(f) if f.is_complete() => "hit",
+        // Even if it completed by now (see `source`).
         Serve::Fill(_) => "miss",
     };
     h.insert("x-shoal-cache", HeaderValue::from_static(state));
@@ -237,8 +241,11 @@ pub fn respond(
             return r;
         }
     }
+    // `Range` is a singleton field (RFC 9110 §14.2): sent twice it is invalid, and an
+    // invalid `Range` is ignored (the whole representation, 200).
+    let single_range = req.get_all(header::RANGE).iter().nth(1).is_none();
     let decision = match req.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(r) if if_range_ok(req, s.repr()) => parse_range_header(r, size),
+        Some(r) if single_range && if_range_ok(req, s.repr()) => parse_range_header(r, size),
         _ => RangeDecision::Full,
     };
     let (status, range) = match decision {
@@ -552,5 +559,10 @@ mod tests {
             &hm(&[("if-range", "Wed, 21 Oct 2015 07:28:01 GMT")]),
             &repr()
         ));
+        // Two validators, even matching ones: no range.
+        let mut two = HeaderMap::new();
+        two.append(header::IF_RANGE, "\"v1\"".parse().unwrap());
+        two.append(header::IF_RANGE, "\"v1\"".parse().unwrap());
+        assert!(!if_range_ok(&two, &repr()));
     }
 }

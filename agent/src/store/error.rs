@@ -42,6 +42,13 @@ pub enum StoreError {
     /// Caller bug: record names are 64 lowercase hex digits.
     #[error("chunk store: {0:?} is not a record name (64 lowercase hex digits)")]
     RecordName(String),
+    /// A chunk file changed on disk while it was being read in groups
+    /// ([`GroupedChunk::read`](super::GroupedChunk::read)); it is deleted.
+    #[error("chunk store: chunk {id} is corrupt on disk: {detail}")]
+    Corrupt {
+        id: shoal_proto::id::ChunkId,
+        detail: String,
+    },
     /// A blocking file task panicked or was cancelled at shutdown.
     #[error("chunk store: file task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

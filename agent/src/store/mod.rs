@@ -40,6 +40,7 @@
 mod buffers;
 mod disk;
 mod error;
+mod grouped;
 mod index;
 mod meta;
 pub mod space;
@@ -54,12 +55,13 @@ use shoal_proto::id::ChunkId;
 use shoal_proto::manifest::MAX_CHUNK_SIZE;
 
 use crate::config::CacheConfig;
-use crate::metrics::{Metrics, Source};
+use crate::metrics::Metrics;
 use disk::{ChunkRead, Layout, Proof};
 use index::Index;
 
 pub use buffers::Buffers;
 pub use error::StoreError;
+pub use grouped::GroupedChunk;
 pub use meta::{MetaStore, is_record_name};
 use space::{SpaceSource, Statvfs};
 
@@ -86,6 +88,9 @@ pub struct StoreConfig {
     /// How long a verified chunk file is served again unhashed while its `fstat` is
     /// unchanged (`cache.verify_window`); zero hashes every disk read.
     pub verify_window: Duration,
+    /// Bytes left free on the cache's filesystem (`cache.min_free`); `None`: 2 % of
+    /// it, within 1 MiB..=1 GiB ([`space::reserve`]).
+    pub min_free: Option<u64>,
 }
 
 /// Bytes and chunks on disk, as indexed.
@@ -105,6 +110,8 @@ struct Inner {
     layout: Layout,
     /// The configured quota (`cache.max_size`).
     max_size: u64,
+    /// Bytes to leave free on the filesystem (`cache.min_free`).
+    min_free: Option<u64>,
     /// Watermarks as shares (0..=1) of the effective quota.
     high_share: f64,
     low_share: f64,
@@ -120,6 +127,8 @@ struct Inner {
     /// window from when it was hashed (a proved read does not extend it); `None`
     /// when the window is zero.
     proofs: Option<moka::sync::Cache<ChunkId, Proof>>,
+    /// The group values of chunk files checked lately (`grouped.rs`).
+    groups: moka::sync::Cache<ChunkId, Arc<shoal_proto::groups::Groups>>,
     /// False after a failed open or write, until a write succeeds again.
     writable: AtomicBool,
     /// The last failure was a read-only filesystem: files are left alone.
@@ -159,6 +168,7 @@ impl From<&CacheConfig> for StoreConfig {
             low_watermark: c.low_watermark,
             memory_size: c.memory_size.as_u64(),
             verify_window: c.verify_window,
+            min_free: c.min_free.map(|b| b.as_u64()),
         }
     }
 }
@@ -194,6 +204,7 @@ impl ChunkStore {
             inner: Arc::new(Inner {
                 layout: Layout::new(&cfg.dir),
                 max_size: cfg.max_size,
+                min_free: cfg.min_free,
                 high_share,
                 low_share: cfg.low_watermark.clamp(0.0, high_share),
                 limit: AtomicU64::new(cfg.max_size),
@@ -203,6 +214,7 @@ impl ChunkStore {
                 index: Mutex::new(Index::default()),
                 memory,
                 proofs,
+                groups: moka::sync::Cache::new(grouped::GROUPS_MAX),
                 writable: AtomicBool::new(false),
                 read_only: AtomicBool::new(false),
                 prepared: AtomicBool::new(false),
@@ -249,6 +261,12 @@ impl ChunkStore {
                 .memory
                 .as_ref()
                 .is_some_and(|m| m.contains_key(id))
+    }
+
+    /// The chunk's bytes if the memory cache holds them (trusted, not hashed; the
+    /// recency of the disk copy is not touched).
+    pub fn memory_get(&self, id: &ChunkId) -> Option<Bytes> {
+        self.inner.memory.as_ref().and_then(|m| m.get(id))
     }
 
     /// The store's reused chunk buffers: a fill's chunker joins origin frames in them
@@ -304,18 +322,11 @@ impl ChunkStore {
                 Ok(Some(b))
             }
             ChunkRead::Corrupt => {
-                self.inner.metrics.verify_failed(Source::Cache);
-                tracing::warn!(
-                    chunk = %id,
-                    path = %self.inner.layout.chunk_path(id).display(),
-                    "chunk file failed BLAKE3 verification; deleting it"
-                );
-                self.forget_and_delete(id).await;
+                self.corrupt(id).await;
                 Ok(None)
             }
             ChunkRead::Missing => {
-                tracing::warn!(chunk = %id, "indexed chunk file is missing; forgetting it");
-                self.forget_and_delete(id).await;
+                self.missing(id).await;
                 Ok(None)
             }
         }
@@ -526,7 +537,12 @@ impl ChunkStore {
         let limit = match res {
             Ok(Ok(space)) => {
                 let ours = self.index().on_disk();
-                Some(space::effective(self.inner.max_size, ours, space))
+                Some(space::effective(
+                    self.inner.max_size,
+                    self.inner.min_free,
+                    ours,
+                    space,
+                ))
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "cannot read the cache disk's free space; using cache.max_size");

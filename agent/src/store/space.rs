@@ -3,8 +3,8 @@
 //! The effective quota is `min(cache.max_size, ours + available − reserve)`: `ours` is
 //! the chunk bytes the store has on disk (they could be given back by eviction),
 //! `available` what the filesystem still grants an unprivileged writer, and the
-//! reserve ([`reserve`]) is kept free for object records, directories and block
-//! rounding. A configured quota far above the disk (the default 10 GiB on a small
+//! reserve (`cache.min_free`, by default [`reserve`]) is kept free for object
+//! records, directories, block rounding and the node's other programs. A configured quota far above the disk (the default 10 GiB on a small
 //! volume) thus never leads to `ENOSPC` in the first place; the store re-reads the
 //! figures every [`REFRESH`] while writing and at once after an `ENOSPC`.
 //!
@@ -68,11 +68,10 @@ pub fn reserve(total: u64) -> u64 {
 }
 
 /// The effective quota for `ours` bytes of chunks on a filesystem in state `space`,
-/// given the configured quota.
-pub fn effective(configured: u64, ours: u64, space: Space) -> u64 {
-    let room = ours
-        .saturating_add(space.available)
-        .saturating_sub(reserve(space.total));
+/// given the configured quota and the bytes to keep free (`None`: [`reserve`]).
+pub fn effective(configured: u64, min_free: Option<u64>, ours: u64, space: Space) -> u64 {
+    let keep = min_free.unwrap_or_else(|| reserve(space.total));
+    let room = ours.saturating_add(space.available).saturating_sub(keep);
     configured.min(room)
 }
 
@@ -90,21 +89,28 @@ mod tests {
         };
         // 10 GiB configured on a 64 MiB disk: the disk decides (reserve 1.28 MiB).
         assert_eq!(
-            effective(10 << 30, 20 * MIB, small),
+            effective(10 << 30, None, 20 * MIB, small),
             60 * MIB - 64 * MIB / 50
         );
         // A small configured quota wins.
-        assert_eq!(effective(8 * MIB, 20 * MIB, small), 8 * MIB);
+        assert_eq!(effective(8 * MIB, None, 20 * MIB, small), 8 * MIB);
         // A full disk: only what we hold, less the reserve (eviction frees it).
         let full = Space {
             total: 64 * MIB,
             available: 0,
         };
         assert_eq!(
-            effective(10 << 30, 20 * MIB, full),
+            effective(10 << 30, None, 20 * MIB, full),
             20 * MIB - 64 * MIB / 50
         );
-        assert_eq!(effective(10 << 30, 0, full), 0);
+        assert_eq!(effective(10 << 30, None, 0, full), 0);
+        // `cache.min_free` replaces the 2 % rule: 0 keeps nothing back, more keeps more.
+        assert_eq!(effective(10 << 30, Some(0), 20 * MIB, small), 60 * MIB);
+        assert_eq!(
+            effective(10 << 30, Some(50 * MIB), 20 * MIB, small),
+            10 * MIB
+        );
+        assert_eq!(effective(10 << 30, Some(0), 0, full), 0);
         assert_eq!(reserve(8 * MIB), MIN_RESERVE);
         assert_eq!(reserve(u64::MAX), MAX_RESERVE);
     }

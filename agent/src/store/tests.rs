@@ -14,6 +14,8 @@ fn cfg(dir: &Path, max_size: u64, memory_size: u64) -> StoreConfig {
         low_watermark: 0.5,
         memory_size,
         verify_window: Duration::ZERO,
+        // Nothing kept back: the host's free space must not decide these tests.
+        min_free: Some(0),
     }
 }
 
@@ -552,13 +554,10 @@ async fn quota_follows_free_space() {
     let reserve = space::reserve(FAKE_TOTAL);
     let disk = FakeDisk::new(reserve + 640 * KIB as u64);
     let m = Metrics::default();
-    let s = ChunkStore::open_with(
-        cfg(tmp.path(), 10 << 30, 0),
-        m.clone(),
-        RETRY_INTERVAL,
-        disk.clone(),
-    )
-    .await;
+    // The default `cache.min_free`: 2 % of the (fake) filesystem.
+    let mut c = cfg(tmp.path(), 10 << 30, 0);
+    c.min_free = None;
+    let s = ChunkStore::open_with(c, m.clone(), RETRY_INTERVAL, disk.clone()).await;
     assert_eq!(s.quota(), 640 * KIB as u64);
     assert_eq!(m.cache_quota_bytes.get(), 640 * KIB as i64);
     let chunks: Vec<_> = (0..30).map(|n| chunk(n, 64 * KIB)).collect();
@@ -581,6 +580,33 @@ async fn quota_follows_free_space() {
     assert!(s.usage().bytes <= 320 * KIB as u64, "{:?}", s.usage());
     assert!(s.chunk_len(&id).is_some());
     assert_eq!(m.cache_write_skipped.with_label_values(&["full"]).get(), 0);
+}
+
+/// A disk with less free space than the default reserve (2 % of it) caches nothing
+/// new, counted as `full`; `cache.min_free` lowered below the free space lets it.
+#[tokio::test]
+async fn min_free_decides_whether_a_nearly_full_disk_caches() {
+    let (id, b) = chunk(7, 64 * KIB);
+    for (min_free, cached) in [
+        (None, false),
+        (Some(0), true),
+        (Some(512 * KIB as u64), true),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = Metrics::default();
+        let mut c = cfg(tmp.path(), 10 << 30, 0);
+        c.min_free = min_free;
+        // 1 MiB free on a 100 MiB filesystem: under its 2 MiB default reserve.
+        let disk = FakeDisk::new(1 << 20);
+        let s = ChunkStore::open_with(c, m.clone(), RETRY_INTERVAL, disk).await;
+        let want = (1 << 20) - min_free.unwrap_or(1 << 20).min(1 << 20);
+        assert_eq!(s.quota(), want, "min_free {min_free:?}");
+        let put = s.put(id, b.clone()).await;
+        assert_eq!(put.is_ok(), cached, "min_free {min_free:?}: {put:?}");
+        assert_eq!(s.chunk_len(&id).is_some(), cached);
+        let skipped = m.cache_write_skipped.with_label_values(&["full"]).get();
+        assert_eq!(skipped, u64::from(!cached));
+    }
 }
 
 /// Many writers at once never take the store past its quota: every byte is reserved

@@ -239,7 +239,7 @@ impl Download {
                     let up = self.fill.upstream.clone();
                     let h = self.tasks.spawn(async move {
                         let r = cache
-                            .fetch_range(&url, up.as_ref(), &repr, layout, index, reason)
+                            .fetch_range(&url, up.as_ref(), &repr, layout, index, reason, false)
                             .await;
                         (req, index, Fetched::Origin(r))
                     });
