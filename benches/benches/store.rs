@@ -36,6 +36,7 @@ fn open(rt: &tokio::runtime::Runtime, dir: &std::path::Path, memory_size: u64) -
         low_watermark: 0.90,
         memory_size,
         verify_window: std::time::Duration::ZERO,
+        min_free: Some(0),
     };
     rt.block_on(ChunkStore::open(cfg, Metrics::default()))
 }

@@ -1,7 +1,8 @@
 //! Cold misses never slowed by the cache (issue 11.1) and with bounded buffering
 //! (11.3): chunks are written behind the client; when the disk cannot keep up and a
-//! client waits, chunks are skipped for caching (counted) and the object is not
-//! recorded; when the client is slow too, the fill stops reading the origin.
+//! client waits, chunks are skipped for caching (counted) and the object is recorded
+//! only once those gaps are filled after the fill; when the client is slow too, the
+//! fill stops reading the origin.
 //!
 //! The slow disk is the store's `pause_writes` hook (every chunk write waits), the
 //! failing one a cache directory that cannot be created. No timing is asserted: the
@@ -88,17 +89,19 @@ impl SlowClient {
 }
 
 /// The disk stalls, the client is fast: the client still gets every byte, the
-/// chunks the disk could not take are counted as skipped, the object is not
-/// recorded, and the next request goes to the origin again and gets the right bytes.
-#[tokio::test]
-async fn slow_disk_never_slows_the_client_and_the_object_is_not_kept() {
-    let origin = Origin::start("127.0.81.1").await.unwrap();
-    let data = random_bytes(4 << 20, 81);
+/// chunks the disk could not take are counted as skipped, and the object is not
+/// recorded while the disk stalls. Once it resumes, the gaps are filled (`memory`:
+/// the skipped chunks are still in the memory cache and written from there; none:
+/// each is fetched again by `Range`) and the object is recorded, so the next
+/// request is a hit: the origin sent the skipped chunks twice, not the object.
+async fn slow_disk_gaps(ip: [&str; 2], memory: ByteSize, seed: u64) {
+    let origin = Origin::start(ip[0]).await.unwrap();
+    let data = random_bytes(4 << 20, seed);
     origin.put("/big", Object::new(data.clone()));
     let dir = tempfile::tempdir().unwrap();
-    let a = agent::start(config("127.0.81.2", dir.path()))
-        .await
-        .unwrap();
+    let mut cfg = config(ip[1], dir.path());
+    cfg.cache.memory_size = memory;
+    let a = agent::start(cfg).await.unwrap();
     let url = origin.url("/big");
 
     let pause = a.cache().store().pause_writes().await;
@@ -122,23 +125,74 @@ async fn slow_disk_never_slows_the_client_and_the_object_is_not_kept() {
     assert_eq!(a.metrics().cache_fills_incomplete.get(), 1);
     assert!(
         a.cache().cached(&url).is_none(),
-        "an object with skipped chunks was recorded as cached"
+        "an object with skipped chunks was recorded while the disk stalled"
     );
 
     drop(pause);
+    let gaps = &a.metrics().cache_fill_gaps;
+    assert!(
+        eventually(Duration::from_secs(30), || gaps
+            .with_label_values(&["recorded"])
+            .get()
+            == 1)
+        .await,
+        "the gaps were never filled: failed {}, superseded {}",
+        gaps.with_label_values(&["failed"]).get(),
+        gaps.with_label_values(&["superseded"]).get()
+    );
+    let m = a
+        .cache()
+        .cached(&url)
+        .expect("recorded once its gaps were filled");
+    for id in &m.manifest.chunks {
+        assert!(
+            a.cache().store().chunk_len(id).is_some(),
+            "chunk {id} not on disk"
+        );
+    }
+    let refetched = a
+        .metrics()
+        .origin_fetches
+        .with_label_values(&["skipped"])
+        .get();
+    if memory.as_u64() == 0 {
+        // Nothing in memory: every skipped chunk came from the origin again.
+        assert_eq!(refetched, n);
+        assert_eq!(origin.range_requests("/big"), n);
+        assert_eq!(
+            a.metrics()
+                .origin_bytes
+                .with_label_values(&["skipped"])
+                .get(),
+            n * agent::TEST_CHUNK
+        );
+    } else {
+        assert_eq!(refetched, 0, "skipped chunks in memory were fetched again");
+        assert_eq!(origin.range_requests("/big"), 0);
+    }
+
     let r = get(a.proxy_addr(), &url).await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(
         blake3::hash(&r.body),
         blake3::hash(&data),
-        "wrong bytes on the refill"
+        "wrong bytes on the hit"
     );
     assert_eq!(
-        origin.requests("/big"),
-        2,
-        "the second request was not a refill"
+        origin.requests("/big") - origin.range_requests("/big"),
+        1,
+        "the second request was not a hit"
     );
-    assert_eq!(origin.range_requests("/big"), 0);
+}
+
+#[tokio::test]
+async fn slow_disk_never_slows_the_client_and_its_gaps_are_written_from_memory() {
+    slow_disk_gaps(["127.0.81.1", "127.0.81.2"], ByteSize::mib(8), 81).await;
+}
+
+#[tokio::test]
+async fn slow_disk_never_slows_the_client_and_its_gaps_are_fetched_by_range() {
+    slow_disk_gaps(["127.0.81.9", "127.0.81.10"], ByteSize::b(0), 89).await;
 }
 
 /// Chunks queued before the stall reach the disk once it resumes, and the writes of
@@ -169,6 +223,48 @@ async fn write_behind_records_the_object_when_the_disk_keeps_up() {
         1,
         "the second request was not a hit"
     );
+}
+
+/// More concurrent cold misses than there are hashing slots (`origin_fill::hash_slots`:
+/// cores + 2, at least 4): fills wait for a slot instead of each hashing three chunks at
+/// once, and every client still gets its exact bytes, each object fetched once and
+/// recorded.
+#[tokio::test]
+async fn more_concurrent_fills_than_hash_slots_all_complete() {
+    let origin = Origin::start("127.0.81.11").await.unwrap();
+    let n = std::thread::available_parallelism().map_or(2, usize::from) + 8;
+    let objects: Vec<(String, bytes::Bytes)> = (0..n)
+        .map(|i| {
+            let data = random_bytes(6 * agent::TEST_CHUNK as usize + 17 * i, 200 + i as u64);
+            let path = format!("/o{i}");
+            origin.put(&path, Object::new(data.clone()));
+            (path, data)
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = agent::config("127.0.81.12", dir.path());
+    c.cache.memory_size = ByteSize::b(0);
+    let a = agent::start(c).await.unwrap();
+    let proxy = a.proxy_addr();
+    let gets = objects.iter().map(|(p, _)| {
+        let url = origin.url(p);
+        async move { get(proxy, &url).await.unwrap() }
+    });
+    let replies = futures_util::future::join_all(gets).await;
+    for ((path, data), r) in objects.iter().zip(&replies) {
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(blake3::hash(&r.body), blake3::hash(data), "{path}");
+    }
+    for (path, data) in &objects {
+        let url = origin.url(path);
+        assert!(
+            eventually(Duration::from_secs(20), || a.cache().cached(&url).is_some()).await,
+            "{path} not recorded"
+        );
+        let r = get(proxy, &url).await.unwrap();
+        assert_eq!(blake3::hash(&r.body), blake3::hash(data), "{path}");
+        assert_eq!(origin.requests(path), 1, "{path} was fetched again");
+    }
 }
 
 /// Origin body bytes the agent has read (`shoal_origin_bytes_total`), polled for two
@@ -331,4 +427,54 @@ async fn last_byte_does_not_wait_for_the_disk_when_memory_holds_the_object() {
         a.cache().cached(&url).is_some(),
         "forgotten after its writes"
     );
+}
+
+/// The labels' contract for small objects, which fill in one origin frame: each first
+/// GET says `miss` from the `origin`, each second one `hit` from the `cache`. A fill
+/// that completed before its leader's response head once made that head say
+/// `hit`/`cache` (seen once under load in `registry.rs`); this test does not force
+/// that race (it did not fail on the old code in 8 runs), it keeps the contract.
+#[tokio::test]
+async fn a_first_request_is_a_miss_even_when_its_small_fill_completes_first() {
+    let origin = Origin::start("127.0.94.1").await.unwrap();
+    let n = 40;
+    for i in 0..n {
+        origin.put(
+            &format!("/s{i}"),
+            Object::new(random_bytes(100 + i, 940 + i as u64)),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent::start(agent::config("127.0.94.2", dir.path()))
+        .await
+        .unwrap();
+    let proxy = a.proxy_addr();
+    for round in ["miss", "hit"] {
+        let gets = (0..n).map(|i| {
+            let url = origin.url(&format!("/s{i}"));
+            async move { get(proxy, &url).await.unwrap() }
+        });
+        let source = if round == "miss" { "origin" } else { "cache" };
+        for (i, r) in futures_util::future::join_all(gets)
+            .await
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(r.body.len(), 100 + i, "/s{i}");
+            assert_eq!(r.header("x-shoal-cache"), Some(round), "/s{i}");
+            assert_eq!(r.header("x-shoal-source"), Some(source), "/s{i}");
+        }
+        if round == "miss" {
+            for i in 0..n {
+                let url = origin.url(&format!("/s{i}"));
+                assert!(
+                    eventually(Duration::from_secs(10), || a.cache().cached(&url).is_some()).await,
+                    "/s{i} not recorded"
+                );
+            }
+        }
+    }
+    for i in 0..n {
+        assert_eq!(origin.requests(&format!("/s{i}")), 1, "/s{i}");
+    }
 }

@@ -110,6 +110,8 @@ async fn small_full_and_read_only_disk() {
     let origin = Origin::start(IP).await.unwrap();
     let mut cfg = agent::config(IP, fs.path());
     cfg.cache.memory_size = bytesize::ByteSize::mib(1);
+    // The default reserve (2 % of the filesystem, at least 1 MiB), as in production.
+    cfg.cache.min_free = None;
     cfg.cache.freshness = Duration::from_secs(600);
     let a = agent::start(cfg.clone()).await.unwrap();
     let store = a.cache().store().clone();

@@ -397,3 +397,58 @@ async fn the_fill_catching_up_takes_over_from_the_origin_range() {
     );
     a.shutdown().await;
 }
+
+/// Chunk repair against an origin that ignores `Range`: a chunk file gone from the
+/// disk is fetched again by reading the origin's whole `200` (same ETag) through to
+/// it, checked against the manifest's id, and the response is whole; the object
+/// stays cached. With a shifted `206` the repair is refused and the object forgotten.
+#[tokio::test]
+async fn a_chunk_is_repaired_from_an_origin_that_ignores_range() {
+    shoal_tests::logs();
+    for (ip, lie, seed) in [
+        ("127.0.0.235", Lie::Whole, 15),
+        ("127.0.0.236", Lie::Shift, 16),
+    ] {
+        let data = random_bytes(SIZE, seed);
+        let origin = LyingOrigin::start(ip, data.clone(), lie).await;
+        origin.release();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = agent::config(ip, dir.path());
+        // Every hit reads the disk; 1 MiB chunks.
+        cfg.cache.memory_size = bytesize::ByteSize::b(0);
+        cfg.cache.chunk_size = bytesize::ByteSize::mib(1);
+        let a = agent::start(cfg).await.unwrap();
+        let url = origin.url();
+        let r = get_with(a.proxy_addr(), &url, &[]).await.unwrap();
+        assert_eq!(r.body, data);
+        assert!(eventually(Duration::from_secs(20), || a.cache().cached(&url).is_some()).await);
+        // Chunk 7 (1 MiB chunks) vanishes from the disk.
+        let id = blake3::hash(&data[7 << 20..8 << 20]).to_hex();
+        let file = dir.path().join("chunks").join(&id[..2]).join(id.as_str());
+        std::fs::remove_file(&file).unwrap();
+        match lie {
+            Lie::Whole => {
+                let r = get_with(a.proxy_addr(), &url, &[]).await.unwrap();
+                assert_eq!(blake3::hash(&r.body), blake3::hash(&data), "{lie:?}");
+                assert_eq!(origin.ranges(), vec!["bytes=7340032-8388607".to_owned()]);
+                assert!(a.cache().cached(&url).is_some(), "still cached");
+                // Stored again: the next hit needs no origin.
+                let r = get_with(a.proxy_addr(), &url, &[]).await.unwrap();
+                assert_eq!(blake3::hash(&r.body), blake3::hash(&data));
+                assert_eq!(origin.ranges().len(), 1);
+            }
+            Lie::Shift => {
+                let r = get_with(a.proxy_addr(), &url, &[]).await;
+                assert!(
+                    r.map_or(true, |r| r.body.len() < SIZE),
+                    "a shifted range is not used"
+                );
+                assert!(
+                    eventually(Duration::from_secs(10), || a.cache().cached(&url).is_none()).await
+                );
+                assert_eq!(a.metrics().origin_changed.get(), 1);
+            }
+        }
+        a.shutdown().await;
+    }
+}

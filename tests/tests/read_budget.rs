@@ -1,7 +1,9 @@
 //! Clients that read slowly or not at all: their responses' read-ahead stays within
-//! `cache.read_buffer` (plus one chunk each), other clients still get their bytes,
-//! a stalled client is disconnected after `proxy.send_timeout` and gives its share
-//! back, and a slow client that resumes gets every byte right.
+//! `cache.read_buffer` (plus one 64 KiB group each: past the budget, disk chunks are
+//! read in checked groups), other clients still get their bytes, a stalled client is
+//! disconnected after `proxy.send_timeout` and gives its share back, a slow client
+//! that resumes gets every byte right, and a chunk file changed between a group's
+//! check and its read is caught, never served.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,6 +18,8 @@ use tokio::net::{TcpSocket, TcpStream};
 
 const MIB: usize = 1 << 20;
 const SIZE: usize = 24 * MIB;
+/// `shoal_proto::groups::GROUP_LEN`, as the gauge counts it.
+const GROUP: i64 = 64 * 1024;
 
 /// A connection with a small receive buffer that sends a GET for `url` and reads
 /// nothing yet.
@@ -46,17 +50,27 @@ async fn drain(mut s: TcpStream) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_hold_at_most_the_read_buffer_and_resume_intact() {
+    // Nothing in memory: every hit reads the disk into buffers of its own.
+    slow_clients("127.0.63.1", ByteSize::b(0), 631).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_of_a_memory_cached_object_hold_at_most_the_read_buffer() {
+    // The object fits in memory: past the budget, groups are copied out of it, so a
+    // response never holds a chunk the cache could evict.
+    slow_clients("127.0.63.4", ByteSize::mib(64), 634).await;
+}
+
+async fn slow_clients(ip: &str, memory: ByteSize, seed: u64) {
     shoal_tests::logs();
-    let ip = "127.0.63.1";
     let origin = Origin::start(ip).await.unwrap();
-    let data = random_bytes(SIZE, 631);
+    let data = random_bytes(SIZE, seed);
     origin.put("/big", Object::new(data.clone()));
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = agent::config(ip, dir.path());
     cfg.cache.read_buffer = ByteSize::mib(4);
     cfg.cache.chunk_size = ByteSize::mib(1);
-    // Nothing in memory: every hit reads the disk into buffers of its own.
-    cfg.cache.memory_size = ByteSize::b(0);
+    cfg.cache.memory_size = memory;
     let a = agent::start(cfg).await.unwrap();
     let url = origin.url("/big");
     assert_eq!(get(a.proxy_addr(), &url).await.unwrap().body, data);
@@ -71,8 +85,9 @@ async fn slow_clients_hold_at_most_the_read_buffer_and_resume_intact() {
         v
     };
     // Each stalled response fills its socket and its queue, then waits: at most
-    // the budget plus one chunk each (without the budget: 6 chunks each, 72 MiB).
-    let limit = (4 + 12) * MIB as i64;
+    // the budget plus one 64 KiB group each (without the budget: 6 chunks each,
+    // 72 MiB; with a floor of a whole chunk each: 16 MiB).
+    let limit = 4 * MIB as i64 + 12 * GROUP;
     let settled = eventually(Duration::from_secs(20), || {
         a.metrics().cache_read_buffer_waits.get() > 0 && gauge.get() > 0
     })
@@ -82,9 +97,16 @@ async fn slow_clients_hold_at_most_the_read_buffer_and_resume_intact() {
         assert!(gauge.get() <= limit, "{} > {limit}", gauge.get());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // A client that reads is not held up by them.
+    // A client that reads is not held up by them: it reads in groups (counted when
+    // they come from disk).
+    let grouped = a.metrics().cache_reads_grouped.get();
+    let from_disk = memory.as_u64() == 0;
+    assert_eq!(grouped > 0, from_disk, "grouped disk reads past the budget");
     let r = get(a.proxy_addr(), &url).await.unwrap();
     assert_eq!(blake3::hash(&r.body), blake3::hash(&data));
+    if from_disk {
+        assert!(a.metrics().cache_reads_grouped.get() >= grouped + (SIZE / MIB) as u64);
+    }
     // The stalled clients resume and get every byte.
     let bodies = futures_util::future::join_all(stalled.into_iter().map(drain)).await;
     for b in &bodies {
@@ -127,5 +149,79 @@ async fn a_client_that_stops_reading_is_closed_after_send_timeout() {
         &data[..body.len()],
         "a prefix of the right bytes"
     );
+    a.shutdown().await;
+}
+
+/// The file of chunk `index` of `data` (1 MiB chunks).
+fn chunk_file(dir: &std::path::Path, data: &[u8], index: usize) -> std::path::PathBuf {
+    let id = blake3::hash(&data[index * MIB..((index + 1) * MIB).min(data.len())]).to_hex();
+    dir.join("chunks").join(&id[..2]).join(id.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_changed_on_disk_after_its_check_is_caught_and_repaired() {
+    shoal_tests::logs();
+    let ip = "127.0.63.3";
+    let origin = Origin::start(ip).await.unwrap();
+    let data = random_bytes(16 * MIB + 5000, 633);
+    origin.put("/g", Object::new(data.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = agent::config(ip, dir.path());
+    // The smallest budget (one chunk), nothing in memory.
+    cfg.cache.read_buffer = ByteSize::b(1);
+    cfg.cache.chunk_size = ByteSize::mib(1);
+    cfg.cache.memory_size = ByteSize::b(0);
+    let a = agent::start(cfg).await.unwrap();
+    let url = origin.url("/g");
+    assert_eq!(get(a.proxy_addr(), &url).await.unwrap().body, data);
+    assert!(eventually(Duration::from_secs(20), || a.cache().cached(&url).is_some()).await);
+    let m = a.metrics();
+    let disk_failures = || m.verify_failures.with_label_values(&["disk"]).get();
+
+    // One client that stops reading holds the whole budget: every other response
+    // reads past it, in groups, and their group values are kept.
+    let _stalled = stalled_get(a.proxy_addr(), &url).await;
+    assert!(
+        eventually(Duration::from_secs(20), || m.cache_read_buffer_waits.get()
+            > 0)
+        .await,
+        "the budget never filled"
+    );
+    let before = m.cache_reads_grouped.get();
+    assert_eq!(get(a.proxy_addr(), &url).await.unwrap().body, data);
+    assert!(m.cache_reads_grouped.get() > before, "read in groups");
+    assert_eq!(disk_failures(), 0);
+
+    // Change one byte in the middle of chunk 12's file (past where the stalled
+    // response stopped), in place: its values are kept, so only the check of the
+    // group read again can tell.
+    let f = chunk_file(dir.path(), &data, 12);
+    let mut b = std::fs::read(&f).unwrap();
+    b[MIB / 2 + 7] ^= 0x40;
+    std::fs::write(&f, &b).unwrap();
+
+    // The response is cut inside chunk 12, after its checked groups; no wrong byte.
+    let s = stalled_get(a.proxy_addr(), &url).await;
+    let body = drain(s).await;
+    assert!(body.len() < data.len(), "got all {} bytes", body.len());
+    assert!(
+        body.len() >= 12 * MIB,
+        "cut before chunk 12: {}",
+        body.len()
+    );
+    assert!(
+        body.len() <= 12 * MIB + MIB / 2,
+        "a changed byte was sent: {}",
+        body.len()
+    );
+    assert_eq!(
+        &body[..],
+        &data[..body.len()],
+        "a prefix of the right bytes"
+    );
+    assert_eq!(disk_failures(), 1);
+    // The chunk was dropped; the next request fetches it again and is whole.
+    let r = get(a.proxy_addr(), &url).await.unwrap();
+    assert_eq!(blake3::hash(&r.body), blake3::hash(&data));
     a.shutdown().await;
 }

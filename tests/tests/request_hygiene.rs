@@ -340,6 +340,39 @@ async fn bad_framing_and_hosts_get_400_before_the_origin() {
         assert!(r.starts_with("HTTP/1.") && r[..12].ends_with("200"), "{r}");
     }
     assert_eq!(origin.count("/x"), 1, "one fill, then hits");
+
+    // User info in the target is refused, not proxied with it dropped (RFC 9110
+    // §4.2.4: it hides the real authority), and the origin is not asked.
+    let with_user = url.replacen("http://", "http://user:secret@", 1);
+    let r = client::raw(
+        proxy,
+        format!("GET {with_user} HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(r.contains("user info"), "{r}");
+    assert_eq!(origin.count("/x"), 1);
+
+    // `Range` twice is invalid and ignored: the whole object, 200 (so is a range
+    // under two `If-Range` validators).
+    for extra in [
+        "Range: bytes=0-9\r\nRange: bytes=10-19\r\n",
+        "Range: bytes=0-9\r\nIf-Range: \"a\"\r\nIf-Range: \"b\"\r\n",
+    ] {
+        let r = client::raw(
+            proxy,
+            format!("GET {url} HTTP/1.1\r\nHost: {h}\r\n{extra}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert!(r.starts_with("HTTP/1.1 200"), "{extra}: {r}");
+        assert!(
+            r.to_ascii_lowercase().contains("content-length: 500"),
+            "{extra}: {r}"
+        );
+    }
     a.shutdown().await;
 }
 

@@ -56,6 +56,10 @@ struct Args {
     /// first byte; 0 skips it.
     #[arg(long, default_value_t = 50)]
     ttfb_samples: usize,
+    /// nginx `limit_rate` per connection for the timed downloads, direct and through
+    /// the agent alike (e.g. `200m`): a link-bound origin instead of loopback sendfile.
+    #[arg(long)]
+    origin_rate: Option<String>,
     /// Extra environment variable of the agent process, KEY=VALUE (repeatable).
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env)]
     agent_env: Vec<(String, String)>,
@@ -104,6 +108,7 @@ fn main_inner(a: Args) -> Result<()> {
         keep_workdir: a.keep_workdir,
         agent_env: a.agent_env,
         ttfb_samples: a.ttfb_samples,
+        origin_rate: a.origin_rate,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -191,6 +191,8 @@ listen = "{ADMIN}"
 [cache]
 dir = {cache:?}
 max_size = "{max_mib}MiB"
+# Its quota is set above; a build host's small free space must not lower it.
+min_free = "0B"
 memory_size = "64MiB"
 chunk_size = "1MiB"
 

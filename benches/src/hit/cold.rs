@@ -49,6 +49,10 @@ pub struct ColdOptions {
     /// Cold misses per origin speed for time to first byte ([`super::cold_ttfb`]);
     /// 0 skips it.
     pub ttfb_samples: usize,
+    /// nginx's `limit_rate` per connection for the timed downloads (direct and the
+    /// agent's origin fetches alike): a link-bound origin instead of loopback
+    /// sendfile. `None`: unlimited.
+    pub origin_rate: Option<String>,
 }
 
 /// One timed download set (one case, one server, one round).
@@ -339,7 +343,21 @@ pub async fn run(o: &ColdOptions) -> Result<ColdReport> {
         ));
     }
     super::cold_ttfb::prepare(&www, 2 * o.ttfb_samples)?;
-    let mut nginx = servers::start_nginx(&registry, &o.nginx, &dir, &www, "/m0").await?;
+    let mut nginx = servers::start_nginx(
+        &registry,
+        &o.nginx,
+        &dir,
+        &www,
+        "/m0",
+        o.origin_rate.as_deref(),
+    )
+    .await?;
+    // The timed downloads' path prefix: `/rated` under `--origin-rate`.
+    let prefix = if o.origin_rate.is_some() {
+        "/rated"
+    } else {
+        ""
+    };
     let origin = format!("http://{}", nginx.addr);
     let mut cases = vec![Case {
         name: "1 client, one object".into(),
@@ -408,7 +426,7 @@ pub async fn run(o: &ColdOptions) -> Result<ColdReport> {
                     .files
                     .iter()
                     .zip(&case.sizes)
-                    .map(|(f, s)| (format!("{origin}{f}"), *s))
+                    .map(|(f, s)| (format!("{origin}{prefix}{f}"), *s))
                     .collect();
                 let m = if through_agent {
                     let d = fresh();
@@ -553,6 +571,11 @@ pub async fn run(o: &ColdOptions) -> Result<ColdReport> {
         nginx_version(&o.nginx),
         cores()
     ));
+    if let Some(r) = &o.origin_rate {
+        notes.push(format!(
+            "timed downloads from nginx under `limit_rate {r}` per connection (direct, and the agent's origin fetches)"
+        ));
+    }
     if !o.agent_env.is_empty() {
         let e: Vec<String> = o
             .agent_env

@@ -202,7 +202,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
     let expect = blake3::hash(&bytes);
     std::fs::write(www.join(&FILE[1..]), &bytes)?;
 
-    let mut nginx = servers::start_nginx(&registry, &opts.nginx, &dir, &www, FILE).await?;
+    let mut nginx = servers::start_nginx(&registry, &opts.nginx, &dir, &www, FILE, None).await?;
     let origin = Origin::start("127.0.0.1").await?;
     origin.put(FILE, Object::new(bytes));
     let settings = AgentSettings {

@@ -91,9 +91,16 @@ pub const SLOW_RATE: &str = "512k";
 
 /// The nginx configuration: two workers, sendfile, no access log, everything else
 /// (pid, logs, temporary paths) inside `dir`; `/slow/` serves the root at
-/// [`SLOW_RATE`].
-pub fn nginx_conf(dir: &Path, root: &Path, port: u16) -> String {
+/// [`SLOW_RATE`]; with `rated`, `/rated/` serves it at that rate per connection (a
+/// link-bound origin: coldbench `--origin-rate`).
+pub fn nginx_conf(dir: &Path, root: &Path, port: u16, rated: Option<&str>) -> String {
     let d = dir.display();
+    let rated = rated.map_or(String::new(), |r| {
+        format!(
+            "        location /rated/ {{\n            alias {}/;\n            limit_rate {r};\n        }}\n",
+            root.display()
+        )
+    });
     format!(
         r#"daemon off;
 worker_processes 2;
@@ -118,7 +125,7 @@ http {{
             alias {root}/;
             limit_rate {SLOW_RATE};
         }}
-    }}
+{rated}    }}
 }}
 "#,
         root = root.display()
@@ -132,11 +139,12 @@ pub async fn start_nginx(
     dir: &Path,
     root: &Path,
     probe_path: &str,
+    rated: Option<&str>,
 ) -> Result<Server> {
     let port = free_port()?;
     std::fs::create_dir_all(dir.join("nginx-tmp"))?;
     let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(dir, root, port))?;
+    std::fs::write(&conf, nginx_conf(dir, root, port, rated))?;
     let log = dir.join("nginx.out.log");
     let err = dir.join("nginx.error.log");
     let args = [
@@ -220,6 +228,7 @@ listen = "127.0.0.1:{admin}"
 [cache]
 dir = "{cache}"
 max_size = {max}
+min_free = "0B"
 memory_size = {mem}
 chunk_size = {chunk}
 freshness = "1h"
@@ -285,7 +294,7 @@ mod tests {
 
     #[test]
     fn nginx_conf_has_the_asked_settings() {
-        let c = nginx_conf(Path::new("/w"), Path::new("/w/www"), 8080);
+        let c = nginx_conf(Path::new("/w"), Path::new("/w/www"), 8080, Some("100m"));
         for s in [
             "daemon off;",
             "worker_processes 2;",
@@ -295,9 +304,12 @@ mod tests {
             "listen 127.0.0.1:8080;",
             "root /w/www;",
             "pid /w/nginx.pid;",
+            "location /rated/ {",
+            "limit_rate 100m;",
         ] {
             assert!(c.contains(s), "missing {s}");
         }
+        assert!(!nginx_conf(Path::new("/w"), Path::new("/w/www"), 8080, None).contains("/rated/"));
     }
 
     #[test]

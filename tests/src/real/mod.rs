@@ -51,10 +51,7 @@ macro_rules! require_real {
 /// Checks that we are root and that every tool is on `PATH`, installing the test
 /// packages once (`tests/scripts/install-registry-tools.sh`) if one is missing.
 pub fn available(tools: &[&str]) -> Result<(), Missing> {
-    // `id -u` rather than libc: this crate has no libc dependency.
-    let uid = Command::new("id").arg("-u").output().ok();
-    let root = uid.is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !root {
+    if !is_root() {
         return Err(Missing(
             "not root (containerd needs root; the registry tests skip)".into(),
         ));
@@ -76,6 +73,15 @@ pub fn available(tools: &[&str]) -> Result<(), Missing> {
         ))),
         None => Ok(()),
     }
+}
+
+/// Whether this process runs as root (`id -u` rather than libc: this crate has no
+/// libc dependency).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// The path of `tool` on `PATH`.
