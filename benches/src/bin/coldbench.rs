@@ -33,6 +33,11 @@ struct Args {
     /// The agent's memory cache.
     #[arg(long, default_value = "256MiB")]
     memory_size: ByteSize,
+    /// The agent's disk quota (`cache.max_size`; default: 3 x SIZE, at least 1 GiB,
+    /// room for every case). Smaller, e.g. SIZE / 4 with the 16-client case, makes the
+    /// cache evict as fast as it fills, as a full cache in service does.
+    #[arg(long)]
+    max_size: Option<ByteSize>,
     /// The agent's `cache.fill_buffer` (default: the agent's default).
     #[arg(long)]
     fill_buffer: Option<ByteSize>,
@@ -99,6 +104,7 @@ fn main_inner(a: Args) -> Result<()> {
         rounds: a.rounds.max(1),
         chunk_size: a.chunk_size.as_u64(),
         memory_size: a.memory_size.as_u64(),
+        max_size: a.max_size.map(|b| b.as_u64()),
         fill_buffer: a.fill_buffer.map(|b| b.as_u64()),
         same: a.same,
         agent_bin,

@@ -36,6 +36,8 @@ pub struct ColdOptions {
     pub rounds: usize,
     pub chunk_size: u64,
     pub memory_size: u64,
+    /// `cache.max_size` of the agent; `None`: room for every case (3 x `size`).
+    pub max_size: Option<u64>,
     /// `cache.fill_buffer` of the agent; `None`: its default.
     pub fill_buffer: Option<u64>,
     /// Also run N clients on the one large object.
@@ -97,6 +99,7 @@ pub struct ColdReport {
     pub rounds: usize,
     pub chunk_size_bytes: u64,
     pub memory_size_bytes: u64,
+    pub max_size_bytes: u64,
     pub fill_buffer_bytes: Option<u64>,
     pub cores: usize,
     pub summaries: Vec<ColdSummary>,
@@ -381,8 +384,9 @@ pub async fn run(o: &ColdOptions) -> Result<ColdReport> {
     let settings = AgentSettings {
         chunk_size: o.chunk_size,
         memory_size: o.memory_size,
-        // Room for every object of a case: none is streamed through as too large.
-        max_size: (o.size * 3).max(1 << 30),
+        // By default room for every object of a case: none is streamed through as
+        // too large, and nothing is evicted.
+        max_size: o.max_size.unwrap_or((o.size * 3).max(1 << 30)),
         origin: origin.clone(),
     };
     let mut seq = 0usize;
@@ -595,6 +599,7 @@ pub async fn run(o: &ColdOptions) -> Result<ColdReport> {
         rounds: o.rounds,
         chunk_size_bytes: o.chunk_size,
         memory_size_bytes: o.memory_size,
+        max_size_bytes: settings.max_size,
         fill_buffer_bytes: o.fill_buffer,
         cores: cores(),
         summaries,
@@ -649,7 +654,7 @@ impl ColdReport {
         let mut s = format!(
             "## Cold miss: direct from nginx vs through the agent (cold cache)\n\n\
              Object {:.0} MiB (the {}-client case: {} objects of {:.0} MiB), chunk {:.0} MiB, \
-             memory cache {:.0} MiB, fill buffer {}, {} rounds (ABBA), {} cores.\n\n\
+             memory cache {:.0} MiB, disk quota {:.0} MiB, fill buffer {}, {} rounds (ABBA), {} cores.\n\n\
              | case | direct MiB/s | agent MiB/s | agent/direct | agent VmHWM (max) | memory_size + 64 MiB | other load |\n\
              |---|---:|---:|---:|---:|---:|---:|\n",
             mib(self.size_bytes),
@@ -658,6 +663,7 @@ impl ColdReport {
             mib(self.size_bytes / self.clients as u64),
             mib(self.chunk_size_bytes),
             mib(self.memory_size_bytes),
+            mib(self.max_size_bytes),
             self.fill_buffer_bytes
                 .map_or("default".into(), |b| format!("{:.0} MiB", mib(b))),
             self.rounds,
