@@ -193,7 +193,12 @@ dir = {cache:?}
 max_size = "{max_mib}MiB"
 # Its quota is set above; a build host's small free space must not lower it.
 min_free = "0B"
-memory_size = "64MiB"
+# The swarm-node profile (docs/operations.md, "A node that mostly swarms"): no memory
+# cache (hits come from the page cache, checked on read) and small fill and read
+# buffers, which keeps an agent within 64 MiB (docs/benchmarks.md, Peak RSS).
+memory_size = "0B"
+fill_buffer = "4MiB"
+read_buffer = "4MiB"
 chunk_size = "1MiB"
 
 [egress]
