@@ -108,6 +108,7 @@ impl Agent {
             stale_if_error: cfg.cache.stale_if_error,
             fill_buffer: cfg.cache.fill_buffer.as_u64(),
             read_buffer: cfg.cache.read_buffer.as_u64(),
+            max_fills: cfg.cache.max_fills,
         };
         let ready = Ready::with_store(store.clone())
             .with_wiring(crate::containerd::Wiring::for_ready(&cfg));

@@ -173,6 +173,14 @@ pub struct CacheConfig {
     /// (docs/operations.md's formula); too small a budget for many fast streams costs
     /// hit throughput. Default `32MiB`; at least one chunk.
     pub read_buffer: ByteSize,
+    /// Cold misses of objects larger than two chunks that may fill from the origin
+    /// at once. Each such fill holds its origin connection's buffers and the chunk
+    /// it is assembling besides the shared `fill_buffer`; past the limit a further
+    /// cold miss is streamed through uncached (`shoal_cache_fill_limit_total`), so
+    /// the client still gets its bytes and memory stays within the formula of
+    /// docs/operations.md. Swarm fills, small objects and hits do not count.
+    /// Default `16`; at least 1.
+    pub max_fills: usize,
 }
 
 /// Which origins may be fetched from.
@@ -493,6 +501,7 @@ impl Default for CacheConfig {
             fill_buffer: ByteSize::mib(32),
             verify_window: Duration::ZERO,
             read_buffer: ByteSize::mib(32),
+            max_fills: 16,
         }
     }
 }
@@ -611,6 +620,9 @@ impl Config {
                 "cache.chunk_size ({cs} bytes) must be within {lo}..={hi}"
             ));
         }
+        if c.max_fills == 0 {
+            return bad("cache.max_fills must be at least 1".into());
+        }
         if self.proxy.max_connections == 0 {
             return bad("proxy.max_connections must be at least 1".into());
         }
@@ -723,6 +735,7 @@ mod tests {
         assert_eq!(c.cache.fill_buffer, ByteSize::mib(32));
         assert_eq!(c.cache.verify_window, Duration::ZERO);
         assert_eq!(c.cache.read_buffer, ByteSize::mib(32));
+        assert_eq!(c.cache.max_fills, 16);
     }
 
     /// The commented registry mirror example in configs/agent.toml parses, with the
@@ -886,6 +899,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("watermark"), "{e}");
+        let env = HashMap::from([("SHOAL_AGENT__CACHE__MAX_FILLS".to_owned(), "0".to_owned())]);
+        let e = Config::load_from_env(None, &[], Some(env))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cache.max_fills"), "{e}");
         std::fs::write(&p, "[tracker]\nurls = [\"https://t:1\"]\n").unwrap();
         let e = Config::load_from_env(Some(&p), &[], Some(HashMap::new()))
             .unwrap_err()

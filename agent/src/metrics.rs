@@ -84,6 +84,9 @@ pub struct Metrics {
     /// `shoal_cache_too_large_total`: responses streamed through uncached because the
     /// object is larger than the effective quota.
     pub cache_too_large: IntCounter,
+    /// `shoal_cache_fill_limit_total`: cold misses streamed through uncached because
+    /// `cache.max_fills` origin fills were already running.
+    pub cache_fill_limit: IntCounter,
     /// `shoal_stale_served_total`: stale objects served because revalidation failed
     /// (RFC 5861 `stale-if-error`).
     pub stale_served: IntCounter,
@@ -277,6 +280,10 @@ impl Metrics {
             cache_too_large: counter(
                 "shoal_cache_too_large_total",
                 "Responses streamed through uncached: larger than the effective quota.",
+            ),
+            cache_fill_limit: counter(
+                "shoal_cache_fill_limit_total",
+                "Cold misses streamed through uncached: cache.max_fills origin fills were running.",
             ),
             stale_served: counter(
                 "shoal_stale_served_total",
@@ -512,6 +519,7 @@ mod tests {
             "shoal_cache_write_skipped_total{reason=\"no_space\"} 0",
             "shoal_cache_quota_bytes",
             "shoal_cache_too_large_total",
+            "shoal_cache_fill_limit_total 0",
             "shoal_stale_served_total",
             "shoal_fills_in_flight 0",
             "shoal_prefetch_total{result=\"cached\"} 0",

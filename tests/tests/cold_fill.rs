@@ -478,3 +478,80 @@ async fn a_first_request_is_a_miss_even_when_its_small_fill_completes_first() {
         assert_eq!(origin.requests(&format!("/s{i}")), 1, "/s{i}");
     }
 }
+
+/// `cache.max_fills` large origin fills at once: while two slow clients hold two
+/// fills open, a cold miss of a third large object is streamed through uncached
+/// (its client still gets every byte, counted in `shoal_cache_fill_limit_total`),
+/// a small object (two chunks or fewer) is still cached, and once the fills end the
+/// third object is filled and cached like any other.
+#[tokio::test]
+async fn a_cold_miss_past_max_fills_streams_through_uncached() {
+    let origin = Origin::start("127.0.95.1").await.unwrap();
+    // Far more than the agent and the sockets buffer: the fills stay open.
+    let big = 32 << 20;
+    let data: Vec<bytes::Bytes> = (0..3).map(|i| random_bytes(big, 950 + i)).collect();
+    for (i, d) in data.iter().enumerate() {
+        origin.put(&format!("/big{i}"), Object::new(d.clone()));
+    }
+    let small = random_bytes(2 * agent::TEST_CHUNK as usize, 959);
+    origin.put("/small", Object::new(small.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = agent::config("127.0.95.2", dir.path());
+    c.cache.max_fills = 2;
+    let a = agent::start(c).await.unwrap();
+    let host = origin.addr().to_string();
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let mut s =
+            SlowClient::start(a.proxy_addr(), &origin.url(&format!("/big{i}")), &host).await;
+        s.read_to(1).await;
+        held.push(s);
+    }
+    assert_eq!(a.metrics().fills_in_flight.get(), 2);
+
+    let url = origin.url("/big2");
+    let r = get(a.proxy_addr(), &url).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(blake3::hash(&r.body), blake3::hash(&data[2]), "wrong bytes");
+    assert_eq!(r.header("x-shoal-cache"), None, "not served from the cache");
+    assert_eq!(r.header("x-shoal-source"), Some("origin"));
+    assert_eq!(a.metrics().cache_fill_limit.get(), 1);
+    assert!(a.cache().cached(&url).is_none(), "cached past the limit");
+
+    let surl = origin.url("/small");
+    let r = get(a.proxy_addr(), &surl).await.unwrap();
+    assert_eq!(blake3::hash(&r.body), blake3::hash(&small), "wrong bytes");
+    assert_eq!(r.header("x-shoal-cache"), Some("miss"));
+    assert!(
+        eventually(Duration::from_secs(10), || a
+            .cache()
+            .cached(&surl)
+            .is_some())
+        .await,
+        "a small object was not cached at the limit"
+    );
+
+    for (s, d) in held.iter_mut().zip(&data) {
+        s.read_to(big).await;
+        assert_eq!(blake3::hash(&s.body), blake3::hash(d), "wrong bytes");
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || a
+            .metrics()
+            .fills_in_flight
+            .get()
+            == 0)
+        .await,
+        "the held fills did not end"
+    );
+    let r = get(a.proxy_addr(), &url).await.unwrap();
+    assert_eq!(blake3::hash(&r.body), blake3::hash(&data[2]), "wrong bytes");
+    assert_eq!(r.header("x-shoal-cache"), Some("miss"));
+    assert!(
+        eventually(Duration::from_secs(10), || a.cache().cached(&url).is_some()).await,
+        "not cached once the fills ended"
+    );
+    assert_eq!(a.metrics().cache_fill_limit.get(), 1);
+    let whole = origin.requests("/big2") - origin.range_requests("/big2");
+    assert_eq!(whole, 2, "one pass-through and one fill");
+}

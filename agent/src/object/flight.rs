@@ -5,6 +5,7 @@
 //! ([`ObjectCache::abort_fill`]), and so do revalidations that fail while a stale
 //! copy may still be served (RFC 5861 `stale-if-error`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -292,7 +293,12 @@ impl ObjectCache {
                 );
                 // Registered before the fill task starts, so the task's `end_flight`
                 // always finds it, and only after the object is remembered.
-                self.start_flight(&fill);
+                if !self.start_origin_flight(&fill) {
+                    tracing::debug!(url = %want.url, max_fills = self.inner.settings.max_fills,
+                        "cache.max_fills origin fills running; streaming this one through uncached");
+                    self.inner.metrics.cache_fill_limit.inc();
+                    return Ok(Lookup::Pass(resp, reason));
+                }
                 origin_fill::spawn(self.clone(), fill.clone(), resp.into_body(), key, digest);
                 Ok(Lookup::Fill(fill))
             }
@@ -363,7 +369,33 @@ impl ObjectCache {
 
     /// Registers `fill` as the flight of its URL (`shoal_fills_in_flight` + 1).
     fn start_flight(&self, fill: &Arc<Fill>) {
-        let old = lock(&self.inner.flights).insert(fill.url.clone(), Flight::Filling(fill.clone()));
+        let mut flights = lock(&self.inner.flights);
+        self.insert_flight(&mut flights, fill);
+    }
+
+    /// [`Self::start_flight`] for a plain origin fill, unless it is larger than two
+    /// chunks and `cache.max_fills` such fills already run (`false`: the caller passes
+    /// the response through). Counted and registered under one lock, so concurrent
+    /// misses cannot overshoot the limit. Memory per fill is the origin connection's
+    /// buffers plus the chunk being assembled; small objects cost little and do not
+    /// count.
+    fn start_origin_flight(&self, fill: &Arc<Fill>) -> bool {
+        let mut flights = lock(&self.inner.flights);
+        if is_large(fill) {
+            let running = flights
+                .values()
+                .filter(|f| matches!(f, Flight::Filling(f) if f.origin.is_some() && is_large(f)))
+                .count();
+            if running >= self.inner.settings.max_fills {
+                return false;
+            }
+        }
+        self.insert_flight(&mut flights, fill);
+        true
+    }
+
+    fn insert_flight(&self, flights: &mut HashMap<String, Flight>, fill: &Arc<Fill>) {
+        let old = flights.insert(fill.url.clone(), Flight::Filling(fill.clone()));
         if !matches!(old, Some(Flight::Filling(_))) {
             self.inner.metrics.fills_in_flight.inc();
         }
@@ -388,4 +420,9 @@ impl ObjectCache {
             self.inner.metrics.fills_in_flight.dec();
         }
     }
+}
+
+/// Whether `fill` counts against `cache.max_fills`: more than two chunks.
+fn is_large(fill: &Fill) -> bool {
+    fill.layout.chunk_count() > 2
 }

@@ -79,6 +79,9 @@ pub struct CacheSettings {
     /// Chunk bytes all responses may hold read ahead of their clients
     /// (`cache.read_buffer`, [`budget::ReadBudget`]).
     pub read_buffer: u64,
+    /// Origin fills of objects over two chunks at once (`cache.max_fills`); past it
+    /// a cold miss is passed through uncached.
+    pub max_fills: usize,
 }
 
 /// What one client GET wants.
